@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` and `make test` (both build .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test test-all bench lint clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with the pinned dependencies
+
+demo: $(STAMP)  ## generate data, train ~10 min on the CPU, tune, evaluate, predict
+	$(BIN)/rcnnlab demo
+
+test: $(STAMP)  ## the test suite (slow-marked tests excluded)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)  ## every test, including the slow ones
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)  ## speed / memory figures (printed, never asserted)
+	$(BIN)/python benchmarks/bench_models.py
+	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_coco_eval.py --images 10000
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs data/synth .pytest_cache .ruff_cache

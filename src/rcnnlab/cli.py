@@ -1,0 +1,263 @@
+"""The `rcnnlab` command line: data, train, tune, evaluate, predict, demo.
+
+Every command takes an optional YAML config and dotted overrides (`train.epochs=3`). Errors in
+the user's input end in one red line naming the file, the record and the fix (exit code 2).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from rcnnlab.config import ConfigError, load_config
+from rcnnlab.data.coco import DatasetError
+
+app = typer.Typer(
+    help="Train, tune, evaluate and predict with Faster R-CNN detectors on COCO-format data.\n\n"
+    "Start with `rcnnlab demo` (generated house numbers, ~12 minutes on a 2-core CPU).",
+    no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Make and prepare datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console()
+err_console = Console(stderr=True)
+
+OverridesArg = Annotated[list[str] | None, typer.Argument(
+    help="Config overrides as dotted key=value, e.g. train.epochs=3 model.arch=resnet34_fpn",
+    show_default=False)]
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "--config", "-c", help="YAML config (see configs/); overrides apply on top.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handler: logging.Handler
+    if err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, markup=False)
+        fmt = "%(message)s"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        fmt = "%(asctime)s %(levelname)s %(message)s"
+    logging.basicConfig(level=level, format=fmt, datefmt="%H:%M:%S", handlers=[handler],
+                        force=True)
+
+
+def _user_errors(func):
+    """Turn the user's input errors into one clear line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        _setup_logging()
+        try:
+            return func(*args, **kwargs)
+        except (ConfigError, DatasetError, FileNotFoundError, ValueError, RuntimeError) as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _print_eval(result) -> None:
+    m = result.metrics
+    table = Table(title=f"{result.split} split: {result.n_images} images")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in m.as_dict().items():
+        if isinstance(value, float | None) and not key.startswith(("AP_iou", "ap50_")):
+            table.add_row(key, _fmt(value))
+    if result.seq_acc is not None:
+        table.add_row(f"sequence accuracy @ {result.threshold:.2f}", _fmt(result.seq_acc))
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------- data
+@data_app.command("synth")
+@_user_errors
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output folder (train/, valid/, test/).")] = Path(
+        "data/synth"),
+    train: Annotated[int, typer.Option(help="Training images.")] = 4000,
+    valid: Annotated[int, typer.Option(help="Validation images.")] = 300,
+    test: Annotated[int, typer.Option(help="Test images.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed: same seed, same files.")] = 0,
+    workers: Annotated[int, typer.Option(help="Processes.")] = 2,
+    grid: Annotated[Path | None, typer.Option(help="Also write a PNG grid of samples.")] = None,
+):
+    """Generate SVHN-like house-number images with per-digit COCO boxes (categories "0".."9")."""
+    from rich.progress import Progress
+
+    from rcnnlab.data.synth import generate_dataset, sample_grid
+
+    with Progress(console=err_console, disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("generating", total=train + valid + test)
+        paths = generate_dataset(out, n_train=train, n_valid=valid, n_test=test, seed=seed,
+                                 workers=workers, progress=lambda n: bar.advance(task, n))
+    for split, path in paths.items():
+        console.print(f"{split}: {path}")
+    if grid is not None:
+        console.print(f"grid: {sample_grid(grid, seed=seed)}")
+
+
+@data_app.command("split")
+@_user_errors
+def data_split(
+    json_path: Annotated[Path, typer.Argument(help="COCO json to split.")],
+    out: Annotated[Path, typer.Option(help="Folder for train.json and valid.json.")],
+    fraction: Annotated[float, typer.Option(help="Share of images held out as valid.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Split seed.")] = 0,
+    images: Annotated[Path | None, typer.Option(
+        help="Image folder (default: beside the json).")] = None,
+):
+    """Deterministic train/valid split of a COCO json, every class in valid where possible."""
+    from rcnnlab.data.coco import holdout_split, load_coco, read_json
+
+    data = load_coco(json_path, images)
+    tree = read_json(json_path)
+    train, valid = holdout_split(data, fraction, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, part in (("train", train), ("valid", valid)):
+        ids = {img["id"] for img in part.images}
+        doc = {k: v for k, v in tree.items() if k not in ("images", "annotations")}
+        doc["images"] = [img for img in tree["images"] if img["id"] in ids]
+        doc["annotations"] = [a for a in tree["annotations"] if a["image_id"] in ids]
+        (out / f"{name}.json").write_text(json.dumps(doc))
+        console.print(f"{name}: {len(doc['images'])} images, {len(doc['annotations'])} boxes "
+                      f"-> {out / f'{name}.json'}")
+    root = data.image_root.resolve()
+    console.print(f"use: data.train_json={out}/train.json data.train_images={root} "
+                  f"data.valid_json={out}/valid.json data.valid_images={root}")
+
+
+# ---------------------------------------------------------------------------------- train
+@app.command()
+@_user_errors
+def train(
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
+    resume: Annotated[bool, typer.Option(help="Continue from runs/<name>/checkpoints/last.pt.")]
+    = False,
+):
+    """Train a detector; writes runs/<name>/ (config, metrics.csv, TensorBoard, checkpoints)."""
+    from rcnnlab import api
+
+    cfg = load_config(config, overrides)
+    result = api.train(cfg, resume=resume)
+    console.print(f"[bold]done[/]: {result.epochs} epochs, {result.iterations} iterations, "
+                  f"{result.train_images_per_s:.2f} img/s, best val mAP {result.best_map:.4f} "
+                  f"(epoch {result.best_epoch}) -> {result.run_dir}")
+
+
+@app.command()
+@_user_errors
+def tune(
+    run: Annotated[Path, typer.Argument(help="Run folder (or checkpoint).")],
+    data: Annotated[Path | None, typer.Option(help="Validation COCO json (default: the run's).")]
+    = None,
+    images: Annotated[Path | None, typer.Option(help="Its image folder.")] = None,
+    device: DeviceOpt = "auto",
+):
+    """Sweep the confidence threshold on valid (0.45..0.90) and store the best in the checkpoint."""
+    from rcnnlab import api
+
+    result = api.tune(run, json_path=data and str(data), images=images and str(images),
+                      device=device)
+    table = Table(title="threshold sweep (validation)")
+    for col in ("threshold", "mAP", "AP50", "seq acc"):
+        table.add_column(col, justify="right")
+    for row in result.rows:
+        mark = " *" if row.threshold == result.best else ""
+        table.add_row(f"{row.threshold:.2f}{mark}", _fmt(row.mAP), _fmt(row.AP50),
+                      _fmt(row.accuracy))
+    console.print(table)
+    console.print(f"best threshold {result.best:.2f} stored in {run}")
+
+
+@app.command()
+@_user_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder (or checkpoint).")],
+    split: Annotated[str, typer.Option(help="valid | test (from the run's config).")] = "test",
+    data: Annotated[Path | None, typer.Option(help="Evaluate on this COCO json instead.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Its image folder.")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="Sequence threshold (default: the tuned one).")] = None,
+    device: DeviceOpt = "auto",
+):
+    """The 12 COCO stats, per-class AP and sequence accuracy on an annotated split."""
+    from rcnnlab import api
+
+    result = api.evaluate(run, split=split, json_path=data and str(data),
+                          images=images and str(images), threshold=threshold, device=device)
+    _print_eval(result)
+    names = {c["id"]: c["name"] for c in _categories(run)}
+    console.print(result.metrics.format_table(names))
+
+
+def _categories(run: Path) -> list[dict]:
+    from rcnnlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
+
+    return load_checkpoint(resolve_checkpoint(run))["categories"]
+
+
+@app.command()
+@_user_errors
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder (or checkpoint).")],
+    source: Annotated[Path, typer.Argument(help="A folder of images or a COCO json.")],
+    out: Annotated[Path, typer.Option(help="Folder for pred.json and pred.csv.")] = Path("."),
+    images: Annotated[Path | None, typer.Option(help="Image folder of a json source.")] = None,
+    threshold: Annotated[float | None, typer.Option(
+        help="Threshold of pred.csv (default: the tuned one).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    device: DeviceOpt = "auto",
+):
+    """Write pred.json (COCO results) and pred.csv (image_id,pred_label) for new images."""
+    from rcnnlab import api
+
+    paths = api.predict(run, source, out, images=images and str(images), threshold=threshold,
+                        batch_size=batch_size, device=device)
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+
+
+@app.command()
+@_user_errors
+def demo(
+    config: ConfigOpt = Path("configs/demo.yaml"),
+    overrides: OverridesArg = None,
+):
+    """Generate house numbers, train the CPU default, tune, evaluate on test, write outputs."""
+    from rich.progress import Progress
+
+    from rcnnlab.data.splits import ensure_synth
+    from rcnnlab.demo import run_demo
+
+    cfg = load_config(config, overrides)
+    with Progress(console=err_console, disable=not err_console.is_terminal) as bar:
+        task = bar.add_task("generating data", total=None)
+        ensure_synth(cfg.data, progress=lambda n: bar.advance(task, n))
+    figures = run_demo(cfg)
+    table = Table(title=f"rcnnlab demo: {cfg.run_dir}")
+    table.add_column("")
+    table.add_column("", justify="right")
+    for key, value in figures.items():
+        table.add_row(key, value)
+    console.print(table)
+    console.print(f"summary: {cfg.run_dir / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    app()

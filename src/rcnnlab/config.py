@@ -1,0 +1,245 @@
+"""Typed run configuration: YAML files with `base:` inheritance plus dotted CLI overrides.
+
+A config is a tree of pydantic models, one section per stage of the pipeline
+(data -> model -> train -> evaluation/predict). Each stage reads only its own section.
+Unknown keys are errors, so a typo in a YAML file or an override never passes silently.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# ------------------------------------------------------------------------------------ data
+class SynthConfig(_Section):
+    """The embedded default dataset: generated house numbers (written once, reused after)."""
+
+    out_dir: str = "data/synth"  # where train/, valid/, test/ are written
+    n_train: int = 4000  # training images
+    n_valid: int = 300  # validation images (threshold tuning, best checkpoint)
+    n_test: int = 500  # held-out test images
+    seed: int = 0  # generator seed: the same seed gives byte-identical files
+
+
+class DataConfig(_Section):
+    """Where the COCO splits live; a split's image root defaults to its json's folder."""
+
+    train_json: str | None = None  # COCO json of the training split
+    train_images: str | None = None  # image folder (default: the json's folder, or its images/)
+    valid_json: str | None = None  # COCO json of the validation split
+    valid_images: str | None = None
+    test_json: str | None = None  # COCO json of the test split (optional)
+    test_images: str | None = None
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # hold out this share of train as valid
+    split_seed: int = 0  # seed of that hold-out split
+    skip_missing_images: bool = False  # drop records whose image file is missing (counted)
+    synth: SynthConfig | None = None  # generate the default data when its jsons are absent
+    workers: int = 0  # DataLoader worker processes (0 = load in the main process)
+
+
+# ------------------------------------------------------------------------------------ model
+class ModelConfig(_Section):
+    """Detector architecture and its budgets; passed as keyword arguments to build_model."""
+
+    arch: Literal[
+        "fasterrcnn_resnet50_fpn",
+        "fasterrcnn_resnet50_fpn_v2",
+        "fasterrcnn_mobilenet_v3_large_fpn",
+        "resnet18_fpn",
+        "resnet34_fpn",
+        "resnet50_fpn",
+    ] = "resnet18_fpn"
+    weights: str | None = None  # None | torchvision weights enum name | local .pt file
+    backbone_weights: str | None = None  # the same, for the backbone only
+    trainable_backbone_layers: int | None = None  # None = all without weights, 3 with
+    residual_fpn: bool = False  # residual block after every FPN output
+    anchor_sizes: list[list[int]] | None = None  # one list per FPN level; None = arch default
+    aspect_ratios: list[list[float]] | None = None  # h/w ratios per level (or one list for all)
+    min_size: int = 800  # short side after resize (or the cap in native mode)
+    max_size: int = 1333  # long side cap
+    native_size: bool = False  # never upscale: keep small images at their own size
+    rpn_pre_nms_top_n_train: int = 2000  # proposals kept before NMS, per level, training
+    rpn_pre_nms_top_n_test: int = 1000  # the same at test time
+    rpn_post_nms_top_n_train: int = 2000  # proposals kept after NMS, training
+    rpn_post_nms_top_n_test: int = 1000  # the same at test time
+    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
+    box_batch_size_per_image: int = 512  # RoIs sampled per image for the head's loss
+    box_detections_per_img: int = 100  # detections kept per image
+    box_score_thresh: float = 0.05  # detections below this score are dropped
+    box_nms_thresh: float = 0.5  # NMS IoU of the box head, per class
+
+
+# ------------------------------------------------------------------------------------ augmentation
+class AugmentConfig(_Section):
+    """Box-aware training augmentation (torchvision transforms v2)."""
+
+    enabled: bool = True  # False = no augmentation at all
+    hsv_prob: float = Field(0.5, ge=0, le=1)  # probability of ColorJitter
+    brightness: float = 0.3  # ColorJitter ranges
+    contrast: float = 0.3
+    saturation: float = 0.3
+    hue: float = 0.05
+    flip_prob: float = Field(0.0, ge=0, le=1)  # horizontal flip (a mirrored digit is no digit)
+    affine_prob: float = Field(0.5, ge=0, le=1)  # probability of the affine below
+    degrees: float = 5.0  # rotation range, +-degrees
+    translate: float = 0.05  # translation, share of width/height
+    shear: float = 2.0  # shear range, +-degrees
+    scale: tuple[float, float] = (0.9, 1.1)  # scale range
+    no_aug_epochs: int = 1  # augmentation switched off for the last N epochs
+
+
+# ------------------------------------------------------------------------------------ training
+class TrainConfig(_Section):
+    """Optimisation, schedule, checkpoints and budgets of one run."""
+
+    epochs: int = 12  # passes over the training split
+    batch_size: int = 4  # images per iteration
+    iters_per_epoch: int | None = None  # cap iterations per epoch (smoke tests, budgets)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3  # peak learning rate of the head (backbone: lr * backbone_lr_mult)
+    backbone_lr_mult: float = 0.5  # layer-wise LR: the backbone learns at this share of lr
+    weight_decay: float = 1e-4
+    momentum: float = 0.9  # SGD momentum (AdamW uses its betas)
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    warmup_iters: int = 200  # linear warm-up, in iterations
+    warmup_factor: float = 0.001  # LR at iteration 0, as a share of lr
+    eta_min: float = 0.0  # cosine floor, as a share of lr
+    milestones: list[int] = [8, 11]  # multistep: epochs at which LR is multiplied by gamma
+    gamma: float = 0.1
+    grad_clip: float | None = 10.0  # max global grad norm (None = off)
+    finetune_from: str | None = None  # start from another checkpoint's weights (not its state)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads (None = torch's default)
+    eval_every: int = 1  # validation mAP every N epochs (and always after the last)
+    log_every: int = 20  # plain-text progress line every N iterations (non-TTY)
+
+
+# ------------------------------------------------------------------------------------ evaluation
+class EvalConfig(_Section):
+    """COCO evaluation and the confidence-threshold sweep."""
+
+    backend: Literal["faster", "pycocotools"] = "faster"
+    sweep_min: float = 0.45  # threshold sweep range (inclusive) and step
+    sweep_max: float = 0.90
+    sweep_step: float = 0.01
+    default_threshold: float = 0.5  # used for sequences until `rcnnlab tune` stores the best
+    batch_size: int = 8  # images per inference batch
+
+
+class Config(_Section):
+    """One run: name and output folder, then the sections in pipeline order."""
+
+    name: str = "run"  # run folder name under out_dir
+    out_dir: str = "runs"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if self.augment.no_aug_epochs > self.train.epochs:
+            self.augment.no_aug_epochs = self.train.epochs
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        """The folder every output of this run is written to."""
+        return Path(self.out_dir) / self.name
+
+
+# ------------------------------------------------------------------------------------ loading
+def deep_merge(base: dict, override: dict) -> dict:
+    """Return `base` updated recursively by `override` (dicts merge, everything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML config, resolving its `base:` chain (paths relative to the file)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(map(str, _seen))
+        raise ConfigError(f"{path}: `base:` chain loops back to itself ({chain})")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; give a path to a YAML file in configs/")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, "
+                          f"got {type(tree).__name__}")
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    return deep_merge(read_yaml_tree(path.parent / base, _seen + (path,)), tree)
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=c` overrides; the value is parsed as YAML (`3`, `true`, `[1, 2]`, `null`)."""
+    tree = copy.deepcopy(tree)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value, e.g. train.epochs=3")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated Config from an optional YAML file and dotted overrides."""
+    tree = read_yaml_tree(path) if path is not None else {}
+    tree = apply_overrides(tree, overrides or [])
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        where = str(path) if path is not None else "config"
+        lines = [f"{where}: invalid config"]
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"])
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def config_from_dict(tree: dict[str, Any]) -> Config:
+    """Rebuild a Config from its saved form (checkpoints, run folders)."""
+    return Config.model_validate(tree)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (what the run really used)."""
+    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

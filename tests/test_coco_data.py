@@ -1,0 +1,125 @@
+"""COCO loading: label mapping, repairs with counts, and one clear error per bad input."""
+
+import json
+
+import pytest
+
+from rcnnlab.data.coco import CocoDetection, DatasetError, holdout_split, load_coco
+
+from .conftest import shared_path, write_coco
+
+
+def test_category_zero_is_a_real_class_and_negatives_stay(tiny_coco):
+    data = load_coco(tiny_coco)
+    assert data.category_ids == [0, 1]
+    assert data.label_of == {0: 1, 1: 2}  # label 0 stays background
+    assert [img["id"] for img in data.images] == [1, 2]
+    assert data.annotations[2] == []  # image without boxes kept as a negative
+    image, target = CocoDetection(data)[0]
+    assert image.shape == (3, 40, 60)
+    assert target["labels"].tolist() == [1, 2]
+    assert target["boxes"].tolist() == [[5, 5, 15, 25], [20, 5, 30, 25]]  # xyxy
+    _, negative = CocoDetection(data)[1]
+    assert negative["boxes"].shape == (0, 4)
+
+
+def test_boxes_clipped_and_degenerate_dropped_with_counts(tmp_path, caplog):
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 0, "bbox": [-5, 10, 20, 10]},  # clipped left
+        {"id": 2, "image_id": 1, "category_id": 0, "bbox": [50, 30, 30, 30]},  # right+bottom
+        {"id": 3, "image_id": 1, "category_id": 1, "bbox": [10, 10, 0, 5]},  # zero width
+        {"id": 4, "image_id": 1, "category_id": 1, "bbox": [70, 10, 5, 5]},  # wholly outside
+    ]
+    data = load_coco(write_coco(tmp_path, annotations=anns))
+    assert [a["bbox"] for a in data.annotations[1]] == [[0, 10, 15, 10], [50, 30, 10, 10]]
+    assert data.repairs["boxes clipped to the image"] == 2
+    assert data.repairs["boxes dropped: degenerate (< 1 px after clipping)"] == 2
+    assert "2 boxes clipped" in caplog.text
+
+
+def test_missing_image_file(tmp_path):
+    path = write_coco(tmp_path)
+    (tmp_path / "b.png").unlink()
+    with pytest.raises(DatasetError, match=r"ann\.json: image id 2: file .*b\.png does not exist"
+                       r".*skip_missing_images"):
+        load_coco(path)
+    data = load_coco(path, skip_missing_images=True)
+    assert [img["id"] for img in data.images] == [1]
+    assert data.repairs["images skipped: file missing"] == 1
+
+
+def test_malformed_json(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"images": [ {"id": 1,, } ]}')
+    with pytest.raises(DatasetError, match=r"bad\.json: malformed JSON at line 1, column"):
+        load_coco(path)
+
+
+def test_unknown_category_id(tmp_path):
+    anns = [{"id": 7, "image_id": 1, "category_id": 5, "bbox": [1, 1, 5, 5]}]
+    with pytest.raises(DatasetError, match=r"annotation id 7 has unknown category id 5 "
+                       r"\(known: \[0, 1\]\)"):
+        load_coco(write_coco(tmp_path, annotations=anns))
+
+
+@pytest.mark.parametrize("kind", ["image", "annotation", "category"])
+def test_duplicate_ids(tmp_path, kind):
+    images = [{"id": 1, "file_name": "a.png", "width": 60, "height": 40},
+              {"id": 1 if kind == "image" else 2, "file_name": "b.png", "width": 60, "height": 40}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 0, "bbox": [1, 1, 5, 5]},
+            {"id": 1 if kind == "annotation" else 2, "image_id": 1, "category_id": 0,
+             "bbox": [1, 1, 5, 5]}]
+    cats = [{"id": 0, "name": "0"}, {"id": 0 if kind == "category" else 1, "name": "1"}]
+    path = write_coco(tmp_path, images=images, annotations=anns, categories=cats)
+    with pytest.raises(DatasetError, match=f"duplicate {kind} id"):
+        load_coco(path)
+
+
+@pytest.mark.parametrize("name", ["../outside.png", "/etc/passwd", "sub/../../x.png"])
+def test_file_name_escaping_the_root(tmp_path, name):
+    images = [{"id": 1, "file_name": name, "width": 60, "height": 40}]
+    path = write_coco(tmp_path / "d", images=images, annotations=[], make_files=False)
+    with pytest.raises(DatasetError, match="escapes the image root"):
+        load_coco(path)
+
+
+def test_xyxy_written_as_xywh(tmp_path):
+    images = [{"id": i, "file_name": f"{i}.png", "width": 100, "height": 50} for i in range(1, 6)]
+    # Real boxes around x 40..60, y 10..40, written as [x1, y1, x2, y2].
+    anns = [{"id": i, "image_id": i, "category_id": 0, "bbox": [40 + i, 10, 60 + i, 40]}
+            for i in range(1, 6)]
+    with pytest.raises(DatasetError, match=r"look like \[x1, y1, x2, y2\].*x2 - x1"):
+        load_coco(write_coco(tmp_path, images=images, annotations=anns))
+
+
+def test_bad_bbox_and_unknown_image(tmp_path):
+    with pytest.raises(DatasetError, match=r"annotation id 1 bbox is \[1, 2, 3\]"):
+        load_coco(write_coco(tmp_path / "a", annotations=[
+            {"id": 1, "image_id": 1, "category_id": 0, "bbox": [1, 2, 3]}]))
+    with pytest.raises(DatasetError, match="annotation id 1 refers to unknown image id 9"):
+        load_coco(write_coco(tmp_path / "b", annotations=[
+            {"id": 1, "image_id": 9, "category_id": 0, "bbox": [1, 2, 3, 4]}]))
+
+
+def test_missing_sections(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps({"annotations": []}))
+    with pytest.raises(DatasetError, match="no 'images' list"):
+        load_coco(path)
+
+
+def test_real_roboflow_export_loads_as_is():
+    path = shared_path("orand-car-a", "instances_train.json")
+    data = load_coco(path)
+    assert data.image_root.name == "images"  # found without configuration
+    assert len(data.images) == 1080 and data.num_boxes == 4898
+    assert data.category_ids == list(range(10))
+    assert data.images[0]["id"] == 0  # 0-based image ids kept
+    train, valid = holdout_split(data, 0.1, seed=0)
+    assert len(valid.images) == 108 and len(train.images) == 972
+    assert not {i["id"] for i in train.images} & {i["id"] for i in valid.images}
+    for part in (train, valid):
+        classes = {a["category_id"] for anns in part.annotations.values() for a in anns}
+        assert classes == set(range(10))
+    again, _ = holdout_split(data, 0.1, seed=0)
+    assert [i["id"] for i in again.images] == [i["id"] for i in train.images]
