@@ -137,3 +137,49 @@ def test_cli_help_and_user_errors(tmp_path):
     result = runner.invoke(app, ["train", f"data.train_json={bad}", "data.val_fraction=0.1"])
     assert result.exit_code == 2
     assert "malformed JSON" in result.output and "Traceback" not in result.output
+
+
+def test_finetune_starts_from_the_other_runs_weights(synth_dir, tmp_path):
+    from rcnnlab.engine.trainer import Trainer
+
+    first = tiny_config(synth_dir, tmp_path / "a", "train.epochs=1", "train.iters_per_epoch=1")
+    api.train(first, reporter=ProgressReporter(quiet=True))
+    best = first.run_dir / "checkpoints" / "best.pt"
+    second = tiny_config(synth_dir, tmp_path / "b", "train.seed=5", f"train.finetune_from={best}")
+    trainer = Trainer(second, reporter=ProgressReporter(quiet=True))
+    loaded = load_checkpoint(best)["model"]
+    for key, tensor in trainer.model.state_dict().items():
+        assert torch.equal(tensor, loaded[key]), key
+
+
+def test_data_split_command_writes_both_halves(tmp_path):
+    from .conftest import write_coco
+
+    images = [{"id": i, "file_name": f"{i}.png", "width": 60, "height": 40} for i in range(10)]
+    anns = [{"id": i, "image_id": i, "category_id": i % 2, "bbox": [5, 5, 10, 20]}
+            for i in range(10)]
+    src = write_coco(tmp_path / "d", images=images, annotations=anns)
+    result = CliRunner().invoke(app, ["data", "split", str(src), "--out", str(tmp_path / "s"),
+                                      "--fraction", "0.2"])
+    assert result.exit_code == 0, result.output
+    train = json.loads((tmp_path / "s" / "train.json").read_text())
+    valid = json.loads((tmp_path / "s" / "valid.json").read_text())
+    assert len(train["images"]) == 8 and len(valid["images"]) == 2
+    assert {a["category_id"] for a in valid["annotations"]} == {0, 1}
+    assert "data.train_images=" in result.output
+
+
+def test_demo_writes_summary_figures_and_outputs(synth_dir, tmp_path):
+    from rcnnlab.demo import run_demo
+
+    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=2")
+    figures = run_demo(cfg, reporter=ProgressReporter(quiet=True), n_samples=4)
+    run = cfg.run_dir
+    for name in ("summary.md", "curves.png", "samples.png", "pred.json", "pred.csv",
+                 "threshold_sweep.csv", "eval_test.json"):
+        assert (run / name).is_file(), name
+    summary = (run / "summary.md").read_text()
+    assert "![curves](curves.png)" in summary and "![samples](samples.png)" in summary
+    evaluation = json.loads((run / "eval_test.json").read_text())
+    assert figures["test mAP@[.5:.95]"] == f"{evaluation['AP']:.4f}"
+    assert figures["test sequence accuracy"] == f"{evaluation['seq_acc']:.4f}"

@@ -520,3 +520,18 @@ def test_boxes_map_back_to_the_original_size(native, resized):
         [{"boxes": on_input * scale}], images.image_sizes, [(40, 100)]
     )
     assert torch.allclose(result[0]["boxes"], on_input)
+
+
+@pytest.mark.parametrize(("arch", "expected"), [
+    ("resnet18_fpn", [1 / 4, 1 / 8, 1 / 16, 1 / 32]),
+    ("fasterrcnn_mobilenet_v3_large_fpn", [1 / 32, 1 / 32]),
+])
+def test_roi_pooler_scales_are_the_backbone_strides(arch, expected):
+    # torchvision would infer the scales from the first batch: a 33-px-high image padded to 64
+    # has a 16-high P2 map, and 16/33 rounds to 1/2 instead of 1/4.
+    model = build_model(arch=arch, num_classes=3, **SMALL).eval()
+    pooler = model.roi_heads.box_roi_pool
+    assert pooler.scales == expected
+    with torch.no_grad():
+        model([torch.rand(3, 33, 40)])
+    assert pooler.scales == expected

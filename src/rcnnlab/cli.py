@@ -75,9 +75,8 @@ def _print_eval(result) -> None:
     table = Table(title=f"{result.split} split: {result.n_images} images")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key, value in m.as_dict().items():
-        if isinstance(value, float | None) and not key.startswith(("AP_iou", "ap50_")):
-            table.add_row(key, _fmt(value))
+    for key, value in m.stats().items():
+        table.add_row(key, _fmt(value))
     if result.seq_acc is not None:
         table.add_row(f"sequence accuracy @ {result.threshold:.2f}", _fmt(result.seq_acc))
     console.print(table)

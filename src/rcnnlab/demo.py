@@ -6,20 +6,20 @@ evaluate on test -> write pred.json / pred.csv -> write a short summary with two
 
 from __future__ import annotations
 
-import logging
-import platform
 import time
 from collections import defaultdict
-
-import torch
 
 from rcnnlab import api
 from rcnnlab.config import Config
 from rcnnlab.data.splits import ensure_synth, load_splits
 from rcnnlab.evaluation.sequence import digit_names, numbers_from_coco, numbers_from_detections
-from rcnnlab.reporting.summary import plot_curves, plot_detections, write_summary
-
-log = logging.getLogger(__name__)
+from rcnnlab.inference.predict import write_predictions
+from rcnnlab.reporting.summary import (
+    machine_description,
+    plot_curves,
+    plot_detections,
+    write_summary,
+)
 
 
 def _fmt(value: float | None) -> str:
@@ -31,16 +31,15 @@ def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
     start = time.perf_counter()
     ensure_synth(cfg.data)
     fit = api.train(cfg, reporter=reporter)
-    sweep = api.tune(fit.run_dir, device=cfg.train.device)
+    api.tune(fit.run_dir, device=cfg.train.device)  # stores the best threshold
     test = api.evaluate(fit.run_dir, split="test", device=cfg.train.device)
     run_dir = fit.run_dir
-    test_json = cfg.data.test_json
-    preds = api.predict(run_dir, test_json, run_dir, device=cfg.train.device)
-
     data = load_splits(cfg.data, need=("test",))["test"]
-    categories = data.categories
-    names = {c["id"]: c["name"] for c in categories}
-    digits = digit_names(categories)
+    names = {c["id"]: c["name"] for c in data.categories}
+    digits = digit_names(data.categories)
+    # The test detections are what `rcnnlab predict` would write for the test json.
+    preds = write_predictions(run_dir, test.detections, [img["id"] for img in data.images],
+                              digits, test.threshold)
     by_image: dict[int, list[dict]] = defaultdict(list)
     for det in test.detections:
         by_image[det["image_id"]].append(det)
@@ -69,12 +68,10 @@ def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
         "train speed": f"{fit.train_images_per_s:.2f} img/s",
         "train time": f"{fit.train_seconds / 60:.1f} min",
         "peak memory": f"{fit.peak_memory_mb:.0f} MB",
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-                   f"threads, torch {torch.__version__}",
+        "machine": machine_description(),
         "demo wall time": f"{(time.perf_counter() - start) / 60:.1f} min",
         "outputs": f"{preds['json'].name}, {preds['csv'].name}" if "csv" in preds
                    else preds["json"].name,
     }
     write_summary(run_dir / "summary.md", f"rcnnlab demo — {cfg.name}", figures_out, figures)
-    figures_out["sweep best"] = f"{sweep.best:.2f}"
     return figures_out

@@ -11,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
@@ -40,6 +41,8 @@ def plot_curves(metrics_csv: Path, out_png: Path) -> Path:
     ax_map.set(xlabel="epoch", ylabel="validation", title="Validation mAP", ylim=(0, 1))
     ax_map.grid(alpha=0.3)
     ax_map.legend(fontsize=8)
+    for ax in (ax_loss, ax_map):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
@@ -85,6 +88,26 @@ def plot_detections(
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
+
+
+def machine_description() -> str:
+    """CPU model, thread count and torch version (and the GPU when one is used)."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name()}"
+    return text
 
 
 def write_summary(path: Path, title: str, facts: dict[str, str], figures: list[Path]) -> Path:

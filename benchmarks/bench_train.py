@@ -1,0 +1,111 @@
+"""Train and inference throughput of a config on generated house numbers (CPU or GPU).
+
+Prints one row per variant: train img/s (forward + backward + optimizer step, augmentation on,
+data loading included), inference img/s (batched, as `rcnnlab predict` runs it) and the peak
+memory of the process. Nothing is asserted; the figures go into the README.
+
+    python benchmarks/bench_train.py                       # configs/base.yaml
+    python benchmarks/bench_train.py --variant "800px=model.native_size=false model.min_size=800"
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from rcnnlab.config import load_config
+from rcnnlab.data.coco import CocoDetection, collate, load_coco
+from rcnnlab.data.synth import generate_dataset
+from rcnnlab.data.transforms import build_train_transforms, to_model_input
+from rcnnlab.engine.trainer import build_optimizer, peak_memory_mb, resolve_device
+from rcnnlab.inference.predict import detect_dataset
+from rcnnlab.models.build import build_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> dict:
+    """Time `iters` training iterations after `warmup`, then batched inference."""
+    torch.manual_seed(0)
+    model = build_model(num_classes=len(data.categories) + 1, **cfg.model.model_dump()).to(device)
+    optimizer = build_optimizer(model, cfg.train)
+    train_set = CocoDetection(data, build_train_transforms(**cfg.augment.model_dump(),
+                                                           digit_classes=True))
+    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
+                        collate_fn=collate, num_workers=cfg.data.workers, drop_last=True)
+    model.train()
+    seen, start, it = 0, 0.0, 0
+    while it < warmup + iters:
+        for images, targets in loader:
+            if it == warmup:
+                start, seen = time.perf_counter(), 0
+            images = [i.to(device) for i in images]
+            targets = [{"boxes": t["boxes"].as_subclass(torch.Tensor).to(device),
+                        "labels": t["labels"].to(device)} for t in targets]
+            loss = sum(model(images, targets).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(images)
+            it += 1
+            if it >= warmup + iters:
+                break
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_ips = seen / (time.perf_counter() - start)
+
+    test_set = CocoDetection(data, to_model_input())
+    subset = torch.utils.data.Subset(test_set, range(min(infer_images, len(test_set))))
+    detect_dataset(model, torch.utils.data.Subset(test_set, range(cfg.eval.batch_size)),
+                   data.category_ids, device=device, batch_size=cfg.eval.batch_size)  # warm-up
+    start = time.perf_counter()
+    detect_dataset(model, subset, data.category_ids, device=device,
+                   batch_size=cfg.eval.batch_size)
+    infer_ips = len(subset) / (time.perf_counter() - start)
+    return {"train": train_ips, "infer": infer_ips, "mem": peak_memory_mb(device)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=str(REPO / "configs" / "base.yaml"))
+    parser.add_argument("--variant", action="append", default=[],
+                        help='"label=key=value key=value" (repeatable); the config itself is '
+                        "always measured first as 'default'")
+    parser.add_argument("--images", type=int, default=256, help="generated training images")
+    parser.add_argument("--iters", type=int, default=20, help="timed training iterations")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--infer-images", type=int, default=128)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_dataset(Path(tmp), n_train=args.images, n_valid=0, n_test=0, seed=0, workers=2)
+        data = load_coco(Path(tmp) / "train" / "annotations.json")
+        variants = [("default", [])]
+        for spec in args.variant:
+            label, _, rest = spec.partition("=")
+            variants.append((label, rest.split()))
+        print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+              f"torch {torch.__version__}, device {device}; config {Path(args.config).name}; "
+              f"{args.images} generated images, {args.warmup}+{args.iters} training iterations")
+        print(f"{'variant':<14}{'arch':<36}{'train img/s':>12}{'infer img/s':>12}"
+              f"{'peak MB':>10}")
+        for label, overrides in variants:
+            cfg = load_config(args.config, overrides)
+            r = measure(cfg, data, device, args.iters, args.warmup, args.infer_images)
+            print(f"{label:<14}{cfg.model.arch:<36}{r['train']:>12.2f}{r['infer']:>12.2f}"
+                  f"{r['mem']:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()
