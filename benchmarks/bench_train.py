@@ -11,7 +11,6 @@ memory of the process. Nothing is asserted; the figures go into the README.
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from rcnnlab.data.transforms import build_train_transforms, to_model_input
 from rcnnlab.engine.trainer import build_optimizer, peak_memory_mb, resolve_device
 from rcnnlab.inference.predict import detect_dataset
 from rcnnlab.models.build import build_model
+from rcnnlab.reporting.summary import machine_description
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,16 +95,16 @@ def main() -> None:
         for spec in args.variant:
             label, _, rest = spec.partition("=")
             variants.append((label, rest.split()))
-        print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-              f"torch {torch.__version__}, device {device}; config {Path(args.config).name}; "
+        print(f"{machine_description()}, device {device}; config {Path(args.config).name}; "
               f"{args.images} generated images, {args.warmup}+{args.iters} training iterations")
         print(f"{'variant':<14}{'arch':<36}{'train img/s':>12}{'infer img/s':>12}"
-              f"{'peak MB':>10}")
+              f"{'peak MB*':>10}")
         for label, overrides in variants:
             cfg = load_config(args.config, overrides)
             r = measure(cfg, data, device, args.iters, args.warmup, args.infer_images)
             print(f"{label:<14}{cfg.model.arch:<36}{r['train']:>12.2f}{r['infer']:>12.2f}"
                   f"{r['mem']:>10.0f}")
+        print("* peak resident memory of the process so far (CPU) or peak CUDA allocation")
 
 
 if __name__ == "__main__":
