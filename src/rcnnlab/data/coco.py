@@ -1,0 +1,333 @@
+"""COCO json loading with validation, and the torch Dataset that feeds the detector.
+
+Any category ids are accepted (Roboflow exports use 0 as a real class); the model's label is the
+category's index in id order + 1, because torchvision reserves label 0 for background. Problems
+with the file are reported once, naming the file, the record and the fix; repairs (clipping,
+dropping degenerate boxes) are counted and logged, never silent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """A dataset file that cannot be used as it is; the message says where and how to fix it."""
+
+
+@dataclass
+class CocoData:
+    """A validated COCO split: records by image, categories, and the repairs made while loading."""
+
+    json_path: Path
+    image_root: Path
+    images: list[dict]  # the image records, in file order
+    annotations: dict[int, list[dict]]  # image id -> its annotations (bbox repaired, xywh)
+    categories: list[dict]  # sorted by id
+    repairs: Counter = field(default_factory=Counter)  # what was clipped / dropped / skipped
+
+    @property
+    def category_ids(self) -> list[int]:
+        """Dataset category ids in label order (label = index + 1)."""
+        return [c["id"] for c in self.categories]
+
+    @property
+    def label_of(self) -> dict[int, int]:
+        """Dataset category id -> contiguous model label (1-based; 0 is background)."""
+        return {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+
+    @property
+    def num_boxes(self) -> int:
+        """Number of annotations kept."""
+        return sum(len(v) for v in self.annotations.values())
+
+    def to_coco_dict(self) -> dict:
+        """The split as a COCO dict (what the evaluator reads as ground truth)."""
+        anns = [a for img in self.images for a in self.annotations.get(img["id"], [])]
+        return {"images": self.images, "annotations": anns, "categories": self.categories}
+
+
+def _fail(path: Path, what: str, fix: str) -> DatasetError:
+    return DatasetError(f"{path}: {what}. Fix: {fix}")
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a COCO json file, with an error naming the line and column when it is malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise _fail(path, "file not found", "check the path (data.*_json in the config)")
+    try:
+        tree = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise _fail(
+            path, f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+            "repair the file (e.g. re-export it) so that `python -m json.tool` accepts it",
+        ) from None
+    except UnicodeDecodeError:
+        raise _fail(path, "not a UTF-8 text file", "give the COCO .json, not an image or archive") from None
+    if not isinstance(tree, dict):
+        raise _fail(path, "top level is not an object", "a COCO file is {images, annotations, categories}")
+    for key in ("images", "categories"):
+        if not isinstance(tree.get(key), list):
+            raise _fail(path, f"no '{key}' list", f"add the '{key}' list of a COCO detection file")
+    tree.setdefault("annotations", [])
+    return tree
+
+
+def default_image_root(json_path: Path, images: list[dict]) -> Path:
+    """The json's folder, or its `images/` subfolder when that is where the files are."""
+    folder = json_path.parent
+    sub = folder / "images"
+    if images and sub.is_dir():
+        first = images[0].get("file_name", "")
+        if not (folder / first).exists() and (sub / first).exists():
+            return sub
+    return folder
+
+
+def _unique_ids(path: Path, records: list[dict], kind: str) -> None:
+    seen: set = set()
+    for i, rec in enumerate(records):
+        rid = rec.get("id")
+        if not isinstance(rid, int) or isinstance(rid, bool):
+            raise _fail(path, f"{kind} record #{i} has id {rid!r}", f"give every {kind} an integer id")
+        if rid in seen:
+            raise _fail(path, f"duplicate {kind} id {rid} (record #{i})", f"make {kind} ids unique")
+        seen.add(rid)
+
+
+def _check_file_name(path: Path, root: Path, img: dict) -> Path:
+    name = img.get("file_name")
+    if not isinstance(name, str) or not name:
+        raise _fail(path, f"image id {img['id']} has no file_name", "add the image's file_name")
+    target = (root / name).resolve()
+    if Path(name).is_absolute() or not target.is_relative_to(root.resolve()):
+        raise _fail(
+            path, f"image id {img['id']} file_name {name!r} escapes the image root {root}",
+            "file names must be relative paths inside the image folder (no '..', no absolute paths)",
+        )
+    return target
+
+
+def _looks_like_xyxy(boxes: list[tuple[list[float], dict]]) -> bool:
+    """True when boxes overflow their images as xywh but fit perfectly read as x1,y1,x2,y2."""
+    if len(boxes) < 5:
+        return False
+    overflow = fits_xyxy = 0
+    for (x, y, w, h), img in boxes:
+        width, height = img["width"], img["height"]
+        if x + w > width + 1 or y + h > height + 1:
+            overflow += 1
+        if x < w <= width + 1 and y < h <= height + 1:
+            fits_xyxy += 1
+    return overflow >= 0.2 * len(boxes) and fits_xyxy >= 0.95 * len(boxes)
+
+
+def _image_size(path: Path, json_path: Path, img: dict) -> tuple[int, int]:
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except (OSError, UnidentifiedImageError) as exc:
+        raise _fail(json_path, f"image id {img['id']} ({path}) cannot be read: {exc}",
+                    "replace the file with a valid image or remove the record") from None
+
+
+def load_coco(
+    json_path: str | Path,
+    image_root: str | Path | None = None,
+    *,
+    check_files: bool = True,
+    skip_missing_images: bool = False,
+) -> CocoData:
+    """Load and validate a COCO detection json.
+
+    Errors (one clear message each): malformed JSON, duplicate ids, an annotation whose image or
+    category id is unknown, a file_name that escapes the image root, a missing image file (unless
+    `skip_missing_images`, which drops the record with a count), a bbox that is not 4 numbers,
+    and an annotation set whose boxes look like xyxy written as xywh. Repairs (counted, logged):
+    boxes clipped to the image, degenerate boxes dropped, crowd boxes left out of training.
+    """
+    json_path = Path(json_path)
+    tree = read_json(json_path)
+    images, categories, anns = tree["images"], tree["categories"], tree["annotations"]
+    _unique_ids(json_path, images, "image")
+    _unique_ids(json_path, categories, "category")
+    _unique_ids(json_path, anns, "annotation")
+    root = Path(image_root) if image_root else default_image_root(json_path, images)
+    repairs: Counter = Counter()
+
+    kept_images = []
+    for img in images:
+        target = _check_file_name(json_path, root, img)
+        if check_files and not target.is_file():
+            if skip_missing_images:
+                repairs["images skipped: file missing"] += 1
+                continue
+            raise _fail(
+                json_path, f"image id {img['id']}: file {target} does not exist",
+                "restore the file, fix data.*_images, or set data.skip_missing_images=true",
+            )
+        img = dict(img)
+        if not isinstance(img.get("width"), int) or not isinstance(img.get("height"), int):
+            if not target.is_file():
+                raise _fail(json_path, f"image id {img['id']} has no width/height and no file",
+                            "add width and height to the record")
+            img["width"], img["height"] = _image_size(target, json_path, img)
+        kept_images.append(img)
+    by_id = {img["id"]: img for img in kept_images}
+    all_image_ids = {img["id"] for img in images}
+    cat_ids = {c["id"] for c in categories}
+
+    raw_boxes = []
+    for ann in anns:
+        if ann.get("image_id") not in all_image_ids:
+            raise _fail(json_path, f"annotation id {ann['id']} refers to unknown image id "
+                        f"{ann.get('image_id')!r}", "remove the annotation or add its image record")
+        if ann.get("category_id") not in cat_ids:
+            raise _fail(json_path, f"annotation id {ann['id']} has unknown category id "
+                        f"{ann.get('category_id')!r} (known: {sorted(cat_ids)})",
+                        "add the category to 'categories' or correct the annotation")
+        bbox = ann.get("bbox")
+        if (not isinstance(bbox, list) or len(bbox) != 4
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in bbox)):
+            raise _fail(json_path, f"annotation id {ann['id']} bbox is {bbox!r}",
+                        "give bbox as [x, y, width, height] in pixels")
+        if ann["image_id"] in by_id:
+            raw_boxes.append((bbox, by_id[ann["image_id"]]))
+        else:
+            repairs["annotations skipped: image missing"] += 1
+    if _looks_like_xyxy(raw_boxes):
+        raise _fail(json_path, "the boxes look like [x1, y1, x2, y2] written where COCO wants "
+                    "[x, y, width, height] (many overflow their image as xywh, all fit as xyxy)",
+                    "convert each bbox to [x1, y1, x2 - x1, y2 - y1]")
+
+    per_image: dict[int, list[dict]] = {img["id"]: [] for img in kept_images}
+    for ann in anns:
+        img = by_id.get(ann["image_id"])
+        if img is None:
+            continue
+        fixed = _repair_box(ann, img, repairs)
+        if fixed is not None:
+            per_image[img["id"]].append(fixed)
+    for what, n in repairs.items():
+        log.warning("%s: %d %s", json_path, n, what)
+    return CocoData(json_path, root, kept_images, per_image,
+                    sorted(categories, key=lambda c: c["id"]), repairs)
+
+
+def _repair_box(ann: dict, img: dict, repairs: Counter) -> dict | None:
+    """Clip a box to its image; None (counted) when it is degenerate."""
+    x, y, w, h = (float(v) for v in ann["bbox"])
+    x1, y1 = max(0.0, x), max(0.0, y)
+    x2, y2 = min(float(img["width"]), x + w), min(float(img["height"]), y + h)
+    if x2 - x1 < 1.0 or y2 - y1 < 1.0:
+        repairs["boxes dropped: degenerate (< 1 px after clipping)"] += 1
+        return None
+    if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+        repairs["boxes clipped to the image"] += 1
+    out = dict(ann)
+    out["bbox"] = [x1, y1, x2 - x1, y2 - y1]
+    out["area"] = (x2 - x1) * (y2 - y1)
+    out.setdefault("iscrowd", 0)
+    return out
+
+
+def subset(data: CocoData, image_ids: list[int]) -> CocoData:
+    """A CocoData holding only the given images (same categories and root)."""
+    keep = set(image_ids)
+    images = [img for img in data.images if img["id"] in keep]
+    anns = {i: data.annotations[i] for i in (img["id"] for img in images)}
+    return CocoData(data.json_path, data.image_root, images, anns, data.categories, Counter())
+
+
+def holdout_split(data: CocoData, fraction: float, seed: int) -> tuple[CocoData, CocoData]:
+    """Deterministic train/valid split that puts every class in valid where it can.
+
+    Images are shuffled with `seed`; first, for each class (rarest first) one image holding it is
+    moved to valid if valid has none yet; then valid is filled up to `fraction` of the images.
+    """
+    ids = [img["id"] for img in data.images]
+    rng = random.Random(seed)
+    rng.shuffle(ids)
+    n_valid = max(1, round(fraction * len(ids)))
+    classes_of = {i: {a["category_id"] for a in data.annotations.get(i, [])} for i in ids}
+    counts = Counter(c for cs in classes_of.values() for c in cs)
+    valid: list[int] = []
+    covered: set[int] = set()
+    for cat in sorted(counts, key=lambda c: (counts[c], c)):
+        if cat in covered or counts[cat] < 2 or len(valid) >= n_valid:
+            continue
+        pick = next(i for i in ids if cat in classes_of[i] and i not in valid)
+        valid.append(pick)
+        covered |= classes_of[pick]
+    chosen = set(valid)
+    valid += [i for i in ids if i not in chosen][: n_valid - len(valid)]
+    valid_set = set(valid)
+    train = [i for i in ids if i not in valid_set]
+    return subset(data, train), subset(data, valid)
+
+
+class CocoDetection(torch.utils.data.Dataset):
+    """Images and targets for torchvision detectors: (uint8 CHW image, target dict).
+
+    The target holds `boxes` (xyxy float, absolute pixels, a tv_tensors.BoundingBoxes so v2
+    transforms move them), `labels` (contiguous 1..K), `image_id` and the original size.
+    Crowd boxes are left out of training targets (they stay in the evaluation ground truth).
+    """
+
+    def __init__(self, data: CocoData, transforms=None):
+        self.data = data
+        self.transforms = transforms
+        self._label_of = data.label_of
+
+    def __len__(self) -> int:
+        return len(self.data.images)
+
+    def load_image(self, index: int) -> torch.Tensor:
+        """The image as a uint8 RGB CHW tensor."""
+        img = self.data.images[index]
+        path = self.data.image_root / img["file_name"]
+        try:
+            with Image.open(path) as im:
+                return F.pil_to_tensor(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DatasetError(f"{self.data.json_path}: image id {img['id']} ({path}) cannot be "
+                               f"read: {exc}. Fix: replace the file or remove the record") from None
+
+    def target(self, index: int, size: tuple[int, int]) -> dict:
+        """The training target of one image (`size` is the loaded image's (h, w))."""
+        img = self.data.images[index]
+        anns = [a for a in self.data.annotations.get(img["id"], []) if not a.get("iscrowd", 0)]
+        boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
+                               a["bbox"][1] + a["bbox"][3]] for a in anns],
+                             dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor([self._label_of[a["category_id"]] for a in anns], dtype=torch.int64)
+        return {
+            "boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size),
+            "labels": labels,
+            "image_id": img["id"],
+        }
+
+    def __getitem__(self, index: int):
+        image = self.load_image(index)
+        target = self.target(index, tuple(image.shape[-2:]))
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def collate(batch):
+    """Detection batches are lists: images differ in size."""
+    return tuple(zip(*batch, strict=True))

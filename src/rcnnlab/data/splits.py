@@ -1,0 +1,98 @@
+"""Resolve a run's data section into validated train / valid / test splits."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from rcnnlab.config import DataConfig
+from rcnnlab.data.coco import CocoData, DatasetError, holdout_split, load_coco
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid", "test")
+
+
+def synth_json(out_dir: str | Path, split: str) -> Path:
+    """Where the generated dataset keeps a split's annotations."""
+    return Path(out_dir) / split / "annotations.json"
+
+
+def ensure_synth(cfg: DataConfig, progress=None) -> bool:
+    """Generate the default house-number data if the config asks for it and it is absent.
+
+    Returns True when images were generated. The jsons of the data section default to the
+    generated ones.
+    """
+    if cfg.synth is None:
+        return False
+    s = cfg.synth
+    for split in SPLITS:
+        key = f"{split}_json"
+        if getattr(cfg, key) is None:
+            setattr(cfg, key, str(synth_json(s.out_dir, split)))
+    from rcnnlab.data.synth import GENERATOR_VERSION, generate_dataset
+
+    wanted = {"train": s.n_train, "valid": s.n_valid, "test": s.n_test}
+    if all(_synth_matches(synth_json(s.out_dir, split), wanted[split], s.seed, GENERATOR_VERSION)
+           for split in SPLITS):
+        return False
+
+    log.info("generating house numbers in %s (%d/%d/%d images, seed %d)",
+             s.out_dir, s.n_train, s.n_valid, s.n_test, s.seed)
+    generate_dataset(Path(s.out_dir), n_train=s.n_train, n_valid=s.n_valid, n_test=s.n_test,
+                     seed=s.seed, workers=2, progress=progress)
+    return True
+
+
+def _synth_matches(path: Path, n_images: int, seed: int, version: str) -> bool:
+    """Whether a generated split on disk is what the config asks for (else it is remade)."""
+    if not path.is_file():
+        return False
+    try:
+        info = json.loads(path.read_text()).get("info", {})
+    except json.JSONDecodeError:
+        return False
+    found = (info.get("num_images"), info.get("seed"), info.get("version"))
+    if found != (n_images, seed, version):
+        log.info("%s holds %s images of seed %s (generator %s); the config asks for %d of seed "
+                 "%d: generating again", path, *found, n_images, seed)
+        return False
+    return True
+
+
+def load_splits(cfg: DataConfig, need: tuple[str, ...] = SPLITS) -> dict[str, CocoData]:
+    """Load the splits named in `need` that the config provides.
+
+    When there is no valid json and `val_fraction` > 0, valid is held out of train
+    (deterministically, every class represented where possible).
+    """
+    ensure_synth(cfg)
+    out: dict[str, CocoData] = {}
+    wanted = set(need)
+    if "valid" in wanted and cfg.valid_json is None and cfg.val_fraction > 0:
+        wanted.add("train")
+    for split in SPLITS:
+        path = getattr(cfg, f"{split}_json")
+        if split in wanted and path is not None:
+            out[split] = load_coco(path, getattr(cfg, f"{split}_images"),
+                                   skip_missing_images=cfg.skip_missing_images)
+    if cfg.valid_json is None and cfg.val_fraction > 0 and "train" in out:
+        out["train"], out["valid"] = holdout_split(out["train"], cfg.val_fraction, cfg.split_seed)
+        log.info("held out %d of %d training images as valid (data.val_fraction=%.2f)",
+                 len(out["valid"].images), len(out["valid"].images) + len(out["train"].images),
+                 cfg.val_fraction)
+    for split in need:
+        if split in ("train", "valid") and split not in out:
+            raise DatasetError(f"no {split} split: set data.{split}_json"
+                               + (" or data.val_fraction" if split == "valid" else ""))
+    if "train" in out and "valid" in out:
+        _check_same_categories(out["train"], out["valid"])
+    return {k: v for k, v in out.items() if k in need}
+
+
+def _check_same_categories(a: CocoData, b: CocoData) -> None:
+    if [(c["id"], c["name"]) for c in a.categories] != [(c["id"], c["name"]) for c in b.categories]:
+        raise DatasetError(f"{b.json_path}: categories differ from {a.json_path}. Fix: export "
+                           "every split with the same category list")
