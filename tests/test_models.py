@@ -182,7 +182,7 @@ def test_build_model_rejects_bad_arch_and_class_count():
 # --------------------------------------------------------------------------- residual FPN
 
 
-def test_residual_fpn_starts_as_exact_identity():
+def test_residual_fpn_block_is_relu_of_input_plus_branch():
     torch.manual_seed(0)
     base = resnet_fpn_backbone(
         backbone_name="resnet18", weights=None, norm_layer=nn.BatchNorm2d, trainable_layers=5
@@ -196,10 +196,17 @@ def test_residual_fpn_starts_as_exact_identity():
             expected, got = base(x), wrapped(x)
         assert list(got) == list(expected) == RESNET_LEVELS
         for name in RESNET_LEVELS:
+            # Zero-gamma: the branch is 0 at start, so each block is ReLU(x).
             assert got[name].shape == expected[name].shape
-            assert torch.equal(got[name], expected[name])
-    # FPN outputs are signed: a post-addition ReLU would not have been an identity.
-    assert (expected["0"] < 0).any()
+            assert torch.equal(got[name], torch.relu(expected[name]))
+    # With a non-zero branch the block computes ReLU(x + BN(conv(ReLU(BN(conv(x)))))).
+    block = wrapped.blocks["0"].eval()
+    nn.init.normal_(block.bn2.weight)
+    feat = torch.randn(1, 256, 8, 8)
+    with torch.no_grad():
+        branch = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(feat)))))
+        assert torch.allclose(block(feat.clone()), torch.relu(feat + branch))
+        assert branch.abs().sum() > 0
 
 
 def test_residual_fpn_blocks_receive_gradients():

@@ -76,9 +76,11 @@ def read_json(path: str | Path) -> dict:
             "repair the file (e.g. re-export it) so that `python -m json.tool` accepts it",
         ) from None
     except UnicodeDecodeError:
-        raise _fail(path, "not a UTF-8 text file", "give the COCO .json, not an image or archive") from None
+        raise _fail(path, "not a UTF-8 text file",
+                    "give the COCO .json, not an image or archive") from None
     if not isinstance(tree, dict):
-        raise _fail(path, "top level is not an object", "a COCO file is {images, annotations, categories}")
+        raise _fail(path, "top level is not an object",
+                    "a COCO file is {images, annotations, categories}")
     for key in ("images", "categories"):
         if not isinstance(tree.get(key), list):
             raise _fail(path, f"no '{key}' list", f"add the '{key}' list of a COCO detection file")
@@ -102,7 +104,8 @@ def _unique_ids(path: Path, records: list[dict], kind: str) -> None:
     for i, rec in enumerate(records):
         rid = rec.get("id")
         if not isinstance(rid, int) or isinstance(rid, bool):
-            raise _fail(path, f"{kind} record #{i} has id {rid!r}", f"give every {kind} an integer id")
+            raise _fail(path, f"{kind} record #{i} has id {rid!r}",
+                        f"give every {kind} an integer id")
         if rid in seen:
             raise _fail(path, f"duplicate {kind} id {rid} (record #{i})", f"make {kind} ids unique")
         seen.add(rid)
@@ -116,7 +119,7 @@ def _check_file_name(path: Path, root: Path, img: dict) -> Path:
     if Path(name).is_absolute() or not target.is_relative_to(root.resolve()):
         raise _fail(
             path, f"image id {img['id']} file_name {name!r} escapes the image root {root}",
-            "file names must be relative paths inside the image folder (no '..', no absolute paths)",
+            "file names must be relative paths inside the image folder (no '..', not absolute)",
         )
     return target
 

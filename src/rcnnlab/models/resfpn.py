@@ -4,18 +4,20 @@
 with ``out_channels`` channels each (torchvision's ``BackboneWithFPN``) and passes every output
 level through its own residual block::
 
-    out = x + BN(conv3x3(ReLU(BN(conv3x3(x)))))
+    out = ReLU(x + BN(conv3x3(ReLU(BN(conv3x3(x))))))
+
+as the seed lab specifies it (3x3 conv-BN-ReLU-3x3 conv-BN, identity skip, ReLU).
 
 Design choices:
 
-* **No ReLU after the addition.** The classic ResNet block ends in ``ReLU(x + f(x))``, but FPN
-  outputs are signed (the FPN's last op is a plain 3x3 conv, about half of its activations are
-  negative) and the RPN/RoI heads downstream were built for signed features. A trailing ReLU would
-  zero those activations at step 0 and so damage a pretrained detector; without it, the block is
-  an exact identity at initialisation (see the next point) and free to learn any correction.
+* **The ReLU after the addition is kept**, as specified, although FPN outputs are signed (the
+  FPN ends in a plain 3x3 conv; about half of its activations are negative) and the heads were
+  built for signed features: with the block, the heads see non-negative maps. For a detector
+  trained from scratch the heads adapt; for a *pretrained* FPN it changes the features at step 0
+  (measure before relying on it with COCO weights).
 * **Last BN weight initialised to zero** ("zero-gamma", Goyal et al. 2017): the residual branch
-  outputs exactly 0 at start, so the wrapped backbone's outputs, pretrained or not, pass through
-  unchanged and training starts from the unmodified detector. The zero gamma still receives a
+  outputs exactly 0 at start, so each block starts as ReLU(x) and learns a correction from
+  there. The zero gamma still receives a
   gradient (d out / d gamma = the normalised conv output), so the branch switches itself on.
 * **Every level gets a block, the ``pool`` level included.** The RPN head is shared across all
   levels, so all of them should go through the same kind of transform; otherwise, as the blocks
@@ -35,7 +37,7 @@ __all__ = ["ResidualBlock", "ResidualFPNBackbone"]
 
 
 class ResidualBlock(nn.Module):
-    """``x + BN(conv3x3(ReLU(BN(conv3x3(x)))))`` with the channel count unchanged.
+    """``ReLU(x + BN(conv3x3(ReLU(BN(conv3x3(x))))))`` with the channel count unchanged.
 
     Args:
         channels: input and output channels.
@@ -51,13 +53,12 @@ class ResidualBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(channels)
         for conv in (self.conv1, self.conv2):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
-        # Zero-gamma: the branch outputs 0 at start, so the block is an exact identity and a
-        # pretrained FPN's features reach the heads unchanged (see the module docstring).
+        # Zero-gamma: the branch outputs 0 at start, so the block starts as ReLU(x).
         nn.init.zeros_(self.bn2.weight)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Return ``x`` plus the learned residual."""
-        return x + self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
+        """Return ReLU(``x`` plus the learned residual)."""
+        return self.relu(x + self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x))))))
 
 
 class ResidualFPNBackbone(nn.Module):
