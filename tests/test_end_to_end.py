@@ -183,3 +183,28 @@ def test_demo_writes_summary_figures_and_outputs(synth_dir, tmp_path):
     evaluation = json.loads((run / "eval_test.json").read_text())
     assert figures["test mAP@[.5:.95]"] == f"{evaluation['AP']:.4f}"
     assert figures["test sequence accuracy"] == f"{evaluation['seq_acc']:.4f}"
+
+
+def test_data_commands_on_real_sets(tmp_path):
+    from .conftest import shared_path
+
+    runner = CliRunner()
+    yolo = shared_path("number-extraction-yolo")
+    out = tmp_path / "valid.json"
+    result = runner.invoke(app, ["data", "convert", str(yolo), "--from", "yolo", "--split",
+                                 "valid", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "63 images, 624 boxes, 10 categories" in result.output
+    result = runner.invoke(app, ["data", "stats", str(out), "--images", str(yolo / "valid" /
+                                                                          "images"),
+                                 "--png", str(tmp_path / "stats.png")])
+    assert result.exit_code == 0, result.output
+    assert "total" in result.output and (tmp_path / "stats.png").stat().st_size > 0
+    orand = shared_path("orand-car-a", "instances_train.json")
+    result = runner.invoke(app, ["data", "show", str(orand), "--out", str(tmp_path / "g.png"),
+                                 "--n", "4"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "g.png").stat().st_size > 0
+    result = runner.invoke(app, ["data", "convert", str(yolo), "--from", "coco", "--out",
+                                 str(out)])
+    assert result.exit_code == 2 and "use yolo, svhn or voc" in result.output

@@ -140,6 +140,81 @@ def data_split(
                   f"data.valid_json={out}/valid.json data.valid_images={root}")
 
 
+@data_app.command("convert")
+@_user_errors
+def data_convert(
+    source: Annotated[Path, typer.Argument(
+        help="yolo: dataset folder (data.yaml) or split folder; svhn: digitStruct.mat; "
+        "voc: folder of xml annotations.")],
+    out: Annotated[Path, typer.Option(help="COCO json to write.")],
+    fmt: Annotated[str, typer.Option("--from", help="yolo | svhn | voc")] = "yolo",
+    split: Annotated[str | None, typer.Option(help="yolo: split of a dataset folder.")] = None,
+    images: Annotated[Path | None, typer.Option(help="svhn/voc: image folder.")] = None,
+):
+    """Convert YOLO txt, SVHN digitStruct.mat or Pascal VOC xml into a COCO json."""
+    from rcnnlab.data.convert import svhn_to_coco, voc_to_coco, write_coco, yolo_to_coco
+
+    if fmt == "yolo":
+        coco, root = yolo_to_coco(source, split)
+    elif fmt == "svhn":
+        coco, root = svhn_to_coco(source, images)
+    elif fmt == "voc":
+        coco, root = voc_to_coco(source, images)
+    else:
+        raise ValueError(f"--from {fmt!r}: use yolo, svhn or voc")
+    path = write_coco(coco, out)
+    console.print(f"{len(coco['images'])} images, {len(coco['annotations'])} boxes, "
+                  f"{len(coco['categories'])} categories -> {path}")
+    console.print(f"image root: {root} (use data.*_images={root})")
+
+
+def _load_for_data_command(json_path: Path, images: Path | None):
+    from rcnnlab.data.coco import load_coco
+
+    return load_coco(json_path, images)
+
+
+@data_app.command("stats")
+@_user_errors
+def data_stats(
+    json_path: Annotated[Path, typer.Argument(help="COCO json.")],
+    images: Annotated[Path | None, typer.Option(help="Image folder (default: beside json).")]
+    = None,
+    png: Annotated[Path | None, typer.Option(help="Also write the histograms as a PNG.")] = None,
+):
+    """Class distribution, boxes per image, image sizes and COCO small/medium/large boxes."""
+    from rcnnlab.data.stats import compute_stats, format_stats, plot_stats
+
+    stats = compute_stats(_load_for_data_command(json_path, images))
+    console.print(format_stats(stats), highlight=False)
+    if png is not None:
+        console.print(f"histograms: {plot_stats(stats, png)}")
+
+
+@data_app.command("show")
+@_user_errors
+def data_show(
+    json_path: Annotated[Path, typer.Argument(help="COCO json.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("augmented.png"),
+    images: Annotated[Path | None, typer.Option(help="Image folder (default: beside json).")]
+    = None,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
+    n: Annotated[int, typer.Option(help="Samples in the grid.")] = 16,
+    seed: Annotated[int, typer.Option(help="Which images and which augmentations.")] = 0,
+):
+    """Draw N augmented training samples (config's augment section) with their boxes."""
+    from rcnnlab.data.show import render_augmented_grid
+    from rcnnlab.data.transforms import build_train_transforms
+    from rcnnlab.evaluation.sequence import digit_names
+
+    cfg = load_config(config, overrides)
+    data = _load_for_data_command(json_path, images)
+    transforms = build_train_transforms(**cfg.augment.model_dump(),
+                                        digit_classes=digit_names(data.categories) is not None)
+    console.print(f"grid: {render_augmented_grid(data, transforms, out, n=n, seed=seed)}")
+
+
 # ---------------------------------------------------------------------------------- train
 @app.command()
 @_user_errors
