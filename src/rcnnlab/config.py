@@ -98,6 +98,7 @@ class AugmentConfig(_Section):
     translate: float = 0.05  # translation, share of width/height
     shear: float = 2.0  # shear range, +-degrees
     scale: tuple[float, float] = (0.9, 1.1)  # scale range
+    svhn_policy_prob: float = Field(0.0, ge=0, le=1)  # AutoAugment SVHN colour sub-policies
     no_aug_epochs: int = 1  # augmentation switched off for the last N epochs
 
 

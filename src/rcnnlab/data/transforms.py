@@ -1,18 +1,107 @@
 """Box-aware training augmentation built on torchvision transforms v2.
 
-Every geometric op moves the boxes with the pixels (v2 transforms boxes as the minimal rectangle
-around their transformed corners); boxes that leave the image are clamped, and those that collapse
-are dropped by SanitizeBoundingBoxes together with their labels.
+Every geometric op moves the boxes with the pixels (v2 transforms a box into the minimal
+rectangle around its four transformed corners); boxes that leave the image are clamped, and
+those that collapse are dropped together with their labels, and counted: the number dropped is
+written into the target as `boxes_dropped`, so the trainer can log it whatever process loaded it.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as F
 
 log = logging.getLogger(__name__)
+
+# AutoAugment's SVHN policy (Cubuk et al. 2018; torchvision's AutoAugmentPolicy.SVHN) with its
+# geometric ops (ShearX/Y, TranslateX/Y, Rotate) removed: they would move pixels without the
+# boxes, and geometry is the box-aware affine's job. Entries are (op, probability, magnitude bin
+# 0..9); the two sub-policies left empty (ShearY/ShearX + TranslateX/Y) are dropped: 23 remain.
+SVHN_COLOUR_POLICY: tuple[tuple[tuple[str, float, int | None], ...], ...] = (
+    (("Invert", 0.2, None),),
+    (("Invert", 0.7, None),),
+    (("Equalize", 0.6, None), ("Solarize", 0.6, 6)),
+    (("Invert", 0.9, None), ("Equalize", 0.6, None)),
+    (("Equalize", 0.6, None),),
+    (("AutoContrast", 0.8, None),),
+    (("Invert", 0.4, None),),
+    (("Solarize", 0.2, 6),),
+    (("Invert", 0.9, None), ("AutoContrast", 0.8, None)),
+    (("Equalize", 0.6, None),),
+    (("Solarize", 0.3, 3),),
+    (("Invert", 0.7, None),),
+    (("Equalize", 0.9, None),),
+    (("Invert", 0.9, None), ("Equalize", 0.6, None)),
+    (("Contrast", 0.3, 3),),
+    (("Invert", 0.8, None),),
+    (("Solarize", 0.4, 8),),
+    (("Invert", 0.6, None),),
+    (("Invert", 0.6, None),),
+    (("Solarize", 0.7, 2),),
+    (("Invert", 0.8, None),),
+    (("AutoContrast", 0.7, None),),
+    (("Invert", 0.1, None),),
+)
+
+
+def colour_op(image: torch.Tensor, op: str, magnitude_bin: int | None, sign: float = 1.0):
+    """Apply one AutoAugment colour op to a uint8 image, with torchvision's magnitude bins.
+
+    Solarize inverts pixels at or above 255 * linspace(1, 0, 10)[bin]; Contrast scales by
+    1 + sign * linspace(0, 0.9, 10)[bin].
+    """
+    if op == "Invert":
+        return F.invert(image)
+    if op == "Equalize":
+        return F.equalize(image)
+    if op == "AutoContrast":
+        return F.autocontrast(image)
+    if op == "Solarize":
+        level = float(torch.linspace(1.0, 0.0, 10)[magnitude_bin])
+        return F.solarize(image, threshold=255.0 * level)
+    if op == "Contrast":
+        level = float(torch.linspace(0.0, 0.9, 10)[magnitude_bin])
+        return F.adjust_contrast(image, 1.0 + sign * level)
+    raise ValueError(f"unknown colour op {op!r}")
+
+
+class SVHNColourPolicy(T.Transform):
+    """With probability `p`, draw one sub-policy of SVHN_COLOUR_POLICY and apply its ops.
+
+    Only the image changes: boxes and labels pass through untouched.
+    """
+
+    def __init__(self, p: float = 1.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        if float(torch.rand(())) >= self.p:
+            return image, target
+        policy = SVHN_COLOUR_POLICY[int(torch.randint(len(SVHN_COLOUR_POLICY), ()))]
+        for op, prob, magnitude in policy:
+            if float(torch.rand(())) < prob:
+                sign = -1.0 if float(torch.rand(())) < 0.5 else 1.0
+                image = colour_op(image, op, magnitude, sign)
+        return image, target
+
+
+class CountDropped(T.Transform):
+    """Drop boxes that collapsed (with their labels) and record how many in the target."""
+
+    def __init__(self, min_size: float = 1.0):
+        super().__init__()
+        self.sanitize = T.SanitizeBoundingBoxes(min_size=min_size)
+
+    def forward(self, image: Any, target: dict) -> tuple[Any, dict]:
+        before = len(target["boxes"])
+        image, target = self.sanitize(image, target)
+        target["boxes_dropped"] = target.get("boxes_dropped", 0) + before - len(target["boxes"])
+        return image, target
 
 
 def to_model_input() -> T.Transform:
@@ -34,11 +123,13 @@ def build_train_transforms(
     translate: float = 0.05,
     shear: float = 2.0,
     scale: tuple[float, float] = (0.9, 1.1),
+    svhn_policy_prob: float = 0.0,
     digit_classes: bool = False,
     **_: object,
 ) -> T.Transform:
     """The augmentation pipeline of a training run (keyword arguments = config.augment).
 
+    Order: SVHN colour policy, ColorJitter, flip, affine, clamp + drop collapsed boxes, to float.
     `digit_classes` marks a dataset whose classes are digits, for which a horizontal flip
     changes the class (a mirrored 2 is no digit): enabling the flip there logs a warning.
     """
@@ -48,6 +139,8 @@ def build_train_transforms(
         log.warning("augment.flip_prob=%.2f on a digit dataset: a mirrored digit is not the same "
                     "digit; set augment.flip_prob=0 unless that is intended", flip_prob)
     ops: list[T.Transform] = []
+    if svhn_policy_prob > 0:
+        ops.append(SVHNColourPolicy(svhn_policy_prob))
     if hsv_prob > 0:
         jitter = T.ColorJitter(brightness=brightness, contrast=contrast,
                                saturation=saturation, hue=hue)
@@ -58,5 +151,6 @@ def build_train_transforms(
         affine = T.RandomAffine(degrees=degrees, translate=(translate, translate),
                                 scale=tuple(scale), shear=(-shear, shear, -shear, shear))
         ops.append(T.RandomApply([affine], p=affine_prob))
-    ops += [T.ClampBoundingBoxes(), T.SanitizeBoundingBoxes(min_size=1.0), to_model_input()]
+    ops += [T.ClampBoundingBoxes(), CountDropped(min_size=1.0), to_model_input()]
     return T.Compose(ops)
+

@@ -254,12 +254,13 @@ class Trainer:
             self.train_set.transforms = to_model_input()
         self.model.train()
         sums = dict.fromkeys(RAW_LOSSES, 0.0)
-        n_iter = n_img = 0
+        n_iter = n_img = dropped = 0
         start = time.perf_counter()
         self.reporter.start_epoch(epoch + 1, self.cfg.train.epochs, self.iters_per_epoch, aug)
         for images, targets in self.loader:
             if n_iter >= self.iters_per_epoch:
                 break
+            dropped += sum(t.get("boxes_dropped", 0) for t in targets)
             images = [img.to(self.device) for img in images]
             targets = [{"boxes": t["boxes"].as_subclass(torch.Tensor).to(self.device),
                         "labels": t["labels"].to(self.device)} for t in targets]
@@ -294,6 +295,9 @@ class Trainer:
         for group, keys in LOSS_GROUPS.items():
             row[group] = sum(means[k] for k in keys)
         row.update(means)
+        row["boxes_dropped"] = dropped
+        if dropped:
+            log.info("augmentation dropped %d boxes that collapsed or left the image", dropped)
         row["epoch_seconds"] = elapsed
         row["train_img_per_s"] = n_img / max(elapsed, 1e-9)
         return row
