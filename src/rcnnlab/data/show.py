@@ -18,6 +18,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
 from .coco import CocoData, CocoDetection
+from .transforms import CountDropped
 
 DPI = 100
 # Width of one grid cell: small images are scaled up to the minimum so that the names stay
@@ -69,7 +70,7 @@ def augmented_sample(dataset: CocoDetection, index: int, seed: int,
 
 # steps every pipeline ends with: they tidy boxes and types and change no pixel a reader would see
 _BOOKKEEPING = (T.ClampBoundingBoxes, T.SanitizeBoundingBoxes, T.ToDtype, T.ToImage,
-                T.ToPureTensor)
+                T.ToPureTensor, CountDropped)
 
 
 def describe_transforms(transforms) -> str:
