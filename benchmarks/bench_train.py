@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> dict:
     """Time `iters` training iterations after `warmup`, then batched inference."""
     torch.manual_seed(0)
-    model = build_model(num_classes=len(data.categories) + 1, **cfg.model.model_dump()).to(device)
+    model = build_model(num_classes=len(data.categories) + 1, **cfg.model.build_kwargs()).to(device)
     optimizer = build_optimizer(model, cfg.train)
     train_set = CocoDetection(data, build_train_transforms(**cfg.augment.model_dump(),
                                                            digit_classes=True))

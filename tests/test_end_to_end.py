@@ -14,7 +14,7 @@ from rcnnlab import api
 from rcnnlab.cli import app
 from rcnnlab.config import load_config
 from rcnnlab.data.synth import generate_dataset
-from rcnnlab.engine.checkpoint import load_checkpoint
+from rcnnlab.engine.checkpoint import load_checkpoint, load_detector
 from rcnnlab.engine.progress import ProgressReporter
 
 # A small, fast model: R18-FPN at native size with small budgets.
@@ -208,3 +208,19 @@ def test_data_commands_on_real_sets(tmp_path):
     result = runner.invoke(app, ["data", "convert", str(yolo), "--from", "coco", "--out",
                                  str(out)])
     assert result.exit_code == 2 and "use yolo, svhn or voc" in result.output
+
+
+def test_auto_anchors_are_fitted_logged_and_saved(synth_dir, tmp_path, caplog):
+    import logging
+
+    import yaml
+
+    caplog.set_level(logging.INFO)
+    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=1",
+                      "model.anchors=auto")
+    run = api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
+    assert "auto anchors:" in caplog.text and "0.7" in caplog.text
+    saved = yaml.safe_load((run / "config.yaml").read_text())["model"]
+    assert saved["anchors"] == "given" and len(saved["anchor_sizes"]) == 5
+    model, _ = load_detector(run)
+    assert [list(s) for s in model.rpn.anchor_generator.sizes] == saved["anchor_sizes"]

@@ -54,6 +54,10 @@ class DataConfig(_Section):
 class ModelConfig(_Section):
     """Detector architecture and its budgets; passed as keyword arguments to build_model."""
 
+    def build_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of build_model (`anchors` is resolved before building)."""
+        return self.model_dump(exclude={"anchors"})
+
     arch: Literal[
         "fasterrcnn_resnet50_fpn",
         "fasterrcnn_resnet50_fpn_v2",
@@ -66,6 +70,7 @@ class ModelConfig(_Section):
     backbone_weights: str | None = None  # the same, for the backbone only
     trainable_backbone_layers: int | None = None  # None = all without weights, 3 with
     residual_fpn: bool = False  # residual block after every FPN output
+    anchors: Literal["given", "auto"] = "given"  # auto: fit sizes/ratios to the training boxes
     anchor_sizes: list[list[int]] | None = None  # one list per FPN level; None = arch default
     aspect_ratios: list[list[float]] | None = None  # h/w ratios per level (or one list for all)
     min_size: int = 800  # short side after resize (or the cap in native mode)

@@ -98,7 +98,7 @@ def load_detector(path: str | Path, which: str = "best", device: str | torch.dev
     # Same layout as in training (frozen BN where weights were pretrained), but the tensors all
     # come from the checkpoint: nothing is fetched.
     model = build_model(num_classes=len(ckpt["categories"]) + 1, load_weights=False,
-                        **cfg.model.model_dump())
+                        **cfg.model.build_kwargs())
     model.load_state_dict(ckpt["model"])
     ckpt["path"] = str(ckpt_path)
     return model.to(device).eval(), ckpt

@@ -36,7 +36,8 @@ from rcnnlab.evaluation.sequence import (
     sequence_accuracy,
 )
 from rcnnlab.inference.predict import detect_dataset
-from rcnnlab.models.build import build_model, load_weights_file
+from rcnnlab.models.anchors import auto_anchors
+from rcnnlab.models.build import build_model, describe_model, load_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,7 @@ class Trainer:
         self.categories = self.train_data.categories
         self.category_ids = self.train_data.category_ids
         self.digits = digit_names(self.categories)
-        self.model = build_model(num_classes=len(self.categories) + 1,
-                                 **cfg.model.model_dump()).to(self.device)
+        self.model = self.build_model()
         if cfg.train.finetune_from:
             report = load_weights_file(self.model, cfg.train.finetune_from)
             log.info("fine-tuning from %s: %s", cfg.train.finetune_from, report)
@@ -172,6 +172,26 @@ class Trainer:
         self.train_seconds = 0.0
         self.images_seen = 0
         self.threshold = cfg.eval.default_threshold
+
+    def build_model(self) -> torch.nn.Module:
+        """The detector of the config; with `model.anchors: auto` the anchors are first fitted
+        to the training boxes and written into the config (so config.yaml and the checkpoints
+        hold the fitted values)."""
+        num_classes = len(self.categories) + 1
+        model = build_model(num_classes=num_classes, **self.cfg.model.build_kwargs())
+        if self.cfg.model.anchors == "auto":
+            m = self.cfg.model
+            levels = describe_model(model)["levels"]
+            fit = auto_anchors(
+                self.train_data, num_levels=len(levels), min_size=m.min_size,
+                max_size=m.max_size, native_size=m.native_size,
+                default_sizes=[lv["anchor_sizes"] for lv in levels],
+                default_ratios=[lv["aspect_ratios"] for lv in levels],
+                strides=[lv["stride"] for lv in levels], seed=self.cfg.train.seed)
+            log.info("auto anchors: %s", fit.summary())
+            m.anchor_sizes, m.aspect_ratios, m.anchors = fit.sizes, fit.ratios, "given"
+            model = build_model(num_classes=num_classes, **m.build_kwargs())
+        return model.to(self.device)
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
