@@ -68,7 +68,7 @@ def _run_config(ckpt: dict) -> Config:
 def _split_data(cfg: Config, split: str, json_path: str | None, images: str | None) -> CocoData:
     if json_path is not None:
         return load_coco(json_path, images, skip_missing_images=cfg.data.skip_missing_images)
-    splits = load_splits(cfg.data, need=(split,) if split == "test" else ("train", "valid"))
+    splits = load_splits(cfg.data, need=(split,))  # loads train only to hold valid out of it
     if split not in splits:
         raise FileNotFoundError(f"the run's config has no {split} split (data.{split}_json). "
                                 "Fix: pass --data PATH.json")
