@@ -50,8 +50,13 @@ class EvalResult:
     metrics: CocoMetrics
     threshold: float
     seq_acc: float | None
-    n_images: int
+    data: CocoData = field(repr=False)  # the split evaluated (ground truth and image root)
     detections: list[dict] = field(repr=False, default_factory=list)
+
+    @property
+    def n_images(self) -> int:
+        """Images in the split."""
+        return len(self.data.images)
 
     def as_dict(self) -> dict:
         """Flat, JSON-ready form."""
@@ -103,7 +108,7 @@ def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = No
     if digits is not None:
         acc = sequence_accuracy(numbers_from_coco(gt, digits), numbers_from_detections(
             dets, digits, thr, [img["id"] for img in data.images]))
-    result = EvalResult(split, metrics, thr, acc, len(data.images), dets)
+    result = EvalResult(split, metrics, thr, acc, data, dets)
     if Path(run).is_dir():
         (Path(run) / f"eval_{split}.json").write_text(json.dumps(result.as_dict(), indent=2))
     return result

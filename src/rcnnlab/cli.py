@@ -168,12 +168,6 @@ def data_convert(
     console.print(f"image root: {root} (use data.*_images={root})")
 
 
-def _load_for_data_command(json_path: Path, images: Path | None):
-    from rcnnlab.data.coco import load_coco
-
-    return load_coco(json_path, images)
-
-
 @data_app.command("stats")
 @_user_errors
 def data_stats(
@@ -183,9 +177,10 @@ def data_stats(
     png: Annotated[Path | None, typer.Option(help="Also write the histograms as a PNG.")] = None,
 ):
     """Class distribution, boxes per image, image sizes and COCO small/medium/large boxes."""
+    from rcnnlab.data.coco import load_coco
     from rcnnlab.data.stats import compute_stats, format_stats, plot_stats
 
-    stats = compute_stats(_load_for_data_command(json_path, images))
+    stats = compute_stats(load_coco(json_path, images))
     console.print(format_stats(stats), highlight=False)
     if png is not None:
         console.print(f"histograms: {plot_stats(stats, png)}")
@@ -204,12 +199,13 @@ def data_show(
     seed: Annotated[int, typer.Option(help="Which images and which augmentations.")] = 0,
 ):
     """Draw N augmented training samples (config's augment section) with their boxes."""
+    from rcnnlab.data.coco import load_coco
     from rcnnlab.data.show import render_augmented_grid
     from rcnnlab.data.transforms import build_train_transforms
     from rcnnlab.evaluation.sequence import digit_names
 
     cfg = load_config(config, overrides)
-    data = _load_for_data_command(json_path, images)
+    data = load_coco(json_path, images)
     transforms = build_train_transforms(**cfg.augment.model_dump(),
                                         digit_classes=digit_names(data.categories) is not None)
     console.print(f"grid: {render_augmented_grid(data, transforms, out, n=n, seed=seed)}")

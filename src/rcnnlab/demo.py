@@ -11,7 +11,7 @@ from collections import defaultdict
 
 from rcnnlab import api
 from rcnnlab.config import Config
-from rcnnlab.data.splits import ensure_synth, load_splits
+from rcnnlab.data.splits import ensure_synth
 from rcnnlab.evaluation.sequence import digit_names, numbers_from_coco, numbers_from_detections
 from rcnnlab.inference.predict import write_predictions
 from rcnnlab.reporting.summary import (
@@ -34,7 +34,7 @@ def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
     api.tune(fit.run_dir, device=cfg.train.device)  # stores the best threshold
     test = api.evaluate(fit.run_dir, split="test", device=cfg.train.device)
     run_dir = fit.run_dir
-    data = load_splits(cfg.data, need=("test",))["test"]
+    data = test.data
     names = {c["id"]: c["name"] for c in data.categories}
     digits = digit_names(data.categories)
     # The test detections are what `rcnnlab predict` would write for the test json.
