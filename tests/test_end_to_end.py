@@ -99,7 +99,9 @@ def test_predict_on_a_folder_enumerates_non_numeric_names(synth_dir, tmp_path):
 
 
 def test_resume_reaches_the_same_weights(synth_dir, tmp_path):
-    common = ["train.epochs=2", "train.iters_per_epoch=2", "augment.no_aug_epochs=0"]
+    # Multi-scale on: its per-batch draw must resume exactly too.
+    common = ["train.epochs=2", "train.iters_per_epoch=2", "augment.no_aug_epochs=0",
+              "augment.multiscale_sizes=[48,96]"]
     whole = tiny_config(synth_dir, tmp_path / "a", *common)
     api.train(whole, reporter=ProgressReporter(quiet=True))
     # The same run interrupted after epoch 1: a 1-epoch schedule would differ, so stop it by
@@ -224,3 +226,58 @@ def test_auto_anchors_are_fitted_logged_and_saved(synth_dir, tmp_path, caplog):
     assert saved["anchors"] == "given" and len(saved["anchor_sizes"]) == 5
     model, _ = load_detector(run)
     assert [list(s) for s in model.rpn.anchor_generator.sizes] == saved["anchor_sizes"]
+
+
+def test_multiscale_is_on_while_augmenting_and_off_for_the_last_epochs(synth_dir, tmp_path):
+    from rcnnlab.engine.trainer import Trainer
+
+    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=2", "train.iters_per_epoch=3",
+                      "augment.no_aug_epochs=1", "augment.multiscale_sizes=[40,96]")
+    trainer = Trainer(cfg, reporter=ProgressReporter(quiet=True))
+    seen = []  # (training, drawn short side, padded batch height) per forward of the transform
+    trainer.model.transform.register_forward_hook(
+        lambda mod, args, out: seen.append((mod.training, mod.batch_short_side,
+                                            out[0].image_sizes)))
+    trainer.fit()
+    train = [s for s in seen if s[0]]
+    assert len(train) == 6
+    # Epoch 1 (augmenting): every image of a batch has the drawn short side.
+    for _, side, sizes in train[:3]:
+        assert side in (40, 96) and all(min(hw) == side for hw in sizes)
+    # Epoch 2 (no_aug_epochs): native size, the synthetic images' own heights.
+    assert all(side is None for _, side, _ in train[3:])
+    assert all(side is None for training, side, _ in seen if not training)
+
+
+def test_ablation_script_runs_each_variant_per_seed_and_resumes(synth_dir, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "ablation", Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    data = [f"data.{s}_json={synth_dir / s / 'annotations.json'}" for s in ("valid", "test")]
+    data.append(f"data.train_json={synth_dir / 'train' / 'annotations.json'}")
+    args = ["--study", "augment", "--only", "none", "multi_scale", "--seeds", "0", "1",
+            "--epochs", "1", "--split", "test", "--out", str(tmp_path), "--config", "",
+            *TINY, *data, "train.iters_per_epoch=1", "augment.no_aug_epochs=0"]
+    md = ablation.main(args)
+    rows = list(csv.DictReader((tmp_path / "augment.csv").open()))
+    assert [(r["variant"], r["seed"]) for r in rows] == [
+        ("none", "0"), ("multi-scale", "0"), ("none", "1"), ("multi-scale", "1")]
+    assert all(r["iterations"] == "1" for r in rows)
+    # Two seeds: mean +- std; the first row is the reference of the delta column.
+    assert "| none | 2 |" in md and "±" in md and "| +0.000 |" in md
+    saved = yaml_load(tmp_path / "augment" / "multi_scale_s1" / "config.yaml")
+    assert saved["augment"]["multiscale_sizes"] == [40, 48, 56, 64, 72]
+    assert saved["train"]["seed"] == 1
+    # A second call finds every result.json and trains nothing.
+    before = (tmp_path / "augment" / "none_s0" / "result.json").stat().st_mtime_ns
+    assert ablation.main(args) == md
+    assert (tmp_path / "augment" / "none_s0" / "result.json").stat().st_mtime_ns == before
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())

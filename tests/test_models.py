@@ -27,7 +27,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from rcnnlab.models.build import ARCHS, build_model, describe_model, load_weights_file
 from rcnnlab.models.resfpn import ResidualFPNBackbone
-from rcnnlab.models.transform import NativeSizeTransform
+from rcnnlab.models.transform import DetectorTransform
 
 LOSS_KEYS = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
 PREDICTOR_KEYS = {
@@ -495,29 +495,66 @@ def test_enum_weights_load_through_torchvision_loader(monkeypatch, caplog):
 def test_native_size_transform_keeps_small_images_and_shrinks_big_ones():
     image = torch.rand(3, 40, 100)
     box = torch.tensor([[10.0, 5.0, 30.0, 35.0]])
-    native = NativeSizeTransform(800, 1333, MEAN, STD)
+    native = DetectorTransform(800, 1333, MEAN, STD, native=True)
+    ours = DetectorTransform(800, 2000, MEAN, STD)
     default = GeneralizedRCNNTransform(800, 2000, MEAN, STD)
     for train in (True, False):
-        native.train(train)
-        default.train(train)
+        for t in (native, ours, default):
+            t.train(train)
         images, targets = native([image], [{"boxes": box.clone(), "labels": torch.tensor([1])}])
         assert images.image_sizes == [(40, 100)]
         assert images.tensors.shape == (1, 3, 64, 128)  # padded to a multiple of 32
         assert torch.equal(targets[0]["boxes"], box)
-        images, targets = default([image], [{"boxes": box.clone(), "labels": torch.tensor([1])}])
-        assert images.image_sizes == [(800, 2000)]
-        assert torch.allclose(targets[0]["boxes"], box * 20)
+        # Without native mode it resizes exactly as torchvision does.
+        for t in (ours, default):
+            images, targets = t([image], [{"boxes": box.clone(), "labels": torch.tensor([1])}])
+            assert images.image_sizes == [(800, 2000)]
+            assert torch.allclose(targets[0]["boxes"], box * 20)
+        torch.manual_seed(0)
+        a = ours([image])[0].tensors
+        b = default([image])[0].tensors
+        assert torch.allclose(a, b)
     # An image past a limit is downscaled as torchvision would, never upscaled.
     images, _ = native([torch.rand(3, 900, 1000)])
     assert images.image_sizes == [(800, 888)]
     with pytest.raises(ValueError, match="one min_size"):
-        NativeSizeTransform((600, 800), 1333, MEAN, STD)
+        DetectorTransform((600, 800), 1333, MEAN, STD)
+
+
+def test_multiscale_draws_one_short_side_per_batch_in_training_only():
+    t = DetectorTransform(800, 1333, MEAN, STD, native=True, train_short_sides=(20, 80))
+    small, wide = torch.rand(3, 40, 100), torch.rand(3, 50, 60)
+    box = torch.tensor([[10.0, 5.0, 30.0, 35.0]])
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(20):
+        images, targets = t([small, wide], [{"boxes": box.clone()}, {"boxes": box.clone()}])
+        side = t.batch_short_side
+        seen.add(side)
+        # Every image of the batch gets the same short side; boxes scale with the pixels.
+        assert images.image_sizes == [(side, round(100 * side / 40)), (side, round(60 * side / 50))]
+        assert torch.allclose(targets[0]["boxes"], box * side / 40)
+        assert torch.allclose(targets[1]["boxes"], box * side / 50)
+    assert seen == {20, 80}
+    # The draw follows torch's seed, so a seeded or resumed run repeats it.
+    torch.manual_seed(1)
+    first = [(t([small]), t.batch_short_side)[1] for _ in range(8)]
+    torch.manual_seed(1)
+    assert [(t([small]), t.batch_short_side)[1] for _ in range(8)] == first
+    # The long-side cap still holds.
+    capped = DetectorTransform(800, 150, MEAN, STD, native=True, train_short_sides=(80,))
+    assert capped([small])[0].image_sizes == [(60, 150)]
+    # Evaluation ignores multi-scale: native size.
+    t.eval()
+    assert t([small])[0].image_sizes == [(40, 100)]
+    assert t.batch_short_side is None
 
 
 @pytest.mark.parametrize("native, resized", [(True, (40, 100)), (False, (800, 2000))])
 def test_boxes_map_back_to_the_original_size(native, resized):
     model = build_model(arch="resnet18_fpn", num_classes=3, native_size=native, max_size=2000)
-    assert isinstance(model.transform, NativeSizeTransform) == native
+    assert isinstance(model.transform, DetectorTransform)
+    assert model.transform.native == native
     model.eval()
     images, _ = model.transform([torch.rand(3, 40, 100)])
     assert images.image_sizes == [resized]

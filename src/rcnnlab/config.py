@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
@@ -104,6 +104,8 @@ class AugmentConfig(_Section):
     shear: float = 2.0  # shear range, +-degrees
     scale: tuple[float, float] = (0.9, 1.1)  # scale range
     svhn_policy_prob: float = Field(0.0, ge=0, le=1)  # AutoAugment SVHN colour sub-policies
+    # Multi-scale training: the short side (px) drawn per batch from this list; [] = off.
+    multiscale_sizes: list[PositiveInt] = []
     no_aug_epochs: int = 1  # augmentation switched off for the last N epochs
 
 

@@ -272,6 +272,11 @@ class Trainer:
                 **self.cfg.augment.model_dump(), digit_classes=self.digits is not None)
         else:
             self.train_set.transforms = to_model_input()
+        # Multi-scale lives in the model's transform (one short side per batch): on with the rest.
+        sizes = self.cfg.augment.multiscale_sizes if aug and self.cfg.augment.enabled else []
+        self.model.transform.train_short_sides = tuple(sizes)
+        if sizes:
+            log.info("multi-scale training: short side drawn per batch from %s", sizes)
         self.model.train()
         sums = dict.fromkeys(RAW_LOSSES, 0.0)
         n_iter = n_img = dropped = 0

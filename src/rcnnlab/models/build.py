@@ -74,7 +74,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
 from rcnnlab.models.resfpn import ResidualFPNBackbone
-from rcnnlab.models.transform import NativeSizeTransform
+from rcnnlab.models.transform import DetectorTransform
 
 __all__ = ["ARCHS", "LoadReport", "build_model", "describe_model", "load_weights_file"]
 
@@ -228,7 +228,7 @@ def build_model(
         min_size, max_size: torchvision's resizing: scale the short side to ``min_size`` unless
             the long side would exceed ``max_size``.
         native_size: never upscale: scale = ``min(1, min_size/short, max_size/long)``
-            (:class:`~rcnnlab.models.transform.NativeSizeTransform`).
+            (:class:`~rcnnlab.models.transform.DetectorTransform`).
         rpn_pre_nms_top_n_train, rpn_pre_nms_top_n_test: proposals kept per level before NMS.
         rpn_post_nms_top_n_train, rpn_post_nms_top_n_test: proposals kept per image after NMS.
         rpn_batch_size_per_image: anchors sampled per image for the RPN loss.
@@ -319,10 +319,11 @@ def build_model(
         **extra,
     )
     _set_pooler_scales(model.roi_heads.box_roi_pool, dict(levels))
-    if native_size:
-        model.transform = NativeSizeTransform(
-            min_size, max_size, model.transform.image_mean, model.transform.image_std
-        )
+    # Ours in both modes: native size, and the per-batch multi-scale draw the trainer switches on.
+    model.transform = DetectorTransform(
+        min_size, max_size, model.transform.image_mean, model.transform.image_std,
+        native=native_size,
+    )
 
     for source, state_dict, prefix in sources:
         log.info(_load_state_dict(model, state_dict, source, prefix=prefix).summary())
@@ -431,7 +432,7 @@ def describe_model(model: FasterRCNN) -> dict[str, Any]:
         "num_levels": len(levels),
         "levels": levels,
         "transform": {
-            "native_size": isinstance(transform, NativeSizeTransform),
+            "native_size": getattr(transform, "native", False),
             "min_size": list(transform.min_size),
             "max_size": transform.max_size,
             "image_mean": list(transform.image_mean),
