@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import statistics
 import time
 from pathlib import Path
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("overrides", nargs="*", help="extra key=value for every variant")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     variants = STUDIES[args.study]
     if args.only:
