@@ -51,6 +51,23 @@ def test_identity_transform_draws_the_json_boxes_with_names(named_coco):
     assert custom.names == ["Dog", "Cat"]
 
 
+def test_multiscale_rescales_image_and_boxes_to_a_drawn_short_side(named_coco):
+    dataset = CocoDetection(named_coco, build_train_transforms(enabled=False))
+    sides = set()
+    for seed in range(6):
+        sample = augmented_sample(dataset, 0, seed=seed, short_sides=(20, 80))
+        side = sample.image.shape[1]  # the 60x40 image's short side is its height
+        sides.add(side)
+        assert sample.image.shape == (3, side, side * 3 // 2)
+        # 5,5,15,25 (xyxy) scaled by side / 40
+        assert sample.boxes[0].tolist() == pytest.approx([5 * side / 40, 5 * side / 40,
+                                                          15 * side / 40, 25 * side / 40])
+    assert sides == {20, 80}
+    # The long side stays under max_size.
+    capped = augmented_sample(dataset, 0, seed=0, short_sides=(80,), max_size=90)
+    assert capped.image.shape == (3, 60, 90)
+
+
 def test_boxes_that_leave_the_image_are_counted(named_coco):
     # keep x in [20, 40): the box at x 5..15 leaves, the one at 20.5..30.5 moves to 0.5..10.5
     crop = T.Compose([T.CenterCrop((40, 20)), T.SanitizeBoundingBoxes(min_size=1.0)])

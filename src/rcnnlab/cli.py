@@ -208,7 +208,10 @@ def data_show(
     data = load_coco(json_path, images)
     transforms = build_train_transforms(**cfg.augment.model_dump(),
                                         digit_classes=digit_names(data.categories) is not None)
-    console.print(f"grid: {render_augmented_grid(data, transforms, out, n=n, seed=seed)}")
+    sides = cfg.augment.multiscale_sizes if cfg.augment.enabled else []
+    png = render_augmented_grid(data, transforms, out, n=n, seed=seed, short_sides=sides,
+                                max_size=cfg.model.max_size)
+    console.print(f"grid: {png}")
 
 
 # ---------------------------------------------------------------------------------- train

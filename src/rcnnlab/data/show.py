@@ -9,6 +9,7 @@ its own fixed seed, which leaves the caller's RNG state untouched.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -18,7 +19,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
 from .coco import CocoData, CocoDetection
-from .transforms import CountDropped
+from .transforms import CountDropped, rescale, resize_scale
 
 DPI = 100
 # Width of one grid cell: small images are scaled up to the minimum so that the names stay
@@ -45,23 +46,32 @@ def label_names(data: CocoData) -> dict[int, str]:
 
 
 def augmented_sample(dataset: CocoDetection, index: int, seed: int,
-                     names: dict[int, str] | None = None) -> Sample:
+                     names: dict[int, str] | None = None, short_sides: Sequence[int] = (),
+                     max_size: int = 1333) -> Sample:
     """Sample `index` of `dataset` through its transforms, with torch's RNG seeded by `seed`.
 
-    `names` maps model labels to the names drawn (default: the categories' names).
+    `names` maps model labels to the names drawn (default: the categories' names). With
+    `short_sides` (multi-scale training), the image is then rescaled to a short side drawn from
+    them, long side capped at `max_size`, as the model's transform does per batch.
     """
     names = names or label_names(dataset.data)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         image, target = dataset[index]
+        side = short_sides[int(torch.randint(len(short_sides), ()))] if short_sides else None
     boxes = F.convert_bounding_box_format(target["boxes"],
                                           new_format=tv_tensors.BoundingBoxFormat.XYXY)
+    boxes = boxes.as_subclass(torch.Tensor).reshape(-1, 4)
+    # a pipeline without ToDtype (or none at all) yields uint8: show it the same way
+    image = F.to_dtype(image, torch.float32, scale=True).as_subclass(torch.Tensor)
+    if side is not None:
+        h, w = image.shape[-2:]
+        image, boxes = rescale(image, boxes, resize_scale(int(h), int(w), side, max_size))
     img = dataset.data.images[index]
     before = sum(1 for a in dataset.data.annotations.get(img["id"], []) if not a.get("iscrowd"))
     return Sample(
-        # a pipeline without ToDtype (or none at all) yields uint8: show it the same way
-        image=F.to_dtype(image, torch.float32, scale=True),
-        boxes=boxes.as_subclass(torch.Tensor).reshape(-1, 4),
+        image=image,
+        boxes=boxes,
         names=[names.get(int(lab), str(int(lab))) for lab in target["labels"]],
         image_id=img["id"],
         boxes_before=before,
@@ -89,7 +99,8 @@ def describe_transforms(transforms) -> str:
 
 
 def pick_samples(data: CocoData, transforms, *, n: int = 16, seed: int = 0,
-                 names: dict[int, str] | None = None) -> list[Sample]:
+                 names: dict[int, str] | None = None, short_sides: Sequence[int] = (),
+                 max_size: int = 1333) -> list[Sample]:
     """`n` distinct images drawn with `seed`, each transformed with a seed drawn from it too."""
     dataset = CocoDetection(data, transforms)
     if len(dataset) == 0:
@@ -97,17 +108,20 @@ def pick_samples(data: CocoData, transforms, *, n: int = 16, seed: int = 0,
     gen = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=gen)[:n].tolist()
     seeds = torch.randint(0, 2**31 - 1, (len(indices),), generator=gen).tolist()
-    return [augmented_sample(dataset, i, s, names) for i, s in zip(indices, seeds, strict=True)]
+    return [augmented_sample(dataset, i, s, names, short_sides, max_size)
+            for i, s in zip(indices, seeds, strict=True)]
 
 
 def render_augmented_grid(data: CocoData, transforms, out_png: Path, *, n: int = 16,
                           seed: int = 0, cols: int = 4,
-                          names: dict[int, str] | None = None) -> Path:
+                          names: dict[int, str] | None = None, short_sides: Sequence[int] = (),
+                          max_size: int = 1333) -> Path:
     """Draw `n` augmented training samples (boxes and class names) into one PNG grid.
 
     `transforms` is a v2 pipeline as `build_train_transforms` builds it; `names` maps model
-    labels 1..K to the names drawn (default: the categories' names). The same seed gives the
-    same images, the same augmentation and the same file.
+    labels 1..K to the names drawn (default: the categories' names); `short_sides` and
+    `max_size` add multi-scale training's rescaling (`augment.multiscale_sizes`). The same seed
+    gives the same images, the same augmentation and the same file.
     """
     # a bare Figure draws with Agg and leaves pyplot's global state (and a notebook's backend)
     # alone
@@ -115,7 +129,8 @@ def render_augmented_grid(data: CocoData, transforms, out_png: Path, *, n: int =
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    samples = pick_samples(data, transforms, n=n, seed=seed, names=names)
+    samples = pick_samples(data, transforms, n=n, seed=seed, names=names,
+                           short_sides=short_sides, max_size=max_size)
     colors = colormaps["tab10" if len(data.categories) <= 10 else "tab20"].colors
     color_of = {name: colors[i % len(colors)]
                 for i, name in enumerate((names or label_names(data)).values())}
@@ -156,7 +171,8 @@ def render_augmented_grid(data: CocoData, transforms, out_png: Path, *, n: int =
                  else f"{kept} of {sample.boxes_before} boxes")
         ax.set_title(f"image id {sample.image_id}: {count} ({w}x{h} px)", fontsize=9)
     fig.suptitle(f"{len(samples)} training samples of {Path(data.json_path).name}, seed {seed}; "
-                 f"augmentation: {describe_transforms(transforms)}")
+                 f"augmentation: {describe_transforms(transforms)}"
+                 + (f", short side from {list(short_sides)}" if short_sides else ""))
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=DPI)

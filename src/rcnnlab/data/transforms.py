@@ -9,6 +9,7 @@ written into the target as `boxes_dropped`, so the trainer can log it whatever p
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -102,6 +103,28 @@ class CountDropped(T.Transform):
         image, target = self.sanitize(image, target)
         target["boxes_dropped"] = target.get("boxes_dropped", 0) + before - len(target["boxes"])
         return image, target
+
+
+def resize_scale(height: int, width: int, short_side: int, max_size: int) -> float:
+    """torchvision's rule: scale the short side to ``short_side``, the long one to <= max_size."""
+    return min(short_side / min(height, width), max_size / max(height, width))
+
+
+def rescale(image: torch.Tensor, boxes: torch.Tensor | None, scale: float):
+    """Resize a CHW float image by ``scale`` (bilinear) and its xyxy boxes with it.
+
+    The size is floored as torchvision does; the epsilon keeps a size meant to be exact (a
+    drawn short side: 37 * (40 / 37) = 39.999...) from landing one pixel short.
+    """
+    h, w = (int(s) for s in image.shape[-2:])
+    size = (max(1, math.floor(h * scale + 1e-6)), max(1, math.floor(w * scale + 1e-6)))
+    resized = torch.nn.functional.interpolate(
+        image[None], size=size, mode="bilinear", align_corners=False)[0]
+    if boxes is not None:
+        ratios = torch.tensor([size[1] / w, size[0] / h] * 2, dtype=boxes.dtype,
+                              device=boxes.device)
+        boxes = boxes * ratios
+    return resized, boxes
 
 
 def to_model_input() -> T.Transform:

@@ -261,8 +261,9 @@ class Trainer:
                          peak_memory_mb(self.device))
 
     def augment_on(self, epoch: int) -> bool:
-        """Augmentation runs except in the last `no_aug_epochs` epochs."""
-        return epoch < self.cfg.train.epochs - self.cfg.augment.no_aug_epochs
+        """Augmentation runs (when enabled) except in the last `no_aug_epochs` epochs."""
+        return (self.cfg.augment.enabled
+                and epoch < self.cfg.train.epochs - self.cfg.augment.no_aug_epochs)
 
     def train_one_epoch(self, epoch: int, writer) -> dict:
         """One pass over the training loader; returns the epoch's mean losses and timings."""
@@ -273,7 +274,7 @@ class Trainer:
         else:
             self.train_set.transforms = to_model_input()
         # Multi-scale lives in the model's transform (one short side per batch): on with the rest.
-        sizes = self.cfg.augment.multiscale_sizes if aug and self.cfg.augment.enabled else []
+        sizes = self.cfg.augment.multiscale_sizes if aug else []
         self.model.transform.train_short_sides = tuple(sizes)
         if sizes:
             log.info("multi-scale training: short side drawn per batch from %s", sizes)

@@ -24,14 +24,15 @@ is correct whether or not an image was resized.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-__all__ = ["DetectorTransform", "native_scale", "resize_scale"]
+from rcnnlab.data.transforms import rescale, resize_scale
+
+__all__ = ["DetectorTransform", "native_scale"]
 
 
 def native_scale(height: int, width: int, min_size: int, max_size: int) -> float:
@@ -40,11 +41,6 @@ def native_scale(height: int, width: int, min_size: int, max_size: int) -> float
     ``min(1, min_size / short_side, max_size / long_side)``: never above 1 (no upscaling).
     """
     return min(1.0, resize_scale(height, width, min_size, max_size))
-
-
-def resize_scale(height: int, width: int, short_side: int, max_size: int) -> float:
-    """torchvision's rule: scale the short side to ``short_side``, the long one to <= max_size."""
-    return min(short_side / min(height, width), max_size / max(height, width))
 
 
 class DetectorTransform(GeneralizedRCNNTransform):
@@ -102,13 +98,8 @@ class DetectorTransform(GeneralizedRCNNTransform):
             scale = resize_scale(h, w, self.min_size[0], self.max_size)
         if scale == 1.0:
             return image, target
-        # torchvision floors h * scale; the epsilon keeps a drawn short side from landing one
-        # pixel short through float error (37 * (40 / 37) = 39.999...).
-        size = (max(1, math.floor(h * scale + 1e-6)), max(1, math.floor(w * scale + 1e-6)))
-        resized = torch.nn.functional.interpolate(
-            image[None], size=size, mode="bilinear", align_corners=False
-        )[0]
-        if target is not None and "boxes" in target:
-            target = dict(target)
-            target["boxes"] = resize_boxes(target["boxes"], (h, w), resized.shape[-2:])
-        return resized, target
+        boxes = target.get("boxes") if target is not None else None
+        image, boxes = rescale(image, boxes, scale)
+        if boxes is not None:
+            target = {**target, "boxes": boxes}
+        return image, target
