@@ -1,0 +1,1 @@
+"""Training methods that plug into the trainer (loss weighting and the like)."""
