@@ -99,9 +99,12 @@ def test_predict_on_a_folder_enumerates_non_numeric_names(synth_dir, tmp_path):
 
 
 def test_resume_reaches_the_same_weights(synth_dir, tmp_path):
-    # Multi-scale on: its per-batch draw must resume exactly too.
+    # Multi-scale, repeat-factor sampling, policy gradient and RLO on: their draws and state
+    # must resume exactly too.
     common = ["train.epochs=2", "train.iters_per_epoch=2", "augment.no_aug_epochs=0",
-              "augment.multiscale_sizes=[48,96]"]
+              "augment.multiscale_sizes=[48,96]", "data.repeat_factor_threshold=0.5",
+              "train.objective=policy_gradient", "train.scale_weighting=rlo",
+              "train.scale_interval=1"]
     whole = tiny_config(synth_dir, tmp_path / "a", *common)
     api.train(whole, reporter=ProgressReporter(quiet=True))
     # The same run interrupted after epoch 1: a 1-epoch schedule would differ, so stop it by
@@ -281,3 +284,29 @@ def yaml_load(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_training_methods_log_their_figures(synth_dir, tmp_path):
+    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=2", "train.iters_per_epoch=2",
+                      "train.scale_weighting=avw", "train.scale_interval=1",
+                      "train.objective=policy_gradient", "train.pg_gamma=0")
+    run = api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    for key in ("pg_baseline_ap", "pg_mean_reward", "pg_mean_advantage", "w_level0",
+                "w_level4"):
+        assert all(r[key] != "" for r in rows), key
+    assert all(0 <= float(r["pg_baseline_ap"]) <= 1 for r in rows)
+    intervals = list(csv.DictReader((run / "scale_weights.csv").open()))
+    assert [int(r["iteration"]) for r in intervals] == [1, 2, 3, 4]
+    # AVW boosts exactly two levels (1 + lambda * share), the rest stay at 1
+    last = [float(intervals[-1][f"w_level{i}"]) for i in range(5)]
+    assert sum(w > 1 for w in last) == 2 and sum(w == 1 for w in last) == 3
+    assert rows[-1]["w_level0"] == intervals[-1]["w_level0"]
+    assert (run / "scale_weights.png").stat().st_size > 10_000
+
+
+def test_class_weights_must_match_the_classes(synth_dir, tmp_path):
+    cfg = tiny_config(synth_dir, tmp_path, "train.cls_loss=weighted_ce",
+                      "train.class_weights=[1,2,3]")
+    with pytest.raises(ValueError, match="has 3 values but the data has 10 classes"):
+        api.train(cfg, reporter=ProgressReporter(quiet=True))

@@ -1,7 +1,9 @@
 """The user-level operations behind the CLI, callable from Python: train, tune, evaluate, predict.
 
 Each takes a run folder (or a checkpoint) and plain arguments, and writes its outputs into the run
-folder or the folder it is given.
+folder or the folder it is given. `evaluate`, `tune` and `predict` use the run's saved config;
+their `overrides` (dotted `eval.*` items such as ``"eval.nms=gaussian"``, the CLI's syntax) change
+its inference options for that call only.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class EvalResult:
     seq_acc: float | None
     data: CocoData = field(repr=False)  # the split evaluated (ground truth and image root)
     detections: list[dict] = field(repr=False, default_factory=list)
+    inference: dict = field(default_factory=dict)  # the inference options used (NMS, TTA)
 
     @property
     def n_images(self) -> int:
@@ -63,11 +66,16 @@ class EvalResult:
         out = {"split": self.split, "n_images": self.n_images, "threshold": self.threshold,
                "seq_acc": self.seq_acc}
         out.update(self.metrics.as_dict())
+        out["inference"] = self.inference
         return out
 
 
-def _run_config(ckpt: dict) -> Config:
-    return config_from_dict(ckpt["config"])
+def _run_config(ckpt: dict, overrides: list[str] | None = None) -> Config:
+    """The run's saved config with `eval.*` overrides applied (anything else is an error)."""
+    cfg = config_from_dict(ckpt["config"])
+    if overrides:
+        cfg.eval = cfg.eval.with_overrides(overrides)
+    return cfg
 
 
 def _split_data(cfg: Config, split: str, json_path: str | None, images: str | None) -> CocoData:
@@ -80,26 +88,31 @@ def _split_data(cfg: Config, split: str, json_path: str | None, images: str | No
     return splits[split]
 
 
-def _detect(model, data: CocoData, cfg: Config, device, categories) -> list[dict]:
-    dataset = CocoDetection(data, transforms=to_model_input())
+def _detect(model, dataset, cfg: Config, device, categories, batch_size=None) -> list[dict]:
+    """Detections of a dataset with the config's inference options (NMS, Soft-NMS, TTA)."""
     return detect_dataset(model, dataset, [c["id"] for c in categories], device=device,
-                          batch_size=cfg.eval.batch_size)
+                          batch_size=batch_size or cfg.eval.batch_size,
+                          digit_classes=digit_names(categories) is not None,
+                          **cfg.eval.inference_kwargs())
 
 
 def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = None,
              images: str | None = None, threshold: float | None = None,
-             device: str = "auto") -> EvalResult:
+             device: str = "auto", overrides: list[str] | None = None) -> EvalResult:
     """COCO metrics and sequence accuracy of a run's best checkpoint on one split.
 
     The threshold for sequences defaults to the one `tune` stored in the checkpoint.
-    Writes `eval_<split>.json` into the run folder when `run` is a run folder.
+    `overrides` are `eval.*` items (``["eval.tta_scales=[1,1.5]"]``) for this call only.
+    Writes `eval_<split>.json` (with the inference options used) into the run folder when `run`
+    is a run folder.
     """
     dev = resolve_device(device)
     model, ckpt = load_detector(run, device=dev)
-    cfg = _run_config(ckpt)
+    cfg = _run_config(ckpt, overrides)
     data = _split_data(cfg, split, json_path, images)
     _check_categories(ckpt, data)
-    dets = _detect(model, data, cfg, dev, ckpt["categories"])
+    dets = _detect(model, CocoDetection(data, transforms=to_model_input()), cfg, dev,
+                   ckpt["categories"])
     gt = data.to_coco_dict()
     metrics = evaluate_detections(gt, dets, backend=cfg.eval.backend)
     thr = threshold if threshold is not None else ckpt.get("threshold", cfg.eval.default_threshold)
@@ -108,26 +121,29 @@ def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = No
     if digits is not None:
         acc = sequence_accuracy(numbers_from_coco(gt, digits), numbers_from_detections(
             dets, digits, thr, [img["id"] for img in data.images]))
-    result = EvalResult(split, metrics, thr, acc, data, dets)
+    result = EvalResult(split, metrics, thr, acc, data, dets, cfg.eval.inference_kwargs())
     if Path(run).is_dir():
         (Path(run) / f"eval_{split}.json").write_text(json.dumps(result.as_dict(), indent=2))
     return result
 
 
 def tune(run: str | Path, *, json_path: str | None = None, images: str | None = None,
-         device: str = "auto") -> SweepResult:
+         device: str = "auto", overrides: list[str] | None = None) -> SweepResult:
     """Sweep the confidence threshold on the validation split and store the best one.
 
     The best threshold (highest sequence accuracy, ties to higher mAP) is written into the run's
     best.pt and last.pt so that `predict` and `evaluate` use it by default; the sweep table is
-    written to `threshold_sweep.csv`.
+    written to `threshold_sweep.csv`. `overrides` are `eval.*` items for this call only (the
+    sweep range, or the inference options: Soft-NMS and TTA change the scores, so pass the
+    same ones to `evaluate` and `predict`; they are not stored).
     """
     dev = resolve_device(device)
     model, ckpt = load_detector(run, device=dev)
-    cfg = _run_config(ckpt)
+    cfg = _run_config(ckpt, overrides)
     data = _split_data(cfg, "valid", json_path, images)
     _check_categories(ckpt, data)
-    dets = _detect(model, data, cfg, dev, ckpt["categories"])
+    dets = _detect(model, CocoDetection(data, transforms=to_model_input()), cfg, dev,
+                   ckpt["categories"])
     e = cfg.eval
     n = int(round((e.sweep_max - e.sweep_min) / e.sweep_step)) + 1
     thresholds = [round(e.sweep_min + i * e.sweep_step, 4) for i in range(n)]
@@ -141,23 +157,27 @@ def tune(run: str | Path, *, json_path: str | None = None, images: str | None = 
             save_checkpoint(path, state)
     if Path(run).is_dir():
         result.to_csv(Path(run) / "threshold_sweep.csv")
+    if overrides:
+        log.info("threshold %.2f tuned with %s: pass the same overrides to evaluate and predict",
+                 best, " ".join(overrides))
     return result
 
 
 def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
             images: str | None = None, threshold: float | None = None,
-            batch_size: int | None = None, device: str = "auto") -> dict[str, Path]:
+            batch_size: int | None = None, device: str = "auto",
+            overrides: list[str] | None = None) -> dict[str, Path]:
     """Detect on a folder of images or a COCO json; write pred.json and pred.csv into `out_dir`.
 
     Image ids come from the json, else from numeric file stems, else they are enumerated and
-    the mapping is written to `image_ids.csv` beside the outputs.
+    the mapping is written to `image_ids.csv` beside the outputs. `overrides` are `eval.*`
+    items (inference options) for this call only.
     """
     dev = resolve_device(device)
     model, ckpt = load_detector(run, device=dev)
-    cfg = _run_config(ckpt)
+    cfg = _run_config(ckpt, overrides)
     source, out_dir = Path(source), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    category_ids = [c["id"] for c in ckpt["categories"]]
     paths: dict[str, Path] = {}
     if source.is_file():
         data = load_coco(source, images, skip_missing_images=cfg.data.skip_missing_images)
@@ -171,8 +191,7 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
             paths["ids"] = write_id_map(out_dir, files, image_ids)
             log.info("file names are not numeric: image ids 1..%d, mapping in %s",
                      len(files), paths["ids"])
-    dets = detect_dataset(model, dataset, category_ids, device=dev,
-                          batch_size=batch_size or cfg.eval.batch_size)
+    dets = _detect(model, dataset, cfg, dev, ckpt["categories"], batch_size)
     thr = threshold if threshold is not None else ckpt.get("threshold", cfg.eval.default_threshold)
     paths.update(write_predictions(out_dir, dets, image_ids, digit_names(ckpt["categories"]), thr))
     return paths

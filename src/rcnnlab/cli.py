@@ -36,6 +36,9 @@ OverridesArg = Annotated[list[str] | None, typer.Argument(
 ConfigOpt = Annotated[Path | None, typer.Option(
     "--config", "-c", help="YAML config (see configs/); overrides apply on top.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+EvalOverridesArg = Annotated[list[str] | None, typer.Argument(
+    help="Inference options of this call as eval.key=value, e.g. eval.nms=gaussian "
+    "'eval.tta_scales=[1,1.5]' eval.tta_merge=wbf (only eval.* keys)", show_default=False)]
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -241,12 +244,13 @@ def tune(
     = None,
     images: Annotated[Path | None, typer.Option(help="Its image folder.")] = None,
     device: DeviceOpt = "auto",
+    overrides: EvalOverridesArg = None,
 ):
     """Sweep the confidence threshold on valid (0.45..0.90) and store the best in the checkpoint."""
     from rcnnlab import api
 
     result = api.tune(run, json_path=data and str(data), images=images and str(images),
-                      device=device)
+                      device=device, overrides=overrides)
     table = Table(title="threshold sweep (validation)")
     for col in ("threshold", "mAP", "AP50", "seq acc"):
         table.add_column(col, justify="right")
@@ -268,12 +272,14 @@ def evaluate(
     threshold: Annotated[float | None, typer.Option(
         help="Sequence threshold (default: the tuned one).")] = None,
     device: DeviceOpt = "auto",
+    overrides: EvalOverridesArg = None,
 ):
     """The 12 COCO stats, per-class AP and sequence accuracy on an annotated split."""
     from rcnnlab import api
 
     result = api.evaluate(run, split=split, json_path=data and str(data),
-                          images=images and str(images), threshold=threshold, device=device)
+                          images=images and str(images), threshold=threshold, device=device,
+                          overrides=overrides)
     _print_eval(result)
     names = {c["id"]: c["name"] for c in _categories(run)}
     console.print(result.metrics.format_table(names))
@@ -296,12 +302,13 @@ def predict(
         help="Threshold of pred.csv (default: the tuned one).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
     device: DeviceOpt = "auto",
+    overrides: EvalOverridesArg = None,
 ):
     """Write pred.json (COCO results) and pred.csv (image_id,pred_label) for new images."""
     from rcnnlab import api
 
     paths = api.predict(run, source, out, images=images and str(images), threshold=threshold,
-                        batch_size=batch_size, device=device)
+                        batch_size=batch_size, device=device, overrides=overrides)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 

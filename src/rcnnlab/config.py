@@ -48,6 +48,9 @@ class DataConfig(_Section):
     skip_missing_images: bool = False  # drop records whose image file is missing (counted)
     synth: SynthConfig | None = None  # generate the default data when its jsons are absent
     workers: int = 0  # DataLoader worker processes (0 = load in the main process)
+    # Repeat-factor sampling (LVIS): images of classes in fewer than this share of the training
+    # images are repeated, r = max(1, sqrt(t / f)); None = plain shuffling.
+    repeat_factor_threshold: float | None = Field(None, gt=0, le=1)
 
 
 # ------------------------------------------------------------------------------------ model
@@ -135,10 +138,65 @@ class TrainConfig(_Section):
     eval_every: int = 1  # validation mAP every N epochs (and always after the last)
     log_every: int = 20  # plain-text progress line every N iterations (non-TTY)
 
+    # --- RoI classifier objective (the box loss stays smooth-L1 in every case)
+    # standard: the loss below; policy_gradient: Rao et al. 2018's eq. 11 (a fine-tuning stage:
+    # pair it with finetune_from and a ~10x lower lr)
+    objective: Literal["standard", "policy_gradient"] = "standard"
+    cls_loss: Literal["ce", "focal", "weighted_ce"] = "ce"  # RoI classification loss
+    focal_alpha: float | None = Field(0.25, ge=0, le=1)  # focal: foreground alpha (None = off)
+    focal_gamma: float = Field(2.0, ge=0)  # focal: focusing exponent (0 = cross-entropy)
+    # weighted_ce: one weight per class in category-id order, or inverse_frequency (from the
+    # training boxes, foreground weights averaging 1); background keeps weight 1
+    class_weights: list[float] | Literal["inverse_frequency"] | None = None
+    pg_samples: PositiveInt = 10  # policy gradient: actions sampled per image (k)
+    pg_gamma: float = Field(1.0, ge=0)  # policy gradient: + gamma x cross-entropy (0 = PG alone)
+
+    # --- multi-scale loss weighting (Luo et al.): weights per FPN level, updated every interval
+    scale_weighting: Literal["none", "avw", "rlo"] = "none"
+    scale_interval: PositiveInt = 100  # alpha, iterations per interval
+
 
 # ------------------------------------------------------------------------------------ evaluation
 class EvalConfig(_Section):
-    """COCO evaluation and the confidence-threshold sweep."""
+    """COCO evaluation, the confidence-threshold sweep and the inference options.
+
+    The inference options (NMS choice, Soft-NMS, TTA) apply to `evaluate`, `tune` and
+    `predict`, which also take them as `eval.*` overrides of a trained run; the per-epoch
+    validation of training uses the model as is.
+    """
+
+    def inference_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of inference.predictor.Predictor (and of detect_dataset)."""
+        return self.model_dump(include={"nms", "nms_iou", "soft_nms_sigma", "tta_scales",
+                                        "tta_hflip", "tta_merge", "tta_iou"})
+
+    def with_overrides(self, overrides: list[str]) -> EvalConfig:
+        """A copy with `eval.key=value` overrides applied; any other key is a ConfigError.
+
+        Used on a trained run, whose model and data are fixed: only this section may change.
+        """
+        for item in overrides:
+            key = item.partition("=")[0].strip()
+            if "=" in item and not key.startswith("eval."):
+                raise ConfigError(
+                    f"override {item!r}: only eval.* options apply to a trained run (e.g. "
+                    "eval.nms=gaussian eval.tta_scales=[1,1.5]); for model.box_nms_thresh use "
+                    "eval.nms_iou. Fix: train a new run to change other sections")
+        tree = apply_overrides({"eval": self.model_dump()}, overrides)
+        try:
+            return EvalConfig.model_validate(tree["eval"])
+        except ValidationError as exc:
+            lines = ["invalid eval override"]
+            for err in exc.errors():
+                loc = ".".join(["eval", *(str(p) for p in err["loc"])])
+                lines.append(f"  {loc}: {err['msg']}")
+            raise ConfigError("\n".join(lines)) from None
+
+    @model_validator(mode="after")
+    def _check_scales(self) -> EvalConfig:
+        if any(s <= 0 for s in self.tta_scales):
+            raise ValueError(f"tta_scales must all be > 0, got {self.tta_scales}")
+        return self
 
     backend: Literal["faster", "pycocotools"] = "faster"
     sweep_min: float = 0.45  # threshold sweep range (inclusive) and step
@@ -146,6 +204,14 @@ class EvalConfig(_Section):
     sweep_step: float = 0.01
     default_threshold: float = 0.5  # used for sequences until `rcnnlab tune` stores the best
     batch_size: int = 8  # images per inference batch
+    # Inference options (issue 4).
+    nms: Literal["nms", "linear", "gaussian"] = "nms"  # box head: hard NMS or Soft-NMS decay
+    nms_iou: float | None = Field(None, gt=0, le=1)  # its IoU (None = model.box_nms_thresh)
+    soft_nms_sigma: float = Field(0.5, gt=0)  # Gaussian Soft-NMS: score *= exp(-IoU^2/sigma)
+    tta_scales: list[float] = Field([1.0], min_length=1)  # TTA image scales (1.0 = as is)
+    tta_hflip: bool = False  # TTA: also the mirrored image (refused on digit classes)
+    tta_merge: Literal["nms", "wbf"] = "nms"  # TTA passes merged by NMS or weighted box fusion
+    tta_iou: float = Field(0.55, gt=0, le=1)  # IoU at which TTA boxes merge
 
 
 class Config(_Section):
@@ -161,6 +227,13 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> Config:
+        t = self.train
+        if t.objective == "policy_gradient" and t.cls_loss != "ce":
+            raise ValueError("train.objective=policy_gradient replaces cross-entropy; set "
+                             "train.cls_loss=ce")
+        if (t.class_weights is None) == (t.cls_loss == "weighted_ce"):
+            raise ValueError("train.class_weights is needed by train.cls_loss=weighted_ce and "
+                             "only by it (a list per class, or inverse_frequency)")
         if self.augment.no_aug_epochs > self.train.epochs:
             self.augment.no_aug_epochs = self.train.epochs
         return self

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from rcnnlab.config import Config, save_config
 from rcnnlab.data.coco import CocoData, CocoDetection, collate
+from rcnnlab.data.samplers import RepeatFactorSampler, repeat_factors
 from rcnnlab.data.splits import load_splits
 from rcnnlab.data.transforms import build_train_transforms, to_model_input
 from rcnnlab.engine.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -36,8 +37,12 @@ from rcnnlab.evaluation.sequence import (
     sequence_accuracy,
 )
 from rcnnlab.inference.predict import detect_dataset
+from rcnnlab.methods.scale_weighting import ScaleLossWeighting
 from rcnnlab.models.anchors import auto_anchors
 from rcnnlab.models.build import build_model, describe_model, load_weights_file
+from rcnnlab.models.heads import RoIClassifierLoss, level_losses
+from rcnnlab.models.losses import class_counts, inverse_frequency_weights
+from rcnnlab.reporting.plots import plot_scale_weights
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +156,18 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.loader = DataLoader(
             self.train_set, batch_size=cfg.train.batch_size, collate_fn=collate,
-            sampler=RandomSampler(self.train_set, generator=self.generator),
-            num_workers=cfg.data.workers, generator=self.generator, drop_last=False,
+            sampler=self.build_sampler(), num_workers=cfg.data.workers,
+            generator=self.generator, drop_last=False,
         )
+        # draws policy gradient's actions; its own stream, saved in checkpoints
+        self.pg_generator = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.model.roi_heads.classifier_loss = self.build_classifier_loss()
+        self.scale_weighting = None
+        if cfg.train.scale_weighting != "none":
+            self.scale_weighting = ScaleLossWeighting(
+                num_levels=len(self.model.rpn.anchor_generator.sizes),
+                method=cfg.train.scale_weighting, interval=cfg.train.scale_interval,
+                seed=cfg.train.seed)
         self.iters_per_epoch = len(self.loader)
         if cfg.train.iters_per_epoch:
             self.iters_per_epoch = min(self.iters_per_epoch, cfg.train.iters_per_epoch)
@@ -193,6 +207,39 @@ class Trainer:
             model = build_model(num_classes=num_classes, **m.build_kwargs())
         return model.to(self.device)
 
+    def build_sampler(self):
+        """Shuffling, or repeat-factor sampling when `data.repeat_factor_threshold` is set."""
+        threshold = self.cfg.data.repeat_factor_threshold
+        if threshold is None:
+            return RandomSampler(self.train_set, generator=self.generator)
+        factors = repeat_factors(self.train_data, threshold)
+        log.info("repeat-factor sampling (t=%g): %d of %d images repeated, factors up to %.2f, "
+                 "%d samples an epoch", threshold, int((factors > 1).sum()), len(factors),
+                 float(factors.max()), round(float(factors.sum())))
+        return RepeatFactorSampler(factors, generator=self.generator)
+
+    def build_classifier_loss(self) -> RoIClassifierLoss:
+        """The RoI classifier's objective from `train.objective` / `cls_loss` / its options."""
+        t = self.cfg.train
+        weights = None
+        if t.class_weights == "inverse_frequency":
+            weights = inverse_frequency_weights(class_counts(self.train_data))
+        elif t.class_weights is not None:
+            if len(t.class_weights) != len(self.categories):
+                raise ValueError(
+                    f"train.class_weights has {len(t.class_weights)} values but the data has "
+                    f"{len(self.categories)} classes (ids {self.category_ids}); give one weight "
+                    "per class in id order, or inverse_frequency")
+            weights = torch.tensor([1.0, *t.class_weights])
+        if weights is not None:
+            log.info("class weights (background first): %s",
+                     ", ".join(f"{w:.3f}" for w in weights.tolist()))
+        kind = "policy_gradient" if t.objective == "policy_gradient" else t.cls_loss
+        return RoIClassifierLoss(
+            kind=kind, focal_alpha=t.focal_alpha, focal_gamma=t.focal_gamma,
+            class_weights=weights, pg_samples=t.pg_samples, pg_gamma=t.pg_gamma,
+            pg_nms_iou=self.cfg.model.box_nms_thresh, generator=self.pg_generator)
+
     # ------------------------------------------------------------------ state
     def state(self) -> dict:
         """Everything `resume` needs, plus what inference needs (categories, config)."""
@@ -207,6 +254,9 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "images_seen": self.images_seen,
             "rng": rng_state(self.generator),
+            "pg_rng": self.pg_generator.get_state(),
+            "scale_weighting": (self.scale_weighting.state_dict()
+                                if self.scale_weighting is not None else None),
             "config": self.cfg.model_dump(mode="json"),
             "categories": self.categories,
             "threshold": self.threshold,
@@ -224,6 +274,9 @@ class Trainer:
                     "images_seen", "threshold"):
             setattr(self, key, ckpt[key])
         set_rng_state(ckpt["rng"], self.generator)
+        self.pg_generator.set_state(ckpt["pg_rng"])
+        if self.scale_weighting is not None:
+            self.scale_weighting.load_state_dict(ckpt["scale_weighting"])
         _truncate_metrics(self.run_dir / "metrics.csv", self.epoch)
         log.info("resumed %s at epoch %d (iteration %d)", self.run_dir, self.epoch, self.iteration)
 
@@ -255,6 +308,9 @@ class Trainer:
                 self.reporter.epoch_done(row)
         finally:
             writer.close()
+            if self.scale_weighting is not None and self.scale_weighting.history:
+                plot_scale_weights(self.scale_weighting.history,
+                                   self.run_dir / "scale_weights.png")
         return FitResult(self.run_dir, len(self.train_data.images), self.best_epoch,
                          self.best_map, self.epoch, self.iteration,
                          self.train_seconds, self.images_seen / max(self.train_seconds, 1e-9),
@@ -291,7 +347,7 @@ class Trainer:
             targets = [{"boxes": t["boxes"].as_subclass(torch.Tensor).to(self.device),
                         "labels": t["labels"].to(self.device)} for t in targets]
             losses = self.model(images, targets)
-            loss = sum(losses.values())
+            loss = self.total_loss(losses, writer)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(
                     f"loss became {loss.item()} at iteration {self.iteration} "
@@ -308,6 +364,9 @@ class Trainer:
             n_img += len(images)
             for key in RAW_LOSSES:
                 sums[key] += losses[key].item()
+            pg_info = self.model.roi_heads.classifier_loss.info
+            for key, value in pg_info.items():
+                sums[f"pg_{key}"] = sums.get(f"pg_{key}", 0.0) + value
             writer.add_scalar("iter/loss", loss.item(), self.iteration)
             writer.add_scalar("iter/lr", self.optimizer.param_groups[0]["lr"], self.iteration)
             self.reporter.step(loss.item(), self.optimizer.param_groups[0]["lr"])
@@ -317,10 +376,12 @@ class Trainer:
         means = {k: v / max(n_iter, 1) for k, v in sums.items()}
         row = {"epoch": epoch + 1, "iterations": self.iteration,
                "lr": self.optimizer.param_groups[0]["lr"], "augment": int(aug)}
-        row["loss"] = sum(means.values())
+        row["loss"] = sum(means[k] for k in RAW_LOSSES)
         for group, keys in LOSS_GROUPS.items():
             row[group] = sum(means[k] for k in keys)
         row.update(means)
+        if self.scale_weighting is not None:
+            row.update({f"w_level{i}": w for i, w in enumerate(self.scale_weighting.weights())})
         row["boxes_dropped"] = dropped
         if dropped:
             log.info("augmentation dropped %d boxes that collapsed or left the image", dropped)
@@ -328,11 +389,30 @@ class Trainer:
         row["train_img_per_s"] = n_img / max(elapsed, 1e-9)
         return row
 
+    def total_loss(self, losses: dict, writer) -> torch.Tensor:
+        """The loss to minimise: the sum of the four, or its per-level split weighted by AVW/RLO
+        (whose interval records also go to TensorBoard and `scale_weights.csv`)."""
+        if self.scale_weighting is None:
+            return sum(losses.values())
+        levels = level_losses(self.model)
+        loss = self.scale_weighting.weighted_total(list(levels))
+        record = self.scale_weighting.update(levels.detach().tolist())
+        if record is not None:
+            for i, w in enumerate(record.weights):
+                writer.add_scalar(f"scale_weighting/w_level{i}", w, record.iteration)
+            for a, p in enumerate(record.probabilities or []):
+                writer.add_scalar(f"scale_weighting/p_action{a}", p, record.iteration)
+            _append_metrics(self.run_dir / "scale_weights.csv", record.as_row())
+        return loss
+
     def validate(self) -> dict:
         """Validation mAP (12 COCO stats) and, for digit datasets, sequence accuracy."""
         start = time.perf_counter()
+        # the run's own inference options (eval.nms, eval.tta_*), as evaluate will use them
         dets = detect_dataset(self.model, self.valid_set, self.category_ids, device=self.device,
-                              batch_size=self.cfg.eval.batch_size)
+                              batch_size=self.cfg.eval.batch_size,
+                              **self.cfg.eval.inference_kwargs(),
+                              digit_classes=self.digits is not None)
         gt = self.valid_data.to_coco_dict()
         metrics = evaluate_detections(gt, dets, backend=self.cfg.eval.backend)
         row = {f"val_{k}": (v if v is not None else float("nan"))
@@ -363,6 +443,8 @@ def _append_metrics(path: Path, row: dict) -> None:
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return ""
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 

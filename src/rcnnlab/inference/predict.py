@@ -18,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
 from rcnnlab.evaluation.sequence import numbers_from_detections
+from rcnnlab.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +47,22 @@ def detections_to_coco(output: dict, image_id: int, category_ids: Sequence[int])
 
 
 @torch.inference_mode()
-def detect_dataset(model, dataset, category_ids, *, device="cpu", batch_size=8, progress=None):
+def detect_dataset(model, dataset, category_ids, *, device="cpu", batch_size=8, progress=None,
+                   **options):
     """Detections (COCO results) for every image of a dataset of (float image, target) pairs.
 
     `category_ids[label - 1]` maps the model's contiguous label back to the dataset's id;
-    `progress`, if given, is called with the number of images just done.
+    `progress`, if given, is called with the number of images just done. `options` are the
+    keyword arguments of `Predictor` (NMS choice, Soft-NMS, TTA, `digit_classes`, e.g.
+    ``**cfg.eval.inference_kwargs()``); without them each batch is one plain forward.
     """
     model.eval()
+    predictor = Predictor(model, **options)
     results: list[dict] = []
     order = list(range(len(dataset)))
     for idx in _batches(order, batch_size):
         items = [dataset[i] for i in idx]
-        outputs = model([img.to(device) for img, _ in items])
+        outputs = predictor([img.to(device) for img, _ in items])
         for (_, target), out in zip(items, outputs, strict=True):
             results += detections_to_coco(out, target["image_id"], category_ids)
         if progress:

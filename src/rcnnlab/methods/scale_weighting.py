@@ -206,6 +206,17 @@ class IntervalRecord:
     probabilities: list[float] | None
     reward: int | None
 
+    def as_row(self) -> dict[str, float | int | None]:
+        """Flat form for a CSV row: per-level columns suffixed by the level index."""
+        row: dict[str, float | int | None] = {"iteration": self.iteration}
+        for name, values in (("loss", self.interval_loss), ("var", self.variance),
+                             ("r", self.decrease_rate), ("w", self.weights)):
+            row.update({f"{name}_level{i}": v for i, v in enumerate(values)})
+        row["action"] = self.action
+        row.update({f"p_action{a}": p for a, p in enumerate(self.probabilities or [])})
+        row["reward"] = self.reward
+        return row
+
 
 class ScaleLossWeighting:
     """Per-FPN-level loss weights that AVW or RLO re-sets every `interval` iterations.

@@ -73,6 +73,7 @@ from torchvision.models.resnet import ResNet18_Weights, ResNet34_Weights, ResNet
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
+from rcnnlab.models.heads import install_heads
 from rcnnlab.models.resfpn import ResidualFPNBackbone
 from rcnnlab.models.transform import DetectorTransform
 
@@ -319,6 +320,8 @@ def build_model(
         **extra,
     )
     _set_pooler_scales(model.roi_heads.box_roi_pool, dict(levels))
+    # Losses split by FPN level and a configurable RoI classifier loss (inference unchanged).
+    install_heads(model)
     # Ours in both modes: native size, and the per-batch multi-scale draw the trainer switches on.
     model.transform = DetectorTransform(
         min_size, max_size, model.transform.image_mean, model.transform.image_std,
