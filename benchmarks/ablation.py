@@ -1,17 +1,27 @@
 """Ablations at an equal training budget: each variant trained over the same seeds, then tuned and
 scored on the same held-out split; prints mean +- std of mAP, AP50, AP75 and sequence accuracy.
 
-Every variant is the base config plus a few overrides, trained for the same number of epochs
-(so the same iterations and images), from the same seeds. A finished run leaves `result.json`
-in its folder and is skipped when the script is run again, so an interrupted study continues
-where it stopped and more seeds can be added later.
+A variant is the base config plus overrides, trained for the same number of epochs (so the same
+iterations and images) from the same seeds. Three other kinds of row exist:
+* `reuse`: no training, another variant's run scored with `eval.*` inference options
+  (soft-NMS, TTA), so the row differs from that run by inference alone;
+* `finetune`: a second stage started from another variant's best checkpoint for
+  `--extra-epochs` at `--finetune-lr-mult` x lr (policy gradient, as Rao et al. run it),
+  against the same extra epochs of plain training, the equal-budget comparison.
+A finished run leaves `result.json` in its folder and is skipped when the script is run again,
+so an interrupted study continues where it stopped and more seeds can be added later;
+`--report-only` prints the table of what has finished.
 
     python benchmarks/ablation.py --study augment --seeds 0 1 --epochs 3
-    python benchmarks/ablation.py --study augment --only none all --seeds 0 1 2
+    python benchmarks/ablation.py --study objectives --seeds 0 1 2 --epochs 3 --extra-epochs 1
+    python benchmarks/ablation.py --study augment --seeds 0 1 --report-only
 
 Studies:
-    augment   no augmentation, each augmentation group alone, all of them, and all of them
-              with auto-fitted anchors (issue 3).
+    augment     no augmentation, each augmentation group alone, all of them, and all of them
+                with auto-fitted anchors (issue 3).
+    objectives  baseline vs focal loss, class-weighted CE, repeat-factor sampling, AVW, RLO,
+                soft-NMS, TTA, and policy-gradient fine-tuning vs plain continued training
+                (issue 4).
 
 The table is printed and written to `<out>/<study>.md`, per-run figures to `<out>/<study>.csv`.
 """
@@ -24,6 +34,7 @@ import json
 import logging
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rcnnlab import api
@@ -31,28 +42,54 @@ from rcnnlab.config import load_config
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.reporting.summary import machine_description
 
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a study (see the module docstring)."""
+
+    train: tuple[str, ...] = ()  # overrides of the training run
+    eval: tuple[str, ...] = ()  # eval.* overrides for tune and evaluate
+    reuse: str | None = None  # score this variant's run instead of training
+    finetune: str | None = None  # second stage from this variant's best.pt
+
+
 # Every augmentation group off; each variant switches on what it measures.
-_NO_AUG = ["augment.hsv_prob=0", "augment.affine_prob=0", "augment.svhn_policy_prob=0",
-           "augment.flip_prob=0", "augment.multiscale_sizes=[]"]
+_NO_AUG = ("augment.hsv_prob=0", "augment.affine_prob=0", "augment.svhn_policy_prob=0",
+           "augment.flip_prob=0", "augment.multiscale_sizes=[]")
 # ORAND-CAR-A's image heights run 33-108 px, median 53: multi-scale spans roughly that range.
 MULTISCALE = "augment.multiscale_sizes=[40,48,56,64,72]"
-_ALL = ["augment.hsv_prob=0.5", "augment.affine_prob=0.5", "augment.svhn_policy_prob=0.5",
-        MULTISCALE]
+_ALL = ("augment.hsv_prob=0.5", "augment.affine_prob=0.5", "augment.svhn_policy_prob=0.5",
+        MULTISCALE)
 
-STUDIES: dict[str, dict[str, list[str]]] = {
+STUDIES: dict[str, dict[str, Variant]] = {
     "augment": {
-        "none": ["augment.enabled=false"],
-        "colour jitter": [*_NO_AUG, "augment.hsv_prob=0.5"],
-        "affine": [*_NO_AUG, "augment.affine_prob=0.5"],
-        "SVHN colour policy": [*_NO_AUG, "augment.svhn_policy_prob=0.5"],
-        "multi-scale": [*_NO_AUG, MULTISCALE],
-        "all (no flip)": [*_NO_AUG, *_ALL],
-        "all + auto anchors": [*_NO_AUG, *_ALL, "model.anchors=auto"],
-        "flip": [*_NO_AUG, "augment.flip_prob=0.5"],
+        "none": Variant(("augment.enabled=false",)),
+        "colour jitter": Variant((*_NO_AUG, "augment.hsv_prob=0.5")),
+        "affine": Variant((*_NO_AUG, "augment.affine_prob=0.5")),
+        "SVHN colour policy": Variant((*_NO_AUG, "augment.svhn_policy_prob=0.5")),
+        "multi-scale": Variant((*_NO_AUG, MULTISCALE)),
+        "all (no flip)": Variant((*_NO_AUG, *_ALL)),
+        "all + auto anchors": Variant((*_NO_AUG, *_ALL, "model.anchors=auto")),
+        "flip": Variant((*_NO_AUG, "augment.flip_prob=0.5")),
+    },
+    "objectives": {
+        "baseline": Variant(),
+        "focal loss": Variant(("train.cls_loss=focal",)),
+        "class-weighted CE": Variant(("train.cls_loss=weighted_ce",
+                                      "train.class_weights=inverse_frequency")),
+        # ORAND's digits are in 27-51% of the images: t = 0.5 repeats the rarer ones up to 1.4x
+        "repeat-factor sampling": Variant(("data.repeat_factor_threshold=0.5",)),
+        "AVW": Variant(("train.scale_weighting=avw",)),
+        "RLO": Variant(("train.scale_weighting=rlo",)),
+        "soft-NMS linear": Variant(eval=("eval.nms=linear",), reuse="baseline"),
+        "soft-NMS gaussian": Variant(eval=("eval.nms=gaussian",), reuse="baseline"),
+        "TTA scales + WBF": Variant(eval=("eval.tta_scales=[0.8,1,1.25]", "eval.tta_merge=wbf"),
+                                    reuse="baseline"),
+        "baseline + continued": Variant(finetune="baseline"),
+        "baseline + policy gradient": Variant(("train.objective=policy_gradient",),
+                                              finetune="baseline"),
     },
 }
-
-METRICS = ("AP", "AP50", "AP75", "seq_acc")
 
 
 def slug(name: str) -> str:
@@ -60,24 +97,56 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
-def run_one(config: str | None, overrides: list[str], run_dir: Path, seed: int,
-            split: str) -> dict:
-    """Train one variant for one seed, tune the threshold on valid, score `split`."""
+def train_and_score(cfg, run_dir: Path, seed: int, split: str, eval_overrides: list[str],
+                    train: bool) -> dict:
+    """Train (unless reusing a run), tune the threshold on valid, score `split`.
+
+    A reused run is scored without saving anything into it (its own threshold and eval file
+    stay as they are).
+    """
+    start = time.perf_counter()
+    row: dict = {"seed": seed}
+    if train:
+        fit = api.train(cfg, reporter=ProgressReporter(log_every=50))
+        row.update(iterations=fit.iterations, train_images=fit.train_images,
+                   train_minutes=fit.train_seconds / 60)
+    sweep = api.tune(run_dir, overrides=eval_overrides, save=train)
+    result = api.evaluate(run_dir, split=split, overrides=eval_overrides, save=train,
+                          threshold=sweep.best)
+    row.update(wall_minutes=(time.perf_counter() - start) / 60, threshold=result.threshold,
+               seq_acc=result.seq_acc,
+               **{k: result.metrics.as_dict()[k] for k in ("AP", "AP50", "AP75")})
+    return row
+
+
+def run_variant(config: str | None, name: str, variant: Variant, out: Path, seed: int,
+                common: list[str], args) -> dict | None:
+    """One variant for one seed; its result.json when it already ran (None in report-only)."""
+    run_dir = out / f"{slug(name)}_s{seed}"
     result_path = run_dir / "result.json"
     if result_path.is_file():
         return json.loads(result_path.read_text())
-    cfg = load_config(config or None, [*overrides, f"train.seed={seed}",
-                                       f"out_dir={run_dir.parent}", f"name={run_dir.name}"])
-    start = time.perf_counter()
-    fit = api.train(cfg, reporter=ProgressReporter(log_every=50))
-    api.tune(fit.run_dir)
-    result = api.evaluate(fit.run_dir, split=split)
-    row = {
-        "seed": seed, "iterations": fit.iterations, "train_images": fit.train_images,
-        "train_minutes": fit.train_seconds / 60, "wall_minutes": (time.perf_counter() - start)
-        / 60, "threshold": result.threshold, "seq_acc": result.seq_acc,
-        **{k: result.metrics.as_dict()[k] for k in ("AP", "AP50", "AP75")},
-    }
+    if args.report_only:
+        return None
+    overrides = [*common, *variant.train, f"train.seed={seed}"]
+    if variant.reuse:
+        source = out / f"{slug(variant.reuse)}_s{seed}"
+        if not (source / "result.json").is_file():
+            raise RuntimeError(f"{name!r} scores {variant.reuse!r}'s run, which has not run")
+        row = train_and_score(None, source, seed, args.split, list(variant.eval), train=False)
+        row["reuses"] = str(source)
+    else:
+        if variant.finetune:
+            source = out / f"{slug(variant.finetune)}_s{seed}"
+            ckpt = source / "checkpoints" / "best.pt"
+            if not ckpt.is_file():
+                raise RuntimeError(f"{name!r} fine-tunes {variant.finetune!r}, which has not run")
+            base_lr = load_config(config or None, overrides).train.lr
+            overrides += [f"train.finetune_from={ckpt}", f"train.epochs={args.extra_epochs}",
+                          f"train.lr={base_lr * args.finetune_lr_mult}"]
+        cfg = load_config(config or None, [*overrides, f"out_dir={out}", f"name={run_dir.name}"])
+        row = train_and_score(cfg, run_dir, seed, args.split, list(variant.eval), train=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(row, indent=2))
     return row
 
@@ -105,20 +174,27 @@ def table(results: dict[str, list[dict]]) -> str:
         cols = [mean_std(aps), f"{mean_ap - ref:+.3f}"]
         cols += [mean_std([r[k] for r in rows if r[k] is not None])
                  for k in ("AP50", "AP75", "seq_acc")]
-        cols.append(f"{statistics.mean(r['train_minutes'] for r in rows):.1f}")
+        minutes = [r["train_minutes"] for r in rows if "train_minutes" in r]
+        cols.append(f"{statistics.mean(minutes):.1f}" if minutes else "0 (inference only)")
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(cols) + " |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> str:
-    """Run (or continue) a study and return its Markdown table."""
+    """Run (or continue, or report) a study and return its Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", choices=sorted(STUDIES), default="augment")
     parser.add_argument("--config", default="configs/orand.yaml")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=3, help="the equal budget, in epochs")
+    parser.add_argument("--extra-epochs", type=int, default=1,
+                        help="fine-tuning stages: epochs after the source run")
+    parser.add_argument("--finetune-lr-mult", type=float, default=0.1,
+                        help="fine-tuning stages: lr = this x the config's lr")
     parser.add_argument("--split", default="valid", help="split scored (orand has only valid)")
     parser.add_argument("--only", nargs="+", help="run these variants (slugs or names)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: the table of the runs that finished")
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("overrides", nargs="*", help="extra key=value for every variant")
     args = parser.parse_args(argv)
@@ -130,23 +206,30 @@ def main(argv: list[str] | None = None) -> str:
     out = args.out / args.study
     results: dict[str, list[dict]] = {name: [] for name in variants}
     per_run = []
+    common = [f"train.epochs={args.epochs}", *args.overrides]
     for seed in args.seeds:  # seed-major: every variant gets a first seed before any a second
-        for name, overrides in variants.items():
-            run_dir = out / f"{slug(name)}_s{seed}"
-            row = run_one(args.config, [*overrides, f"train.epochs={args.epochs}",
-                                        *args.overrides], run_dir, seed, args.split)
+        for name, variant in variants.items():
+            row = run_variant(args.config, name, variant, out, seed, common, args)
+            if row is None:
+                continue
             results[name].append(row)
             per_run.append({"variant": name, **row})
             print(f"{name} seed {seed}: mAP {row['AP']:.4f} AP50 {row['AP50']:.4f} "
                   f"seq {row['seq_acc']}", flush=True)
-    md = (f"{args.study} ablation, {args.config}, {args.epochs} epochs per run, seeds "
-          f"{args.seeds}, scored on {args.split}; {machine_description()}\n\n" + table(results))
+    budget = f"{args.epochs} epochs per run"
+    if any(v.finetune for v in variants.values()):
+        budget += (f" (+{args.extra_epochs} at {args.finetune_lr_mult:g} x lr for the fine-tuning"
+                   " rows, whose train min is that second stage)")
+    md = (f"{args.study} ablation, {args.config}, {budget}, seeds {args.seeds}, scored on "
+          f"{args.split}; {machine_description()}\n\n" + table(results))
     out.mkdir(parents=True, exist_ok=True)
     (out.parent / f"{args.study}.md").write_text(md + "\n")
-    with (out.parent / f"{args.study}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(per_run[0]))
-        writer.writeheader()
-        writer.writerows(per_run)
+    if per_run:
+        fields = list(dict.fromkeys(k for row in per_run for k in row))
+        with (out.parent / f"{args.study}.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(per_run)
     print(md)
     return md
 

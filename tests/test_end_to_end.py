@@ -252,32 +252,42 @@ def test_multiscale_is_on_while_augmenting_and_off_for_the_last_epochs(synth_dir
     assert all(side is None for training, side, _ in seen if not training)
 
 
-def test_ablation_script_runs_each_variant_per_seed_and_resumes(synth_dir, tmp_path):
+def test_ablation_script_runs_each_variant_per_seed_and_resumes(synth_dir, tmp_path,
+                                                                monkeypatch):
     import importlib.util
+    import sys
 
     spec = importlib.util.spec_from_file_location(
         "ablation", Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py")
     ablation = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "ablation", ablation)  # dataclasses look their module up
     spec.loader.exec_module(ablation)
     data = [f"data.{s}_json={synth_dir / s / 'annotations.json'}" for s in ("valid", "test")]
     data.append(f"data.train_json={synth_dir / 'train' / 'annotations.json'}")
-    args = ["--study", "augment", "--only", "none", "multi_scale", "--seeds", "0", "1",
-            "--epochs", "1", "--split", "test", "--out", str(tmp_path), "--config", "",
+    args = ["--study", "objectives", "--only", "baseline", "soft-NMS gaussian",
+            "baseline + policy gradient", "--seeds", "0", "1", "--epochs", "1",
+            "--extra-epochs", "1", "--split", "test", "--out", str(tmp_path), "--config", "",
             *TINY, *data, "train.iters_per_epoch=1", "augment.no_aug_epochs=0"]
     md = ablation.main(args)
-    rows = list(csv.DictReader((tmp_path / "augment.csv").open()))
-    assert [(r["variant"], r["seed"]) for r in rows] == [
-        ("none", "0"), ("multi-scale", "0"), ("none", "1"), ("multi-scale", "1")]
-    assert all(r["iterations"] == "1" for r in rows)
+    rows = list(csv.DictReader((tmp_path / "objectives.csv").open()))
+    names = ["baseline", "soft-NMS gaussian", "baseline + policy gradient"]
+    assert [(r["variant"], r["seed"]) for r in rows] == [(n, s) for s in "01" for n in names]
     # Two seeds: mean +- std; the first row is the reference of the delta column.
-    assert "| none | 2 |" in md and "±" in md and "| +0.000 |" in md
-    saved = yaml_load(tmp_path / "augment" / "multi_scale_s1" / "config.yaml")
-    assert saved["augment"]["multiscale_sizes"] == [40, 48, 56, 64, 72]
-    assert saved["train"]["seed"] == 1
-    # A second call finds every result.json and trains nothing.
-    before = (tmp_path / "augment" / "none_s0" / "result.json").stat().st_mtime_ns
+    assert "| baseline | 2 |" in md and "±" in md and "| +0.000 |" in md
+    assert "| soft-NMS gaussian | 2 |" in md and "0 (inference only)" in md
+    # The reused run is scored with soft-NMS but left as it was.
+    base = tmp_path / "objectives" / "baseline_s1"
+    assert json.loads((base / "eval_test.json").read_text())["inference"]["nms"] == "nms"
+    # The policy-gradient stage starts from the baseline of its own seed, at 0.1 x lr.
+    saved = yaml_load(tmp_path / "objectives" / "baseline___policy_gradient_s1" / "config.yaml")
+    assert saved["train"]["objective"] == "policy_gradient" and saved["train"]["seed"] == 1
+    assert saved["train"]["finetune_from"] == str(base / "checkpoints" / "best.pt")
+    assert saved["train"]["lr"] == pytest.approx(1e-4)
+    # A second call finds every result.json and trains nothing; report-only agrees.
+    before = (base / "result.json").stat().st_mtime_ns
     assert ablation.main(args) == md
-    assert (tmp_path / "augment" / "none_s0" / "result.json").stat().st_mtime_ns == before
+    assert ablation.main([*args, "--report-only"]) == md
+    assert (base / "result.json").stat().st_mtime_ns == before
 
 
 def yaml_load(path: Path) -> dict:

@@ -98,13 +98,14 @@ def _detect(model, dataset, cfg: Config, device, categories, batch_size=None) ->
 
 def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = None,
              images: str | None = None, threshold: float | None = None,
-             device: str = "auto", overrides: list[str] | None = None) -> EvalResult:
+             device: str = "auto", overrides: list[str] | None = None,
+             save: bool = True) -> EvalResult:
     """COCO metrics and sequence accuracy of a run's best checkpoint on one split.
 
     The threshold for sequences defaults to the one `tune` stored in the checkpoint.
     `overrides` are `eval.*` items (``["eval.tta_scales=[1,1.5]"]``) for this call only.
     Writes `eval_<split>.json` (with the inference options used) into the run folder when `run`
-    is a run folder.
+    is a run folder and `save` is true.
     """
     dev = resolve_device(device)
     model, ckpt = load_detector(run, device=dev)
@@ -122,20 +123,22 @@ def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = No
         acc = sequence_accuracy(numbers_from_coco(gt, digits), numbers_from_detections(
             dets, digits, thr, [img["id"] for img in data.images]))
     result = EvalResult(split, metrics, thr, acc, data, dets, cfg.eval.inference_kwargs())
-    if Path(run).is_dir():
+    if save and Path(run).is_dir():
         (Path(run) / f"eval_{split}.json").write_text(json.dumps(result.as_dict(), indent=2))
     return result
 
 
 def tune(run: str | Path, *, json_path: str | None = None, images: str | None = None,
-         device: str = "auto", overrides: list[str] | None = None) -> SweepResult:
+         device: str = "auto", overrides: list[str] | None = None,
+         save: bool = True) -> SweepResult:
     """Sweep the confidence threshold on the validation split and store the best one.
 
     The best threshold (highest sequence accuracy, ties to higher mAP) is written into the run's
     best.pt and last.pt so that `predict` and `evaluate` use it by default; the sweep table is
     written to `threshold_sweep.csv`. `overrides` are `eval.*` items for this call only (the
     sweep range, or the inference options: Soft-NMS and TTA change the scores, so pass the
-    same ones to `evaluate` and `predict`; they are not stored).
+    same ones to `evaluate` and `predict`; they are not stored). With `save=False` nothing is
+    written: the sweep is only returned.
     """
     dev = resolve_device(device)
     model, ckpt = load_detector(run, device=dev)
@@ -149,6 +152,8 @@ def tune(run: str | Path, *, json_path: str | None = None, images: str | None = 
     thresholds = [round(e.sweep_min + i * e.sweep_step, 4) for i in range(n)]
     result = sweep_thresholds(data.to_coco_dict(), dets, thresholds, backend=e.backend)
     best = result.best
+    if not save:  # a what-if sweep (e.g. an ablation of inference options): nothing stored
+        return result
     ckpt_path = Path(ckpt["path"])
     for path in {ckpt_path, ckpt_path.with_name("best.pt"), ckpt_path.with_name("last.pt")}:
         if path.is_file():
