@@ -57,6 +57,8 @@ def test_two_iterations_write_every_output(synth_dir, tmp_path):
     loss = float(rows[0]["loss"])
     parts = sum(float(rows[0][k]) for k in ("loss_cls", "loss_bbox", "loss_anchor"))
     assert loss == pytest.approx(parts, rel=1e-4)
+    val_parts = sum(float(rows[0][f"val_{k}"]) for k in ("loss_cls", "loss_bbox", "loss_anchor"))
+    assert float(rows[0]["val_loss"]) == pytest.approx(val_parts, rel=1e-4) and val_parts > 0
 
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     assert [c["name"] for c in ckpt["categories"]] == [str(d) for d in range(10)]
@@ -320,3 +322,16 @@ def test_class_weights_must_match_the_classes(synth_dir, tmp_path):
                       "train.class_weights=[1,2,3]")
     with pytest.raises(ValueError, match="has 3 values but the data has 10 classes"):
         api.train(cfg, reporter=ProgressReporter(quiet=True))
+
+
+def test_validating_does_not_change_the_training_run(synth_dir, tmp_path):
+    common = ["train.epochs=2", "train.iters_per_epoch=2", "augment.no_aug_epochs=0"]
+    every = tiny_config(synth_dir, tmp_path / "a", *common, "train.eval_every=1")
+    last_only = tiny_config(synth_dir, tmp_path / "b", *common, "train.eval_every=2")
+    for cfg in (every, last_only):
+        api.train(cfg, reporter=ProgressReporter(quiet=True))
+    a = load_checkpoint(every.run_dir / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(last_only.run_dir / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = list(csv.DictReader((every.run_dir / "metrics.csv").open()))
+    assert rows[0]["val_loss"] != "" and rows[1]["val_loss"] != ""

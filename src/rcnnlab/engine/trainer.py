@@ -422,7 +422,47 @@ class Trainer:
                 numbers_from_coco(gt, self.digits),
                 numbers_from_detections(dets, self.digits, self.threshold,
                                         [img["id"] for img in self.valid_data.images]))
+        row.update(self.validation_loss())
         row["val_seconds"] = time.perf_counter() - start
+        return row
+
+    @torch.no_grad()
+    def validation_loss(self) -> dict:
+        """The training losses on the validation split (plain cross-entropy for the classifier,
+        whatever the objective), so that loss curves compare train and validation.
+
+        Only the loss branches run in training mode: BatchNorm statistics, dropout and the
+        multi-scale draw stay as in evaluation, and the RPN / RoI samplers draw from a seeded
+        fork of the RNG, so validating never changes the training run's random stream.
+        """
+        model, heads = self.model, self.model.roi_heads
+        objective, heads.classifier_loss = heads.classifier_loss, RoIClassifierLoss()
+        model.eval()
+        for module in (model, model.rpn, heads):  # not recursive: children stay in eval mode
+            module.training = True
+        sums, n = dict.fromkeys(RAW_LOSSES, 0.0), 0
+        cuda = list(range(torch.cuda.device_count())) if self.device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                torch.manual_seed(self.cfg.train.seed)
+                bs = self.cfg.eval.batch_size
+                for start in range(0, len(self.valid_set), bs):
+                    items = [self.valid_set[i] for i in
+                             range(start, min(start + bs, len(self.valid_set)))]
+                    losses = model(
+                        [img.to(self.device) for img, _ in items],
+                        [{"boxes": t["boxes"].as_subclass(torch.Tensor).to(self.device),
+                          "labels": t["labels"].to(self.device)} for _, t in items])
+                    for key in RAW_LOSSES:
+                        sums[key] += losses[key].item() * len(items)
+                    n += len(items)
+        finally:
+            heads.classifier_loss = objective
+            model.eval()
+        means = {k: v / max(n, 1) for k, v in sums.items()}
+        row = {"val_loss": sum(means.values())}
+        row.update({f"val_{group}": sum(means[k] for k in keys)
+                    for group, keys in LOSS_GROUPS.items()})
         return row
 
 
