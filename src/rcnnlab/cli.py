@@ -1,4 +1,4 @@
-"""The `rcnnlab` command line: data, train, tune, evaluate, predict, demo.
+"""The `rcnnlab` command line: data, train, tune, evaluate, predict, compare, demo.
 
 Every command takes an optional YAML config and dotted overrides (`train.epochs=3`). Errors in
 the user's input end in one red line naming the file, the record and the fix (exit code 2).
@@ -311,6 +311,28 @@ def predict(
                         batch_size=batch_size, device=device, overrides=overrides)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
+
+
+# ---------------------------------------------------------------------------------- records
+@app.command()
+@_user_errors
+def compare(
+    runs: Annotated[list[Path], typer.Argument(
+        help="Run folders; the first is the baseline the others are compared against.")],
+    split: Annotated[str | None, typer.Option(
+        help="test | valid | metrics: which numbers to compare (default: test when every run "
+        "has eval_test.json, else valid, else metrics.csv's validation at the best epoch).")]
+    = None,
+    out: Annotated[Path | None, typer.Option(help="Also write the comparison as Markdown.")]
+    = None,
+):
+    """Compare runs against the first: metrics, per-class AP, config differences."""
+    from rcnnlab.reporting.compare import compare_runs
+
+    comparison = compare_runs(runs, split=split)
+    console.print(comparison.to_rich())
+    if out is not None:
+        console.print(f"markdown: {comparison.write(out)}")
 
 
 @app.command()
