@@ -1,4 +1,4 @@
-"""The `rcnnlab` command line: data, train, tune, evaluate, predict, compare, demo.
+"""The `rcnnlab` command line: data, train, tune, evaluate, predict, diagnose, compare, demo.
 
 Every command takes an optional YAML config and dotted overrides (`train.epochs=3`). Errors in
 the user's input end in one red line naming the file, the record and the fix (exit code 2).
@@ -314,6 +314,47 @@ def predict(
 
 
 # ---------------------------------------------------------------------------------- records
+@app.command()
+@_user_errors
+def diagnose(
+    run: Annotated[Path, typer.Argument(help="Run folder (or checkpoint).")],
+    split: Annotated[str, typer.Option(help="valid | test (from the run's config).")] = "valid",
+    data: Annotated[Path | None, typer.Option(help="Diagnose on this COCO json instead.")] = None,
+    images: Annotated[Path | None, typer.Option(help="Its image folder.")] = None,
+    device: DeviceOpt = "auto",
+    overrides: EvalOverridesArg = None,
+):
+    """Why mAP is low: TIDE error breakdown, AP per IoU, RPN recall and ranked findings.
+
+    Writes diagnosis.md and diagnosis.json into the run folder.
+    """
+    from rcnnlab.evaluation.diagnosis import diagnose_run
+    from rcnnlab.evaluation.errors import ERROR_NAMES, ERROR_TYPES
+
+    with err_console.status(f"detecting on {split} and diagnosing"):
+        result = diagnose_run(run, split=split, device=device, json_path=data and str(data),
+                              images=images and str(images), overrides=overrides)
+    e = result.errors
+    table = Table(title=f"{result.split} split, {result.n_images} images: TIDE errors at IoU "
+                  f"{e.pos_thresh:g} (AP50 {e.ap:.4f}, mAP {_fmt(result.metrics['AP'])})")
+    table.add_column("error")
+    for col in ("count", "ΔAP50", "share of lost AP"):
+        table.add_column(col, justify="right")
+    shares = e.lost_share()
+    for kind in ERROR_TYPES:
+        table.add_row(ERROR_NAMES[kind], str(e.counts[kind]), _fmt(e.delta_ap[kind]),
+                      f"{shares[kind]:.0%}")
+    table.add_row("false positives (oracle rescoring)", "", _fmt(e.fp_delta_ap), "")
+    table.add_row("false negatives (perfect recall)", "", _fmt(e.fn_delta_ap), "")
+    console.print(table)
+    console.print("RPN recall: " + ", ".join(f"{_fmt(v)} at IoU {t:g}"
+                                            for t, v in result.rpn.recall.items()))
+    for i, finding in enumerate(result.findings, start=1):
+        console.print(f"{i}. {finding.text}", highlight=False)
+    if run.is_dir():
+        console.print(f"written: {run / 'diagnosis.md'}, {run / 'diagnosis.json'}")
+
+
 @app.command()
 @_user_errors
 def compare(
