@@ -24,7 +24,7 @@ TINY = [
     "model.rpn_post_nms_top_n_train=100", "model.rpn_pre_nms_top_n_test=100",
     "model.rpn_post_nms_top_n_test=50", "model.box_batch_size_per_image=32",
     "model.rpn_batch_size_per_image=64", "train.batch_size=2", "train.warmup_iters=2",
-    "train.threads=2", "eval.batch_size=4",
+    "train.threads=2", "eval.batch_size=4", "train.record=false",
 ]
 
 
@@ -42,11 +42,13 @@ def tiny_config(synth_dir: Path, run_root: Path, *extra: str):
 
 
 def test_two_iterations_write_every_output(synth_dir, tmp_path):
-    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=2")
+    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=2",
+                      "train.record=true")
     fit = api.train(cfg, reporter=ProgressReporter(quiet=True))
     run = fit.run_dir
     assert fit.iterations == 2 and fit.epochs == 1
-    for name in ("config.yaml", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in ("config.yaml", "metrics.csv", "checkpoints/last.pt", "checkpoints/best.pt",
+                 "report.md", "report.html", "figures/losses.png"):
         assert (run / name).is_file(), name
     assert list((run / "tb").glob("events.out.tfevents.*"))
     rows = list(csv.DictReader((run / "metrics.csv").open()))

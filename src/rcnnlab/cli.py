@@ -1,4 +1,5 @@
-"""The `rcnnlab` command line: data, train, tune, evaluate, predict, diagnose, compare, demo.
+"""The `rcnnlab` command line: data, train, tune, evaluate, predict, report, diagnose, compare,
+demo.
 
 Every command takes an optional YAML config and dotted overrides (`train.epochs=3`). Errors in
 the user's input end in one red line naming the file, the record and the fix (exit code 2).
@@ -314,6 +315,23 @@ def predict(
 
 
 # ---------------------------------------------------------------------------------- records
+@app.command()
+@_user_errors
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder.")],
+    split: Annotated[str | None, typer.Option(
+        help="Split of the precision-recall curves, confusion matrix and detection grid "
+        "(default: test when the run's config has one, else valid).")] = None,
+    device: DeviceOpt = "auto",
+):
+    """Write the run record: report.md, a self-contained report.html and figures/*.png."""
+    from rcnnlab.reporting.record import write_record
+
+    paths = write_record(run, split=split, device=device)
+    console.print(f"record: {paths['markdown']}, {paths['html']} "
+                  f"({len(paths) - 2} figures in {paths['html'].parent / 'figures'})")
+
+
 @app.command()
 @_user_errors
 def diagnose(

@@ -137,6 +137,7 @@ class TrainConfig(_Section):
     threads: int | None = None  # torch CPU threads (None = torch's default)
     eval_every: int = 1  # validation mAP every N epochs (and always after the last)
     log_every: int = 20  # plain-text progress line every N iterations (non-TTY)
+    record: bool = True  # write the run record (report.md, report.html, figures/) after training
 
     # --- RoI classifier objective (the box loss stays smooth-L1 in every case)
     # standard: the loss below; policy_gradient: Rao et al. 2018's eq. 11 (a fine-tuning stage:

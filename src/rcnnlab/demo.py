@@ -14,6 +14,7 @@ from rcnnlab.config import Config
 from rcnnlab.data.splits import ensure_synth
 from rcnnlab.evaluation.sequence import digit_names, numbers_from_coco, numbers_from_detections
 from rcnnlab.inference.predict import write_predictions
+from rcnnlab.reporting.record import write_record
 from rcnnlab.reporting.summary import (
     machine_description,
     plot_curves,
@@ -30,10 +31,15 @@ def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
     """Run the whole job for `cfg`; returns the headline figures (also written to summary.md)."""
     start = time.perf_counter()
     ensure_synth(cfg.data)
-    fit = api.train(cfg, reporter=reporter)
+    # the record is written once, below, after tuning and testing (not also after training)
+    train_cfg = cfg.model_copy(deep=True)
+    train_cfg.train.record = False
+    fit = api.train(train_cfg, reporter=reporter)
     api.tune(fit.run_dir, device=cfg.train.device)  # stores the best threshold
     test = api.evaluate(fit.run_dir, split="test", device=cfg.train.device)
     run_dir = fit.run_dir
+    if cfg.train.record:  # again, now with the tuned threshold and the test split
+        write_record(run_dir, device=cfg.train.device)
     data = test.data
     names = {c["id"]: c["name"] for c in data.categories}
     digits = digit_names(data.categories)

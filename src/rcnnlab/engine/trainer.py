@@ -43,6 +43,7 @@ from rcnnlab.models.build import build_model, describe_model, load_weights_file
 from rcnnlab.models.heads import RoIClassifierLoss, level_losses
 from rcnnlab.models.losses import class_counts, inverse_frequency_weights
 from rcnnlab.reporting.plots import plot_scale_weights
+from rcnnlab.reporting.record import write_record
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +310,13 @@ class Trainer:
         finally:
             writer.close()
             if self.scale_weighting is not None and self.scale_weighting.history:
+                levels = describe_model(self.model)["levels"]
                 plot_scale_weights(self.scale_weighting.history,
-                                   self.run_dir / "scale_weights.png")
+                                   self.run_dir / "scale_weights.png",
+                                   [f"P{round(math.log2(lv['stride']))}" for lv in levels])
+        if self.cfg.train.record:
+            # threshold not tuned yet: `rcnnlab tune` then `rcnnlab report` rewrites it
+            write_record(self.run_dir, device=str(self.device))
         return FitResult(self.run_dir, len(self.train_data.images), self.best_epoch,
                          self.best_map, self.epoch, self.iteration,
                          self.train_seconds, self.images_seen / max(self.train_seconds, 1e-9),
@@ -387,6 +393,7 @@ class Trainer:
             log.info("augmentation dropped %d boxes that collapsed or left the image", dropped)
         row["epoch_seconds"] = elapsed
         row["train_img_per_s"] = n_img / max(elapsed, 1e-9)
+        row["peak_memory_mb"] = peak_memory_mb(self.device)
         return row
 
     def total_loss(self, losses: dict, writer) -> torch.Tensor:

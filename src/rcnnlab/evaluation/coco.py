@@ -108,6 +108,30 @@ class CocoMetrics:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class PrecisionCurves:
+    """COCO's interpolated precision-recall curves: area "all", at most 100 detections an image.
+
+    ``precision[t, r, k]`` is the precision at recall ``recall[r]`` for IoU threshold
+    ``iou_thresholds[t]`` and category ``category_ids[k]``: the highest precision reached at
+    that recall or beyond (COCO's interpolation), 0 for a recall never reached, and -1 for a
+    category without ground truth. ``scores[t, r, k]`` is the score of the detection at which
+    that recall is first reached (0 where it is never reached), which places a confidence
+    threshold on the curve. COCO's AP is the mean of ``precision`` over ``recall``.
+    """
+
+    recall: np.ndarray  # [R] the 101 recall thresholds 0.00, 0.01, ..., 1.00
+    iou_thresholds: tuple[float, ...]  # [T]
+    category_ids: tuple[int, ...]  # [K]
+    precision: np.ndarray  # [T, R, K]
+    scores: np.ndarray  # [T, R, K]
+
+    def at_iou(self, iou: float) -> tuple[np.ndarray, np.ndarray]:
+        """(precision, scores), each [R, K], at one of ``iou_thresholds`` (e.g. 0.5, 0.75)."""
+        t = self.iou_thresholds.index(round(float(iou), 2))
+        return self.precision[t], self.scores[t]
+
+
 def _prepare_gt(gt: Mapping[str, Any]) -> dict[str, Any]:
     """Copy of a COCO dataset dict with what the evaluators need filled in.
 
@@ -215,6 +239,15 @@ class CocoEvaluator:
         Images without detections count as misses; an empty list gives zeros (None where the
         ground truth has no box of a size or category).
         """
+        return _metrics_from(self._run(detections))
+
+    def curves(self, detections: Sequence[Mapping[str, Any]]) -> PrecisionCurves:
+        """COCO's precision-recall curves of ``detections`` (area "all", 100 detections per
+        image), per IoU threshold and category; see :class:`PrecisionCurves`."""
+        return _curves_from(self._run(detections))
+
+    def _run(self, detections: Sequence[Mapping[str, Any]]) -> Any:
+        """A COCOeval of the chosen backend, evaluated, accumulated and summarized."""
         dets = _prepare_detections(detections, self.image_ids, set(self.category_ids))
         # Building the results index directly (not via loadRes) keeps the caller's records
         # untouched and works for an empty list, on which pycocotools' loadRes crashes.
@@ -240,7 +273,7 @@ class CocoEvaluator:
                 cocoeval.evaluate()
                 cocoeval.accumulate()
                 cocoeval.summarize()
-        return _metrics_from(cocoeval)
+        return cocoeval
 
 
 def _metrics_from(cocoeval: Any) -> CocoMetrics:
@@ -259,6 +292,29 @@ def _metrics_from(cocoeval: Any) -> CocoMetrics:
         per_class_ap50={cid: _mean_valid(precision[i50, :, k]) for k, cid in enumerate(cat_ids)},
         per_iou={t: _mean_valid(precision[i]) for i, t in enumerate(iou_thrs)},
     )
+
+
+def _curves_from(cocoeval: Any) -> PrecisionCurves:
+    """PrecisionCurves from an accumulated COCOeval of either library (area "all", maxDets 100:
+    the slice the headline AP is computed from, as in :func:`_metrics_from`)."""
+    params = cocoeval.params
+    return PrecisionCurves(
+        recall=np.asarray(params.recThrs, dtype=float),
+        iou_thresholds=tuple(round(float(t), 2) for t in params.iouThrs),
+        category_ids=tuple(int(c) for c in params.catIds),
+        precision=np.asarray(cocoeval.eval["precision"], dtype=float)[:, :, :, 0, -1],
+        scores=np.asarray(cocoeval.eval["scores"], dtype=float)[:, :, :, 0, -1],
+    )
+
+
+def precision_curves(
+    gt: Mapping[str, Any],
+    detections: Sequence[Mapping[str, Any]],
+    backend: str = "faster",
+) -> PrecisionCurves:
+    """COCO's precision-recall curves of ``detections`` against ``gt`` (one-shot form of
+    :meth:`CocoEvaluator.curves`; same inputs as :func:`evaluate_detections`)."""
+    return CocoEvaluator(gt, backend=backend).curves(detections)
 
 
 def evaluate_detections(
