@@ -181,12 +181,16 @@ def test_data_split_command_writes_both_halves(tmp_path):
 def test_demo_writes_summary_figures_and_outputs(synth_dir, tmp_path):
     from rcnnlab.demo import run_demo
 
-    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=2")
+    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=2",
+                      "train.record=true")
     figures = run_demo(cfg, reporter=ProgressReporter(quiet=True), n_samples=4)
     run = cfg.run_dir
     for name in ("summary.md", "curves.png", "samples.png", "pred.json", "pred.csv",
-                 "threshold_sweep.csv", "eval_test.json"):
+                 "threshold_sweep.csv", "eval_test.json", "report.md", "report.html"):
         assert (run / name).is_file(), name
+    # the record is written once, after tuning: it has the tuned threshold and the test split
+    record = (run / "report.md").read_text()
+    assert "test" in record and "not tuned" not in record
     summary = (run / "summary.md").read_text()
     assert "![curves](curves.png)" in summary and "![samples](samples.png)" in summary
     evaluation = json.loads((run / "eval_test.json").read_text())
