@@ -1,5 +1,5 @@
 """`rcnnlab compare`: exact deltas, class counts, config differences and source selection on
-hand-made run folders, and the real ORAND runs when they are there."""
+hand-made run folders."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import yaml
 from rich.console import Console
 
 from rcnnlab.reporting.compare import ABSENT, compare_runs, load_run
-
-REPO = Path(__file__).resolve().parents[1]
 
 CONFIG_A = {
     "name": "a",
@@ -297,18 +295,3 @@ def test_same_folder_names_use_paths(tmp_path):
     a = make_run(tmp_path / "x", "run", CONFIG_A, METRICS_A, {"valid": EVAL_VALID_A})
     b = make_run(tmp_path / "y", "run", CONFIG_B, METRICS_B, {"valid": EVAL_VALID_B})
     assert compare_runs([a, b]).names == [str(a), str(b)]
-
-
-def test_real_orand_runs():
-    e4, e8 = REPO / "runs" / "orand_e4", REPO / "runs" / "orand_e8"
-    if not (e4 / "eval_valid.json").is_file() or not (e8 / "eval_valid.json").is_file():
-        pytest.skip("runs/orand_e4 and runs/orand_e8 with eval_valid.json not found")
-    cmp = compare_runs([e4, e8])
-    ap4 = json.loads((e4 / "eval_valid.json").read_text())["AP"]
-    ap8 = json.loads((e8 / "eval_valid.json").read_text())["AP"]
-    assert cmp.names == ["orand_e4", "orand_e8"] and cmp.source == "valid"
-    assert cmp.metric("AP").values == [ap4, ap8]
-    assert cmp.metric("AP").deltas[1] == pytest.approx(ap8 - ap4)
-    assert {d.key for d in cmp.config_diff} >= {"name", "train.epochs"}
-    assert len(cmp.per_class["AP"]) == 10
-    assert f"{ap8:.3f} ({ap8 - ap4:+.3f})" in cmp.to_markdown()
