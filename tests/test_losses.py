@@ -1,19 +1,16 @@
-"""Tests for rcnnlab.models.losses: focal / weighted cross-entropy and the fastrcnn_loss drop-in."""
+"""Tests for rcnnlab.models.losses: focal / weighted cross-entropy and the dispatcher."""
 
 from __future__ import annotations
 
 import math
-from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.models.detection.roi_heads import fastrcnn_loss
 
 from rcnnlab.data.coco import load_coco
 from rcnnlab.models.losses import (
     class_counts,
-    fastrcnn_loss_with,
     focal_loss,
     inverse_frequency_weights,
     roi_classification_loss,
@@ -176,6 +173,12 @@ def test_roi_classification_loss_dispatches():
     assert torch.equal(roi_classification_loss("weighted_ce", logits, labels,
                                                class_weights=weights),
                        weighted_cross_entropy(logits, labels, weights))
+    # per RoI, as the RoI head uses it
+    assert torch.equal(roi_classification_loss("weighted_ce", logits, labels,
+                                               class_weights=weights, reduction="none"),
+                       weighted_cross_entropy(logits, labels, weights, reduction="none"))
+    assert torch.equal(roi_classification_loss("ce", logits, labels, reduction="none"),
+                       F.cross_entropy(logits, labels, reduction="none"))
 
 
 @pytest.mark.parametrize("kind, weights", [("bce", None), ("weighted_ce", None),
@@ -184,40 +187,3 @@ def test_roi_classification_loss_refuses_bad_configs(kind, weights):
     logits, labels = _random_head(3)
     with pytest.raises(ValueError):
         roi_classification_loss(kind, logits, labels, class_weights=weights)
-
-
-# --------------------------------------------------------------------------- fastrcnn_loss
-
-
-def _roi_batch(seed: int, per_image=(5, 9, 0, 7), classes: int = 4):
-    g = torch.Generator().manual_seed(seed)
-    n = sum(per_image)
-    class_logits = torch.randn(n, classes, generator=g, requires_grad=True)
-    box_regression = torch.randn(n, classes * 4, generator=g, requires_grad=True)
-    labels = [torch.randint(0, classes, (k,), generator=g) for k in per_image]
-    targets = [torch.randn(k, 4, generator=g) for k in per_image]
-    return class_logits, box_regression, labels, targets
-
-
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fastrcnn_loss_with_ce_equals_torchvision(seed):
-    batch = _roi_batch(seed)
-    expected = fastrcnn_loss(*batch)
-    for loss_fn in (fastrcnn_loss_with(partial(roi_classification_loss, "ce")),
-                    fastrcnn_loss_with(partial(focal_loss, alpha=None, gamma=0.0))):
-        got = loss_fn(*batch)
-        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
-    assert expected[1].item() > 0  # the box term was exercised (there are positives)
-
-
-def test_fastrcnn_loss_with_focal_changes_only_the_classifier_term():
-    class_logits, box_regression, labels, targets = _roi_batch(4)
-    cls_loss, box_loss = fastrcnn_loss_with(partial(focal_loss, alpha=None))(
-        class_logits, box_regression, labels, targets)
-    _, tv_box = fastrcnn_loss(class_logits, box_regression, labels, targets)
-    assert torch.equal(box_loss, tv_box)
-    assert cls_loss.item() == pytest.approx(
-        focal_loss(class_logits, torch.cat(labels), alpha=None).item())
-    assert cls_loss.item() < F.cross_entropy(class_logits, torch.cat(labels)).item()
-    (cls_loss + box_loss).backward()
-    assert class_logits.grad.abs().sum() > 0 and box_regression.grad.abs().sum() > 0

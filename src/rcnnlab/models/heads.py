@@ -29,7 +29,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
 from rcnnlab.methods.policy_gradient import policy_gradient_coefficients
-from rcnnlab.models.losses import focal_loss
+from rcnnlab.models.losses import LOSS_KINDS, roi_classification_loss
 
 __all__ = ["LevelLossRPN", "LossRoIHeads", "RoIClassifierLoss", "install_heads", "level_losses"]
 
@@ -49,7 +49,8 @@ class RoIClassifierLoss:
     info: dict[str, float] = field(default_factory=dict)  # last batch's policy-gradient figures
 
     def __post_init__(self) -> None:
-        kinds = ("ce", "focal", "weighted_ce", "policy_gradient")
+        # checked here, when the run is set up, rather than at the first training step
+        kinds = (*LOSS_KINDS, "policy_gradient")
         if self.kind not in kinds:
             raise ValueError(f"unknown RoI classification loss {self.kind!r}; choose from {kinds}")
         if (self.class_weights is None) == (self.kind == "weighted_ce"):
@@ -168,14 +169,11 @@ class LossRoIHeads(_LevelLosses, RoIHeads):
                          targets, per_image) -> Tensor:
         """Per-RoI classification loss (before the mean over RoIs)."""
         cfg = self.classifier_loss
-        if cfg.kind == "focal":
-            return focal_loss(class_logits, labels, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma,
-                              reduction="none")
-        weight = None
-        if cfg.kind == "weighted_ce":
-            weight = cfg.class_weights.to(device=class_logits.device, dtype=class_logits.dtype)
-        rows = F.cross_entropy(class_logits, labels, weight=weight, reduction="none")
-        if cfg.kind != "policy_gradient":
+        pg = cfg.kind == "policy_gradient"
+        rows = roi_classification_loss(
+            "ce" if pg else cfg.kind, class_logits, labels, alpha=cfg.focal_alpha,
+            gamma=cfg.focal_gamma, class_weights=cfg.class_weights, reduction="none")
+        if not pg:
             return rows
         # the boxes the detector would output for each RoI's assigned class, as NMS sees them
         decoded = self.box_coder.decode(box_regression.detach(), proposals)

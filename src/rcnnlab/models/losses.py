@@ -1,14 +1,6 @@
-"""RoI classifier losses for the Fast R-CNN head: cross-entropy, softmax focal loss, class-weighted
-cross-entropy, and a drop-in for torchvision's ``fastrcnn_loss`` that takes any of them.
-
-torchvision's ``roi_heads.fastrcnn_loss(class_logits, box_regression, labels, regression_targets)``
-returns ``(classification_loss, box_loss)``: cross-entropy averaged over all sampled RoIs (label 0
-is background), and smooth-L1 (beta 1/9) over the positives' class-specific box deltas, summed and
-divided by the number of sampled RoIs. :func:`fastrcnn_loss_with` keeps that box loss and that
-signature and swaps the classification term, e.g.::
-
-    from functools import partial
-    loss = fastrcnn_loss_with(partial(roi_classification_loss, "focal", gamma=2.0))
+"""RoI classifier losses for the Fast R-CNN head: cross-entropy, softmax focal loss and
+class-weighted cross-entropy (:func:`roi_classification_loss` picks one; the RoI head in
+:mod:`rcnnlab.models.heads` uses it per RoI, with torchvision's box loss unchanged).
 
 Every loss here reduces with ``"mean"`` over the number of RoIs, like torchvision's, so the
 classifier term keeps the same scale against the box and RPN terms whichever is chosen.
@@ -31,7 +23,7 @@ its RoIs (25 % positives by torchvision's default), so ``alpha=None`` is worth t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +32,6 @@ from torch import Tensor
 from rcnnlab.data.coco import CocoData
 
 LOSS_KINDS = ("ce", "focal", "weighted_ce")
-
-ClsLossFn = Callable[[Tensor, Tensor], Tensor]
-FastRCNNLossFn = Callable[[Tensor, Tensor, list[Tensor], list[Tensor]], tuple[Tensor, Tensor]]
 
 
 def focal_loss(logits: Tensor, labels: Tensor, alpha: float | None = 0.25, gamma: float = 2.0,
@@ -128,11 +117,13 @@ def inverse_frequency_weights(counts: Sequence[int], background_weight: float = 
 
 def roi_classification_loss(kind: str, class_logits: Tensor, labels: Tensor, *,
                             alpha: float | None = 0.25, gamma: float = 2.0,
-                            class_weights: Tensor | None = None) -> Tensor:
-    """The RoI classification loss ``kind`` ("ce", "focal" or "weighted_ce"), mean over RoIs.
+                            class_weights: Tensor | None = None,
+                            reduction: str = "mean") -> Tensor:
+    """The RoI classification loss ``kind`` ("ce", "focal" or "weighted_ce").
 
     ``alpha`` and ``gamma`` are the focal loss's; ``class_weights`` [C+1] is required by
     "weighted_ce" and refused by the others (a weight that is silently unused is a config error).
+    ``reduction``: ``"mean"`` over RoIs, ``"sum"`` or ``"none"`` (one value per RoI).
     """
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown RoI classification loss {kind!r}; choose one of {LOSS_KINDS}")
@@ -140,38 +131,7 @@ def roi_classification_loss(kind: str, class_logits: Tensor, labels: Tensor, *,
         raise ValueError(f"class_weights are {'required' if class_weights is None else 'unused'}"
                          f" with the {kind!r} loss")
     if kind == "focal":
-        return focal_loss(class_logits, labels, alpha=alpha, gamma=gamma)
+        return focal_loss(class_logits, labels, alpha=alpha, gamma=gamma, reduction=reduction)
     if kind == "weighted_ce":
-        return weighted_cross_entropy(class_logits, labels, class_weights)
-    return F.cross_entropy(class_logits, labels)
-
-
-def fastrcnn_loss_with(cls_loss_fn: ClsLossFn) -> FastRCNNLossFn:
-    """torchvision's ``fastrcnn_loss`` with ``cls_loss_fn(class_logits, labels)`` as its
-    classification term; the box term is torchvision's, unchanged."""
-
-    def fastrcnn_loss(class_logits: Tensor, box_regression: Tensor, labels: list[Tensor],
-                      regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """(classification_loss, box_loss) of the sampled RoIs; labels and regression_targets
-        are per image, as torchvision's RoIHeads passes them."""
-        labels = torch.cat(labels, dim=0)
-        regression_targets = torch.cat(regression_targets, dim=0)
-        classification_loss = cls_loss_fn(class_logits, labels)
-
-        # Box loss copied from torchvision/models/detection/roi_heads.py::fastrcnn_loss
-        # (torchvision 0.29) so that only the classification term differs: smooth-L1 (beta 1/9)
-        # over the positives' deltas for their own class, summed, divided by all sampled RoIs.
-        sampled_pos_inds_subset = torch.where(labels > 0)[0]
-        labels_pos = labels[sampled_pos_inds_subset]
-        n = class_logits.shape[0]
-        box_regression = box_regression.reshape(n, box_regression.size(-1) // 4, 4)
-        box_loss = F.smooth_l1_loss(
-            box_regression[sampled_pos_inds_subset, labels_pos],
-            regression_targets[sampled_pos_inds_subset],
-            beta=1 / 9,
-            reduction="sum",
-        )
-        box_loss = box_loss / labels.numel()
-        return classification_loss, box_loss
-
-    return fastrcnn_loss
+        return weighted_cross_entropy(class_logits, labels, class_weights, reduction=reduction)
+    return F.cross_entropy(class_logits, labels, reduction=reduction)
