@@ -38,8 +38,8 @@ def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
     api.tune(fit.run_dir, device=cfg.train.device)  # stores the best threshold
     test = api.evaluate(fit.run_dir, split="test", device=cfg.train.device)
     run_dir = fit.run_dir
-    if cfg.train.record:  # again, now with the tuned threshold and the test split
-        write_record(run_dir, device=cfg.train.device)
+    if cfg.train.record:  # after tuning, with the test split evaluated just above
+        write_record(run_dir, device=cfg.train.device, evaluated={"test": test})
     data = test.data
     names = {c["id"]: c["name"] for c in data.categories}
     digits = digit_names(data.categories)

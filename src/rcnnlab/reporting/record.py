@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -49,6 +50,9 @@ from rcnnlab.reporting.plots import (
     plot_validation_map,
 )
 
+if TYPE_CHECKING:  # api imports the trainer, which imports this module
+    from rcnnlab.api import EvalResult
+
 FIGURES_DIR = "figures"
 PR_IOUS = (0.5, 0.75)
 MATCH_IOU = 0.5  # confusion matrix and detection grid
@@ -65,12 +69,15 @@ BACKBONES = {
 
 
 def write_record(run_dir: str | Path, *, split: str | None = None, device: str = "cpu",
-                 grid_images: int = 12) -> dict[str, Path]:
+                 grid_images: int = 12,
+                 evaluated: Mapping[str, EvalResult] | None = None) -> dict[str, Path]:
     """Write `report.md`, `report.html` and the figures (`figures/*.png`) of a run folder.
 
     `split` is the split the precision-recall curves, confusion matrix and detection grid are
     drawn on (default: test when the run's config has one, else valid); validation metrics are
     always reported. Config paths are relative to the working directory, as for `evaluate`.
+    `evaluated` holds results of `api.evaluate` on this run's best checkpoint that the caller
+    already has (by split), so they are not computed again.
     Returns the paths written: "markdown", "html" and one per figure (by file stem).
     """
     # imported here: api imports the trainer, which imports this module (Trainer.fit writes
@@ -96,7 +103,8 @@ def write_record(run_dir: str | Path, *, split: str | None = None, device: str =
     if split not in splits:
         raise FileNotFoundError(f"{run_dir}: the run's config has no {split} split "
                                 f"(data.{split}_json). Fix: --split valid")
-    results = {s: api.evaluate(run_dir, split=s, device=device, save=False)
+    evaluated = evaluated or {}
+    results = {s: evaluated.get(s) or api.evaluate(run_dir, split=s, device=device, save=False)
                for s in dict.fromkeys(("valid", split))}
     rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else []
     sweep_csv = run_dir / "threshold_sweep.csv"
