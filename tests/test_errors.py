@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
+from rcnnlab.cli import app
 from rcnnlab.config import load_config
 from rcnnlab.engine.checkpoint import save_checkpoint
 from rcnnlab.evaluation.coco import evaluate_detections
@@ -502,3 +504,12 @@ def test_diagnose_run_writes_the_report(tmp_path):
         assert heading in md
     assert "last training epoch 3: loss 0.500 (cls 0.200, bbox 0.200, anchor 0.100)" in md
     assert f"1. {diagnosis.findings[0].text}" in md
+
+    # the command prints the same analysis: TIDE table, AP per IoU, RPN recall, findings, cause
+    out = CliRunner().invoke(app, ["diagnose", str(run), "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    text = " ".join(out.output.split())  # rich wraps at the terminal's width
+    assert "share of lost AP50" in text and "RPN recall:" in text
+    per_iou = ", ".join(f"{t:.2f} {v:.3f}" for t, v in diagnosis.per_iou.items())
+    assert f"AP by IoU threshold: {per_iou}" in text
+    assert f"Dominant cause: {diagnosis.dominant_cause or 'none'}" in text

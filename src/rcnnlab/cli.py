@@ -70,8 +70,8 @@ def _user_errors(func):
     return wrapper
 
 
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+def _fmt(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _print_eval(result) -> None:
@@ -356,7 +356,7 @@ def diagnose(
     table = Table(title=f"{result.split} split, {result.n_images} images: TIDE errors at IoU "
                   f"{e.pos_thresh:g} (AP50 {e.ap:.4f}, mAP {_fmt(result.metrics['AP'])})")
     table.add_column("error")
-    for col in ("count", "ΔAP50", "share of lost AP"):
+    for col in ("count", "ΔAP50", "share of lost AP50"):
         table.add_column(col, justify="right")
     shares = e.lost_share()
     for kind in ERROR_TYPES:
@@ -365,10 +365,13 @@ def diagnose(
     table.add_row("false positives (oracle rescoring)", "", _fmt(e.fp_delta_ap), "")
     table.add_row("false negatives (perfect recall)", "", _fmt(e.fn_delta_ap), "")
     console.print(table)
+    console.print("AP by IoU threshold: " + ", ".join(
+        f"{t:.2f} {_fmt(v, 3)}" for t, v in result.per_iou.items()), highlight=False)
     console.print("RPN recall: " + ", ".join(f"{_fmt(v)} at IoU {t:g}"
                                             for t, v in result.rpn.recall.items()))
     for i, finding in enumerate(result.findings, start=1):
         console.print(f"{i}. {finding.text}", highlight=False)
+    console.print(f"Dominant cause: [bold]{result.dominant_cause or 'none'}[/bold]")
     if run.is_dir():
         console.print(f"written: {run / 'diagnosis.md'}, {run / 'diagnosis.json'}")
 

@@ -427,8 +427,10 @@ class Diagnosis:
         lines += ["", f"Dominant cause: **{self.dominant_cause or 'none'}**.", "",
                   f"## TIDE errors at IoU {e.pos_thresh:g} (background {e.bg_thresh:g})", "",
                   f"AP50 {e.ap:.3f} from {e.n_detections} detections, {e.n_tp} true positives, "
-                  f"{e.n_gt} ground-truth boxes.", "",
-                  "| error | count | ΔAP50 | share of lost AP |", "|---|---:|---:|---:|"]
+                  f"{e.n_gt} ground-truth boxes. The table weighs errors at IoU "
+                  f"{e.pos_thresh:g} only: what mAP loses above it is the fall-off in the next "
+                  "table, counted under localisation in the findings.", "",
+                  "| error | count | ΔAP50 | share of lost AP50 |", "|---|---:|---:|---:|"]
         shares = e.lost_share()
         for kind in ERROR_TYPES:
             lines.append(f"| {ERROR_NAMES[kind]} | {e.counts[kind]} | {e.delta_ap[kind]:.3f} | "

@@ -126,7 +126,7 @@ def plot_validation_map(rows: Sequence[Mapping[str, float | None]], out_png: Pat
     """Validation mAP@[.5:.95], AP50 and AP75 per epoch, and the sequence accuracy of digit
     runs (``val_seq_acc``, read at ``seq_threshold`` during training), the best-mAP epoch
     marked."""
-    fig = _figure(7, 4.2)
+    fig = _figure(8.2, 4.2)
     ax = fig.subplots()
     for key, label, marker in (("val_AP", "mAP@[.5:.95]", "o"), ("val_AP50", "AP50", "s"),
                                ("val_AP75", "AP75", "^")):
@@ -146,7 +146,8 @@ def plot_validation_map(rows: Sequence[Mapping[str, float | None]], out_png: Pat
         title += f" (dashed: best mAP {ap[best]:.3f}, epoch {epochs[best]:g})"
     ax.set(xlabel="epoch", ylabel="validation score", ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    # outside the axes: inside, the legend hid the last epoch's points wherever it went
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     _integer_axis(ax, [r["epoch"] for r in rows])
     return _save(fig, out_png)
 
@@ -308,7 +309,9 @@ def plot_threshold_sweep(rows: Sequence[Mapping[str, float | None]], chosen: flo
     fig = _figure(7.5, 5.6)
     ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
     thr = [r["threshold"] for r in rows]
-    for key, label, style in (("mAP", "mAP@[.5:.95]", "-"), ("AP50", "AP50", "--"),
+    # the sweep's mAP counts only the detections kept at the threshold, so it sits below the
+    # COCO mAP of the run (all detections); the labels say so
+    for key, label, style in (("mAP", "mAP@[.5:.95] of kept", "-"), ("AP50", "AP50 of kept", "--"),
                               ("accuracy", "sequence accuracy", "-")):
         pairs = [(r["threshold"], r[key]) for r in rows if _finite(r.get(key))]
         if pairs:
@@ -323,7 +326,7 @@ def plot_threshold_sweep(rows: Sequence[Mapping[str, float | None]], chosen: flo
         # the chosen row's figures go in the title: a label inside the axes collides with
         # the legend or the curves somewhere
         parts = [f"{name} {row[key]:.3f}" for key, name in
-                 (("accuracy", "seq acc"), ("mAP", "mAP")) if _finite(row.get(key))]
+                 (("accuracy", "seq acc"), ("mAP", "mAP of kept")) if _finite(row.get(key))]
         title += f"\n(dotted: chosen {chosen:.2f}" + "".join(f", {p}" for p in parts) + ")"
     ax.set(ylabel="score on the split", ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)

@@ -37,7 +37,12 @@ from rcnnlab.data.stats import DatasetStats, compute_stats
 from rcnnlab.engine.checkpoint import load_checkpoint, load_detector
 from rcnnlab.evaluation.coco import STAT_NAMES, precision_curves
 from rcnnlab.evaluation.confusion import ImageMatch, confusion_from_matches, match_coco
-from rcnnlab.evaluation.sequence import digit_names, numbers_from_coco, numbers_from_detections
+from rcnnlab.evaluation.sequence import (
+    NO_NUMBER,
+    digit_names,
+    numbers_from_coco,
+    numbers_from_detections,
+)
 from rcnnlab.reporting.plots import (
     GridPanel,
     plot_class_distribution,
@@ -198,7 +203,9 @@ def _figures(ctx: _Context, fig_dir: Path, grid_images: int) -> dict[str, _Figur
             plot_threshold_sweep(ctx.sweep, ctx.results["valid"].threshold,
                                  fig_dir / "threshold_sweep.png"),
             "Confidence threshold sweep on the validation split (threshold_sweep.csv); the "
-            "dotted line is the threshold stored in the checkpoint.")
+            "dotted line is the threshold stored in the checkpoint. The sweep's mAP and AP50 "
+            "count only the detections scoring at least the threshold, so they sit below the "
+            "COCO metrics above, which use every detection.")
     result = ctx.results[ctx.split]
     gt = result.data.to_coco_dict()
     curves = precision_curves(gt, result.detections, backend=ctx.cfg.eval.backend)
@@ -289,8 +296,9 @@ def _grid_panels(ctx: _Context, data: CocoData, matches: Mapping[int, ImageMatch
         m = matches[img["id"]]
         if digits is not None:
             ok = read[img["id"]] == truth[img["id"]]
-            title = (f"#{img['id']}: true {truth[img['id']]}, read {read[img['id']]} "
-                     + ("✓" if ok else "✗"))
+            # pred.csv's "-1" (no digit kept) would read as a number here
+            said = "nothing" if read[img["id"]] == NO_NUMBER else read[img["id"]]
+            title = f"#{img['id']}: true {truth[img['id']]}, read {said} " + ("✓" if ok else "✗")
         else:
             title = (f"#{img['id']}: {len(m.true_positives)} TP, "
                      f"{len(m.false_positives) + len(m.confusions)} FP, {len(m.missed)} missed")
