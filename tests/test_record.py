@@ -4,8 +4,11 @@ and write_record on a tiny trained run."""
 from __future__ import annotations
 
 import csv
+import importlib.metadata
+import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,7 +21,7 @@ from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.evaluation.coco import evaluate_detections, precision_curves
 from rcnnlab.evaluation.confusion import confusion_matrix, match_image
 from rcnnlab.reporting import plots
-from rcnnlab.reporting.record import read_tb_scalars, write_record
+from rcnnlab.reporting.record import _environment_section, read_tb_scalars, write_record
 
 from .test_end_to_end import tiny_config
 
@@ -255,6 +258,23 @@ def test_record_reports_the_run(recorded_run):
         assert path.parent == run / "figures"
         assert f"![{name}](figures/{name}.png)" in md
         _assert_png(path)
+
+
+def test_record_names_the_machine_that_trained(recorded_run):
+    """The trainer saves its environment; a record rewritten without it says whose it shows."""
+    run, _ = recorded_run
+    rows = dict(json.loads((run / "environment.json").read_text()))
+    assert rows["device"] == "cpu (train.device: auto)"
+    assert rows["torch"] == importlib.metadata.version("torch")
+    md = (run / "report.md").read_text()
+    assert "saved it in `environment.json` when training started" in md
+    assert "| device | cpu (train.device: auto) |" in md and f"| torch | {rows['torch']} |" in md
+
+    ctx = SimpleNamespace(run_dir=run / "absent", cfg=SimpleNamespace(
+        train=SimpleNamespace(device="auto")))
+    (_, _, _), (_, note), (_, _, fallback) = _environment_section(ctx)
+    assert "the machine of `rcnnlab report`, which need not be the one that trained" in note
+    assert ["device", "auto"] in fallback
 
 
 def test_record_html_is_one_self_contained_page(recorded_run):

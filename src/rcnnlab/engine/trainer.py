@@ -1,14 +1,16 @@
 """The training loop: epochs of SGD/AdamW steps, validation mAP, checkpoints, logs.
 
-One `Trainer` owns a run folder (`runs/<name>/`): the resolved `config.yaml`, `metrics.csv`,
-TensorBoard events under `tb/`, and `checkpoints/{last,best}.pt`. `last.pt` is written after
-every epoch with everything needed to continue exactly (model, optimizer, scheduler, RNG states,
-epoch); `best.pt` holds the weights with the highest validation mAP.
+One `Trainer` owns a run folder (`runs/<name>/`): the resolved `config.yaml`, the machine and
+package versions in `environment.json`, `metrics.csv`, TensorBoard events under `tb/`, and
+`checkpoints/{last,best}.pt`. `last.pt` is written after every epoch with everything needed to
+continue exactly (model, optimizer, scheduler, RNG states, epoch); `best.pt` holds the weights
+with the highest validation mAP.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import random
@@ -44,6 +46,7 @@ from rcnnlab.models.heads import RoIClassifierLoss, level_losses
 from rcnnlab.models.losses import class_counts, inverse_frequency_weights
 from rcnnlab.reporting.plots import plot_scale_weights
 from rcnnlab.reporting.record import write_record
+from rcnnlab.reporting.summary import environment_rows
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +289,10 @@ class Trainer:
         """Train for the configured epochs (from the last checkpoint when `resume`)."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(self.cfg, self.run_dir / "config.yaml")
+        # the run record names this machine even when it is rewritten on another one
+        device = f"{self.device} (train.device: {self.cfg.train.device})"
+        (self.run_dir / "environment.json").write_text(
+            json.dumps(environment_rows(device), indent=1))
         if resume:
             self.resume()
         from torch.utils.tensorboard import SummaryWriter

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib.metadata
+import json
 import math
 import os
-import platform
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -526,36 +525,20 @@ def _diff(a: float | None, b: float | None) -> str:
     return "n/a" if a is None or b is None else f"{a - b:+.4f}"
 
 
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def _environment_section(ctx: _Context) -> list[tuple]:
-    import torch
+    from rcnnlab.reporting.summary import environment_rows
 
-    from rcnnlab.reporting.summary import machine_description
-
-    rows = [["machine", machine_description()],
-            ["logical CPUs", str(os.cpu_count())],
-            ["torch threads", str(torch.get_num_threads())],
-            ["OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "(unset)")],
-            ["training device (`train.device`)", ctx.cfg.train.device],
-            ["CUDA", f"{torch.version.cuda} ({torch.cuda.device_count()} GPU(s) visible)"
-             if torch.cuda.is_available() else "not available"]]
-    for i in range(torch.cuda.device_count()):
-        p = torch.cuda.get_device_properties(i)
-        rows.append([f"GPU {i}", f"{p.name}, {p.total_memory / 2**30:.0f} GiB"])
-    rows += [["OS", platform.platform()], ["Python", platform.python_version()]]
-    rows += [[pkg, _version(pkg)] for pkg in ("torch", "torchvision", "numpy", "faster-coco-eval",
-                                               "pycocotools", "matplotlib", "rcnnlab")]
-    return [("h", 2, "Environment"),
-            ("p", "Of the process that wrote this record: the training process when "
-                  "`rcnnlab train` wrote it; the machine of `rcnnlab report` when that rewrote "
-                  "it (the run itself does not store its hardware)."),
-            ("table", ["", ""], rows)]
+    saved = ctx.run_dir / "environment.json"
+    if saved.is_file():
+        rows = json.loads(saved.read_text())
+        note = ("Of the training process, as `rcnnlab train` saved it in `environment.json` "
+                "when training started.")
+    else:
+        rows = environment_rows(ctx.cfg.train.device)
+        note = ("Of the process that wrote this record: the run has no `environment.json` (it "
+                "was trained before rcnnlab saved one), so this is the machine of "
+                "`rcnnlab report`, which need not be the one that trained.")
+    return [("h", 2, "Environment"), ("p", note), ("table", ["", ""], rows)]
 
 
 # ------------------------------------------------------------------ rendering

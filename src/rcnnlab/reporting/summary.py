@@ -110,6 +110,40 @@ def machine_description() -> str:
     return text
 
 
+def _version(package: str) -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def environment_rows(device: str) -> list[list[str]]:
+    """The hardware and software of this process as [label, value] rows; ``device`` is the
+    device it trains or evaluates on. The trainer saves them in ``environment.json`` so a run
+    record rewritten elsewhere still names the machine that trained."""
+    import os
+    import platform
+
+    import torch
+
+    rows = [["machine", machine_description()],
+            ["logical CPUs", str(os.cpu_count())],
+            ["torch threads", str(torch.get_num_threads())],
+            ["OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "(unset)")],
+            ["device", device],
+            ["CUDA", f"{torch.version.cuda} ({torch.cuda.device_count()} GPU(s) visible)"
+             if torch.cuda.is_available() else "not available"]]
+    for i in range(torch.cuda.device_count()):
+        props = torch.cuda.get_device_properties(i)
+        rows.append([f"GPU {i}", f"{props.name}, {props.total_memory / 2**30:.0f} GiB"])
+    rows += [["OS", platform.platform()], ["Python", platform.python_version()]]
+    rows += [[pkg, _version(pkg)] for pkg in ("torch", "torchvision", "numpy", "faster-coco-eval",
+                                               "pycocotools", "matplotlib", "rcnnlab")]
+    return rows
+
+
 def write_summary(path: Path, title: str, facts: dict[str, str], figures: list[Path]) -> Path:
     """A Markdown page: a table of facts and the figures (linked relative to the page)."""
     lines = [f"# {title}", "", "| | |", "|---|---|"]
