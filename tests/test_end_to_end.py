@@ -296,6 +296,19 @@ def test_ablation_script_runs_each_variant_per_seed_and_resumes(synth_dir, tmp_p
     assert ablation.main(args) == md
     assert ablation.main([*args, "--report-only"]) == md
     assert (base / "result.json").stat().st_mtime_ns == before
+    assert json.loads((base / "result.json").read_text())["sweep"] == [0.05, 0.95]
+    # --rescore tunes every finished run again over a new range, training nothing; the reused
+    # run still keeps its own inference options
+    iterations = json.loads((base / "result.json").read_text())["iterations"]
+    md = ablation.main([*args, "--sweep", "0.3", "0.6", "--rescore"])
+    assert "threshold tuned over 0.3-0.6" in md and "--rescore." not in md
+    for name in ("baseline_s1", "soft_nms_gaussian_s0", "baseline___policy_gradient_s0"):
+        row = json.loads((tmp_path / "objectives" / name / "result.json").read_text())
+        assert row["sweep"] == [0.3, 0.6] and 0.3 <= row["threshold"] <= 0.6, name
+    assert json.loads((base / "result.json").read_text())["iterations"] == iterations
+    assert json.loads((base / "eval_test.json").read_text())["inference"]["nms"] == "nms"
+    assert "6 of 6 runs were tuned over another threshold range" in ablation.main(
+        [*args, "--report-only"])
 
 
 def yaml_load(path: Path) -> dict:

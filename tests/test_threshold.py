@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from rcnnlab.evaluation.coco import evaluate_detections
-from rcnnlab.evaluation.threshold import default_thresholds, sweep_thresholds
+from rcnnlab.evaluation.threshold import (
+    SweepResult,
+    SweepRow,
+    default_thresholds,
+    sweep_thresholds,
+)
 
 ORAND_TRAIN = Path("/work/shared/data/orand-car-a/instances_train.json")
 
@@ -146,3 +151,22 @@ def test_sweep_on_real_data_matches_direct_evaluation():
     by_t = {row.threshold: row for row in result.rows}
     assert by_t[0.45].accuracy < by_t[0.7].accuracy
     assert 0.45 < result.best
+
+
+def test_edge_warning_names_the_key_to_widen():
+    def rows(accuracies, start=0.45):
+        return [SweepRow(round(start + 0.01 * i, 2), 10, 0.5, 0.8, acc)
+                for i, acc in enumerate(accuracies)]
+
+    low = SweepResult(rows([0.6, 0.5, 0.4]), best=0.45)
+    assert low.edge_warning() == ("the best threshold is the lowest swept (0.45): better ones "
+                                  "may lie below; widen the sweep with eval.sweep_min=0.11")
+    high = SweepResult(rows([0.4, 0.5, 0.6]), best=0.47)
+    assert "highest swept (0.47)" in high.edge_warning()
+    assert high.edge_warning().endswith("eval.sweep_max=0.99")
+    assert SweepResult(rows([0.4, 0.6, 0.5]), best=0.46).edge_warning() is None
+    # not digits: mAP always prefers the lowest threshold, no warning
+    not_digits = [SweepRow(0.45, 10, 0.5, 0.8, None), SweepRow(0.46, 9, 0.4, 0.7, None)]
+    assert SweepResult(not_digits, best=0.45).edge_warning() is None
+    # a sweep starting at 0 cannot go lower
+    assert SweepResult(rows([0.6, 0.5], start=0.0), best=0.0).edge_warning() is None

@@ -152,6 +152,8 @@ def tune(run: str | Path, *, json_path: str | None = None, images: str | None = 
     thresholds = [round(e.sweep_min + i * e.sweep_step, 4) for i in range(n)]
     result = sweep_thresholds(data.to_coco_dict(), dets, thresholds, backend=e.backend)
     best = result.best
+    if warning := result.edge_warning():
+        log.warning("%s: %s", run, warning)
     if not save:  # a what-if sweep (e.g. an ablation of inference options): nothing stored
         return result
     ckpt_path = Path(ckpt["path"])

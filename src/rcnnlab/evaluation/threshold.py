@@ -61,6 +61,22 @@ class SweepResult:
         """The row of the ``best`` threshold."""
         return next(row for row in self.rows if row.threshold == self.best)
 
+    def edge_warning(self) -> str | None:
+        """A sentence when the best sequence accuracy sits at an end of the sweep (a better
+        threshold may lie beyond it, e.g. focal loss scores lower than cross-entropy), naming the
+        ``eval.*`` key to widen; None otherwise, and for datasets that are not digits (their mAP
+        always favours the lowest threshold)."""
+        if len(self.rows) < 2 or self.best_row.accuracy is None:
+            return None
+        low, high = self.rows[0].threshold, self.rows[-1].threshold
+        if self.best == low and low > 0:
+            return (f"the best threshold is the lowest swept ({low:g}): better ones may lie "
+                    f"below; widen the sweep with eval.sweep_min={max(round(low / 4, 2), 0.01):g}")
+        if self.best == high and high < 1:
+            return (f"the best threshold is the highest swept ({high:g}): better ones may lie "
+                    "above; widen the sweep with eval.sweep_max=0.99")
+        return None
+
     def to_csv(self, path: str | PathLike[str]) -> None:
         """Write the rows as CSV with a header; None is written as an empty cell."""
         with open(path, "w", newline="") as f:
