@@ -2,12 +2,14 @@
 scored on the same held-out split; prints mean +- std of mAP, AP50, AP75 and sequence accuracy.
 
 A variant is the base config plus overrides, trained for the same number of epochs (so the same
-iterations and images) from the same seeds. Three other kinds of row exist:
+iterations and images) from the same seeds. Four other kinds of row exist:
 * `reuse`: no training, another variant's run scored with `eval.*` inference options
   (soft-NMS, TTA), so the row differs from that run by inference alone;
 * `finetune`: a second stage started from another variant's best checkpoint for
   `--extra-epochs` at `--finetune-lr-mult` x lr (policy gradient, as Rao et al. run it),
-  against the same extra epochs of plain training, the equal-budget comparison.
+  against the same extra epochs of plain training, the equal-budget comparison;
+* `iterations_of`: trained with its epochs capped at another variant's iterations per epoch
+  (repeat-factor sampling lengthens an epoch to sum(r_i) images).
 A finished run leaves `result.json` in its folder and is skipped when the script is run again,
 so an interrupted study continues where it stopped and more seeds can be added later;
 `--report-only` prints the table of what has finished.
@@ -58,6 +60,9 @@ class Variant:
     eval: tuple[str, ...] = ()  # eval.* overrides for tune and evaluate
     reuse: str | None = None  # score this variant's run instead of training
     finetune: str | None = None  # second stage from this variant's best.pt
+    # Cap each epoch at this variant's iterations per epoch (same seed): a repeat-factor epoch
+    # is sum(r_i) images long, ~1.3x the plain one on ORAND, which is not an equal budget.
+    iterations_of: str | None = None
 
 
 # Every augmentation group off; each variant switches on what it measures.
@@ -85,7 +90,8 @@ STUDIES: dict[str, dict[str, Variant]] = {
         "class-weighted CE": Variant(("train.cls_loss=weighted_ce",
                                       "train.class_weights=inverse_frequency")),
         # ORAND's digits are in 27-51% of the images: t = 0.5 repeats the rarer ones up to 1.4x
-        "repeat-factor sampling": Variant(("data.repeat_factor_threshold=0.5",)),
+        "repeat-factor sampling": Variant(("data.repeat_factor_threshold=0.5",),
+                                          iterations_of="baseline"),
         "AVW": Variant(("train.scale_weighting=avw",)),
         "RLO": Variant(("train.scale_weighting=rlo",)),
         "soft-NMS linear": Variant(eval=("eval.nms=linear",), reuse="baseline"),
@@ -165,6 +171,13 @@ def run_variant(config: str | None, name: str, variant: Variant, out: Path, seed
             base_lr = load_config(config or None, overrides).train.lr
             overrides += [f"train.finetune_from={ckpt}", f"train.epochs={args.extra_epochs}",
                           f"train.lr={base_lr * args.finetune_lr_mult}"]
+        if variant.iterations_of:
+            source = out / f"{slug(variant.iterations_of)}_s{seed}" / "result.json"
+            if not source.is_file():
+                raise RuntimeError(f"{name!r} takes {variant.iterations_of!r}'s iterations per "
+                                   "epoch, which has not run")
+            ref = json.loads(source.read_text())
+            overrides.append(f"train.iters_per_epoch={ref['iterations'] // args.epochs}")
         cfg = load_config(config or None, [*overrides, f"out_dir={out}", f"name={run_dir.name}"])
         row = train_and_score(cfg, run_dir, seed, args.split, list(variant.eval), train=True,
                               sweep_range=sweep_range)
@@ -184,8 +197,8 @@ def mean_std(values: list[float]) -> str:
 
 def table(results: dict[str, list[dict]]) -> str:
     """Markdown table: one row per variant, mean +- std over its seeds, delta to the first."""
-    lines = ["| variant | seeds | mAP | Δ mAP | AP50 | AP75 | sequence acc. | train min |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | seeds | mAP | Δ mAP | AP50 | AP75 | sequence acc. | iterations | "
+             "train min |", "|---|---|---|---|---|---|---|---|---|"]
     ref = None
     for name, rows in results.items():
         if not rows:
@@ -196,6 +209,8 @@ def table(results: dict[str, list[dict]]) -> str:
         cols = [mean_std(aps), f"{mean_ap - ref:+.3f}"]
         cols += [mean_std([r[k] for r in rows if r[k] is not None])
                  for k in ("AP50", "AP75", "seq_acc")]
+        iterations = sorted({r["iterations"] for r in rows if "iterations" in r})
+        cols.append("/".join(map(str, iterations)) if iterations else "-")
         minutes = [r["train_minutes"] for r in rows if "train_minutes" in r]
         cols.append(f"{statistics.mean(minutes):.1f}" if minutes else "0 (inference only)")
         lines.append(f"| {name} | {len(rows)} | " + " | ".join(cols) + " |")

@@ -273,12 +273,14 @@ def test_ablation_script_runs_each_variant_per_seed_and_resumes(synth_dir, tmp_p
     data = [f"data.{s}_json={synth_dir / s / 'annotations.json'}" for s in ("valid", "test")]
     data.append(f"data.train_json={synth_dir / 'train' / 'annotations.json'}")
     args = ["--study", "objectives", "--only", "baseline", "soft-NMS gaussian",
-            "baseline + policy gradient", "--seeds", "0", "1", "--epochs", "1",
+            "repeat-factor sampling", "baseline + policy gradient", "--seeds", "0", "1",
+            "--epochs", "1",
             "--extra-epochs", "1", "--split", "test", "--out", str(tmp_path), "--config", "",
             *TINY, *data, "train.iters_per_epoch=1", "augment.no_aug_epochs=0"]
     md = ablation.main(args)
     rows = list(csv.DictReader((tmp_path / "objectives.csv").open()))
-    names = ["baseline", "soft-NMS gaussian", "baseline + policy gradient"]
+    names = ["baseline", "repeat-factor sampling", "soft-NMS gaussian",
+             "baseline + policy gradient"]
     assert [(r["variant"], r["seed"]) for r in rows] == [(n, s) for s in "01" for n in names]
     # Two seeds: mean +- std; the first row is the reference of the delta column.
     assert "| baseline | 2 |" in md and "±" in md and "| +0.000 |" in md
@@ -291,6 +293,11 @@ def test_ablation_script_runs_each_variant_per_seed_and_resumes(synth_dir, tmp_p
     assert saved["train"]["objective"] == "policy_gradient" and saved["train"]["seed"] == 1
     assert saved["train"]["finetune_from"] == str(base / "checkpoints" / "best.pt")
     assert saved["train"]["lr"] == pytest.approx(1e-4)
+    # Repeat-factor sampling gets the baseline's iterations per epoch, not sum(r_i) images.
+    saved = yaml_load(tmp_path / "objectives" / "repeat_factor_sampling_s1" / "config.yaml")
+    assert saved["data"]["repeat_factor_threshold"] == 0.5
+    baseline_iterations = json.loads((base / "result.json").read_text())["iterations"]
+    assert saved["train"]["iters_per_epoch"] == baseline_iterations
     # A second call finds every result.json and trains nothing; report-only agrees.
     before = (base / "result.json").stat().st_mtime_ns
     assert ablation.main(args) == md
@@ -302,12 +309,13 @@ def test_ablation_script_runs_each_variant_per_seed_and_resumes(synth_dir, tmp_p
     iterations = json.loads((base / "result.json").read_text())["iterations"]
     md = ablation.main([*args, "--sweep", "0.3", "0.6", "--rescore"])
     assert "threshold tuned over 0.3-0.6" in md and "--rescore." not in md
-    for name in ("baseline_s1", "soft_nms_gaussian_s0", "baseline___policy_gradient_s0"):
+    for name in ("baseline_s1", "soft_nms_gaussian_s0", "repeat_factor_sampling_s1",
+                 "baseline___policy_gradient_s0"):
         row = json.loads((tmp_path / "objectives" / name / "result.json").read_text())
         assert row["sweep"] == [0.3, 0.6] and 0.3 <= row["threshold"] <= 0.6, name
     assert json.loads((base / "result.json").read_text())["iterations"] == iterations
     assert json.loads((base / "eval_test.json").read_text())["inference"]["nms"] == "nms"
-    assert "6 of 6 runs were tuned over another threshold range" in ablation.main(
+    assert "8 of 8 runs were tuned over another threshold range" in ablation.main(
         [*args, "--report-only"])
 
 
