@@ -186,27 +186,30 @@ def run_variant(config: str | None, name: str, variant: Variant, out: Path, seed
     return row
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], signed: bool = False) -> str:
     """`mean +- std` (sample std over seeds; just the value for one seed)."""
     if not values:
         return "n/a"
+    sign = "+" if signed else ""
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:{sign}.3f}"
+    return f"{statistics.mean(values):{sign}.3f} ± {statistics.stdev(values):.3f}"
 
 
 def table(results: dict[str, list[dict]]) -> str:
-    """Markdown table: one row per variant, mean +- std over its seeds, delta to the first."""
-    lines = ["| variant | seeds | mAP | Δ mAP | AP50 | AP75 | sequence acc. | iterations | "
-             "train min |", "|---|---|---|---|---|---|---|---|---|"]
-    ref = None
+    """Markdown table: one row per variant, mean +- std over its seeds; its mAP minus the first
+    row's, seed by seed, as mean +- std."""
+    lines = ["| variant | seeds | mAP | Δ mAP (paired) | AP50 | AP75 | sequence acc. | "
+             "iterations | train min |", "|---|---|---|---|---|---|---|---|---|"]
+    ref: dict[int, float] | None = None  # the first row's mAP per seed
     for name, rows in results.items():
         if not rows:
             continue
         aps = [r["AP"] for r in rows]
-        mean_ap = statistics.mean(aps)
-        ref = mean_ap if ref is None else ref
-        cols = [mean_std(aps), f"{mean_ap - ref:+.3f}"]
+        ref = {r["seed"]: r["AP"] for r in rows} if ref is None else ref
+        # paired by seed: the spread of the per-seed differences, not of the two means
+        cols = [mean_std(aps), mean_std([r["AP"] - ref[r["seed"]] for r in rows
+                                         if r["seed"] in ref], signed=True)]
         cols += [mean_std([r[k] for r in rows if r[k] is not None])
                  for k in ("AP50", "AP75", "seq_acc")]
         iterations = sorted({r["iterations"] for r in rows if "iterations" in r})

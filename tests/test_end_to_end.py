@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -283,7 +284,12 @@ def test_ablation_script_runs_each_variant_per_seed_and_resumes(synth_dir, tmp_p
              "baseline + policy gradient"]
     assert [(r["variant"], r["seed"]) for r in rows] == [(n, s) for s in "01" for n in names]
     # Two seeds: mean +- std; the first row is the reference of the delta column.
-    assert "| baseline | 2 |" in md and "±" in md and "| +0.000 |" in md
+    assert "| baseline | 2 |" in md and "±" in md and "| +0.000 ± 0.000 |" in md
+    # Δ is paired by seed: the mean and sample std of each seed's difference to the baseline
+    csv_rows = {(r["variant"], r["seed"]): float(r["AP"]) for r in rows}
+    deltas = [csv_rows[("repeat-factor sampling", s)] - csv_rows[("baseline", s)] for s in "01"]
+    assert (f"| {statistics.mean(deltas):+.3f} ± {statistics.stdev(deltas):.3f} |"
+            in next(line for line in md.splitlines() if line.startswith("| repeat-factor")))
     assert "| soft-NMS gaussian | 2 |" in md and "0 (inference only)" in md
     # The reused run is scored with soft-NMS but left as it was.
     base = tmp_path / "objectives" / "baseline_s1"
