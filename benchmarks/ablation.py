@@ -110,6 +110,11 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
+def run_folder(out: Path, name: str, seed: int) -> Path:
+    """The folder of a variant's run for one seed."""
+    return out / f"{slug(name)}_s{seed}"
+
+
 def train_and_score(cfg, run_dir: Path, seed: int, split: str, eval_overrides: list[str],
                     train: bool, sweep_range: tuple[float, float], save: bool | None = None,
                     row: dict | None = None) -> dict:
@@ -139,7 +144,7 @@ def train_and_score(cfg, run_dir: Path, seed: int, split: str, eval_overrides: l
 def run_variant(config: str | None, name: str, variant: Variant, out: Path, seed: int,
                 common: list[str], args) -> dict | None:
     """One variant for one seed; its result.json when it already ran (None in report-only)."""
-    run_dir = out / f"{slug(name)}_s{seed}"
+    run_dir = run_folder(out, name, seed)
     result_path = run_dir / "result.json"
     sweep_range = tuple(args.sweep)
     if result_path.is_file():
@@ -156,7 +161,7 @@ def run_variant(config: str | None, name: str, variant: Variant, out: Path, seed
         return None
     overrides = [*common, *variant.train, f"train.seed={seed}"]
     if variant.reuse:
-        source = out / f"{slug(variant.reuse)}_s{seed}"
+        source = run_folder(out, variant.reuse, seed)
         if not (source / "result.json").is_file():
             raise RuntimeError(f"{name!r} scores {variant.reuse!r}'s run, which has not run")
         row = train_and_score(None, source, seed, args.split, list(variant.eval), train=False,
@@ -164,7 +169,7 @@ def run_variant(config: str | None, name: str, variant: Variant, out: Path, seed
         row["reuses"] = str(source)
     else:
         if variant.finetune:
-            source = out / f"{slug(variant.finetune)}_s{seed}"
+            source = run_folder(out, variant.finetune, seed)
             ckpt = source / "checkpoints" / "best.pt"
             if not ckpt.is_file():
                 raise RuntimeError(f"{name!r} fine-tunes {variant.finetune!r}, which has not run")
@@ -172,7 +177,7 @@ def run_variant(config: str | None, name: str, variant: Variant, out: Path, seed
             overrides += [f"train.finetune_from={ckpt}", f"train.epochs={args.extra_epochs}",
                           f"train.lr={base_lr * args.finetune_lr_mult}"]
         if variant.iterations_of:
-            source = out / f"{slug(variant.iterations_of)}_s{seed}" / "result.json"
+            source = run_folder(out, variant.iterations_of, seed) / "result.json"
             if not source.is_file():
                 raise RuntimeError(f"{name!r} takes {variant.iterations_of!r}'s iterations per "
                                    "epoch, which has not run")
