@@ -17,6 +17,7 @@ from rcnnlab.config import load_config
 from rcnnlab.data.synth import generate_dataset
 from rcnnlab.engine.checkpoint import load_checkpoint, load_detector
 from rcnnlab.engine.progress import ProgressReporter
+from rcnnlab.engine.trainer import Trainer
 
 # A small, fast model: R18-FPN at native size with small budgets.
 TINY = [
@@ -133,6 +134,16 @@ def test_resume_reaches_the_same_weights(synth_dir, tmp_path):
         assert torch.equal(tensor, b["model"][key]), key
     rows = list(csv.DictReader((broken.run_dir / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
+    # best.pt keeps the weights and what inference needs, not AdamW's two moments per weight;
+    # resuming from it says which file to use instead.
+    best_path = whole.run_dir / "checkpoints" / "best.pt"
+    best = load_checkpoint(best_path)
+    assert {"model", "config", "categories", "threshold", "epoch"} <= best.keys()
+    assert not {"optimizer", "scheduler", "rng"} & best.keys()
+    last_path = whole.run_dir / "checkpoints" / "last.pt"
+    assert best_path.stat().st_size < 0.5 * last_path.stat().st_size
+    with pytest.raises(ValueError, match="best.pt.*Fix: resume from the run's checkpoints/last.pt"):
+        Trainer(whole).resume(best_path)
 
 
 def test_cli_help_and_user_errors(tmp_path):

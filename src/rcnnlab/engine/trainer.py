@@ -4,7 +4,8 @@ One `Trainer` owns a run folder (`runs/<name>/`): the resolved `config.yaml`, th
 package versions in `environment.json`, `metrics.csv`, TensorBoard events under `tb/`, and
 `checkpoints/{last,best}.pt`. `last.pt` is written after every epoch with everything needed to
 continue exactly (model, optimizer, scheduler, RNG states, epoch); `best.pt` holds the weights
-with the highest validation mAP.
+with the highest validation mAP and what inference needs, without the optimizer's moments, which
+would triple its size (AdamW keeps two per weight).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ from rcnnlab.reporting.record import write_record
 from rcnnlab.reporting.summary import environment_rows
 
 log = logging.getLogger(__name__)
+
+# Checkpoint entries only `Trainer.resume` reads; best.pt leaves them out.
+_RESUME_ONLY = frozenset({"optimizer", "scheduler", "rng", "pg_rng", "scale_weighting"})
 
 # The seed lab groups torchvision's four losses into three: the RoI head's classification and
 # box regression, and the RPN ("anchor") objectness + box terms.
@@ -266,9 +270,18 @@ class Trainer:
             "threshold": self.threshold,
         }
 
+    def weights_state(self) -> dict:
+        """What `best.pt` keeps: `state()` without the entries only `resume` reads."""
+        return {k: v for k, v in self.state().items() if k not in _RESUME_ONLY}
+
     def resume(self, path: Path | None = None) -> None:
         """Continue from a `last.pt`: model, optimizer, scheduler, RNG states and epoch."""
-        ckpt = load_checkpoint(path or self.ckpt_dir / "last.pt")
+        path = path or self.ckpt_dir / "last.pt"
+        ckpt = load_checkpoint(path)
+        if "optimizer" not in ckpt:
+            raise ValueError(f"{path}: holds the weights only (a best.pt), not the optimizer state "
+                             "that resuming needs. Fix: resume from the run's checkpoints/last.pt, "
+                             "or start a new run from these weights with train.finetune_from")
         if [c["id"] for c in ckpt["categories"]] != self.category_ids:
             raise ValueError("cannot resume: the checkpoint's categories differ from the data's")
         self.model.load_state_dict(ckpt["model"])
@@ -307,7 +320,7 @@ class Trainer:
                     row.update(self.validate())
                     if row["val_AP"] > self.best_map:
                         self.best_map, self.best_epoch = row["val_AP"], self.epoch
-                        save_checkpoint(self.ckpt_dir / "best.pt", self.state())
+                        save_checkpoint(self.ckpt_dir / "best.pt", self.weights_state())
                 for key, value in row.items():
                     if isinstance(value, int | float) and key != "epoch":
                         writer.add_scalar(f"epoch/{key}", value, self.epoch)
