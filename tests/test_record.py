@@ -170,6 +170,13 @@ def test_curve_plots_write_pictures(tmp_path):
                                               tmp_path / "classes.png"))
 
 
+def test_scale_weights_are_drawn_as_held_steps_from_0_to_the_end_of_training():
+    # every weight is 1 until the first update (iteration 100); the last update (200) holds
+    # until training ends (244)
+    its, weights = plots._held_steps([100, 200], [1.0, 2.5], 1.0, 244)
+    assert its == [0, 100, 200, 244] and weights == [1.0, 1.0, 2.5, 2.5]
+
+
 def test_pr_and_confusion_plots_write_pictures(tmp_path):
     recall = np.linspace(0, 1, 101)
     prec = np.stack([np.where(recall <= 0.8, 1 - 0.2 * recall, 0), np.full(101, -1.0),

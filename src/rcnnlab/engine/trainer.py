@@ -333,7 +333,8 @@ class Trainer:
                 levels = describe_model(self.model)["levels"]
                 plot_scale_weights(self.scale_weighting.history,
                                    self.run_dir / "scale_weights.png",
-                                   [f"P{round(math.log2(lv['stride']))}" for lv in levels])
+                                   [f"P{round(math.log2(lv['stride']))}" for lv in levels],
+                                   last_iteration=self.iteration)
         if self.cfg.train.record:
             # threshold not tuned yet: `rcnnlab tune` then `rcnnlab report` rewrites it
             write_record(self.run_dir, device=str(self.device))

@@ -314,27 +314,15 @@ def policy_gradient_loss(
     boxes: Tensor,
     gt_boxes: Tensor,
     gt_labels: Tensor,
-    *,
-    k: int = 10,
-    gamma: float = 1.0,
-    nms_iou: float = 0.5,
-    generator: torch.Generator | None = None,
+    **options: Any,
 ) -> tuple[Tensor, dict[str, Any]]:
     """Policy-gradient classification loss of one image and its info (see
-    :func:`policy_gradient_coefficients` for the arguments and the info keys).
+    :func:`policy_gradient_coefficients` for the arguments, the keyword `options` k, gamma,
+    nms_iou and generator, and the info keys).
 
     Replaces the RoI head's cross-entropy: with ``gamma = 1`` and rewards equal to the baseline
     it is exactly ``F.cross_entropy(class_logits, assigned_labels)``.
     """
     coefficients, info = policy_gradient_coefficients(
-        class_logits,
-        assigned_labels,
-        boxes,
-        gt_boxes,
-        gt_labels,
-        k=k,
-        gamma=gamma,
-        nms_iou=nms_iou,
-        generator=generator,
-    )
+        class_logits, assigned_labels, boxes, gt_boxes, gt_labels, **options)
     return pg_surrogate_loss(class_logits, assigned_labels, coefficients), info

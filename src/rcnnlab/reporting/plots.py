@@ -14,22 +14,28 @@ from rcnnlab.methods.scale_weighting import ACTION_NAMES, IntervalRecord
 
 
 def plot_scale_weights(history: Sequence[IntervalRecord], out_png: Path,
-                       level_names: Sequence[str] | None = None) -> Path:
+                       level_names: Sequence[str] | None = None,
+                       last_iteration: int | None = None) -> Path:
     """Multi-scale loss weighting over training: the weight of each FPN level, the interval
     loss per level, and (RLO) the action probabilities, against iteration.
 
-    `level_names` label the levels (e.g. P2..P6); default "level i".
+    `level_names` label the levels (e.g. P2..P6); default "level i". The weights and
+    probabilities are drawn as steps from iteration 0 (every weight 1, every action equally
+    likely) to `last_iteration` (default: the last update), since the last update holds until
+    training ends.
     """
     from matplotlib.figure import Figure
 
     its = [r.iteration for r in history]
+    end = max(last_iteration or 0, its[-1])
     rlo = any(r.probabilities for r in history)
     fig = Figure(figsize=(5 * (3 if rlo else 2), 3.6), layout="constrained")
-    axes = fig.subplots(1, 3 if rlo else 2, squeeze=False)[0]
+    axes = fig.subplots(1, 3 if rlo else 2, squeeze=False, sharex=True)[0]
     names = list(level_names or [f"level {i}" for i in range(len(history[0].weights))])
     for i, name in enumerate(names):
-        # a weight holds from the end of one interval to the end of the next: draw it as steps
-        axes[0].step(its, [r.weights[i] for r in history], where="post", label=name)
+        # a weight holds from the end of one interval to the end of the next
+        axes[0].step(*_held_steps(its, [r.weights[i] for r in history], 1.0, end),
+                     where="post", label=name)
         # a level without loss in an interval (no RoI pooled there) has no point on a log axis
         axes[1].plot(its, [r.interval_loss[i] if r.interval_loss[i] > 0 else float("nan")
                            for r in history], marker=".", label=name)
@@ -39,8 +45,9 @@ def plot_scale_weights(history: Sequence[IntervalRecord], out_png: Path,
     if rlo:
         rows = [(r.iteration, r.probabilities) for r in history if r.probabilities]
         for a, name in enumerate(ACTION_NAMES):
-            axes[2].step([it for it, _ in rows], [p[a] for _, p in rows], where="post",
-                         label=f"a{a} {name}")
+            axes[2].step(*_held_steps([it for it, _ in rows], [p[a] for _, p in rows],
+                                      1 / len(ACTION_NAMES), end),
+                         where="post", label=f"a{a} {name}")
         axes[2].set(xlabel="iteration", ylabel="probability", ylim=(0, 1),
                     title="RLO action probabilities")
     for ax in axes:
@@ -50,6 +57,12 @@ def plot_scale_weights(history: Sequence[IntervalRecord], out_png: Path,
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110)
     return out_png
+
+
+def _held_steps(its: Sequence[int], values: Sequence[float], initial: float,
+                end: int) -> tuple[list[int], list[float]]:
+    """A value set at each of `its` and held: from 0 at `initial` to `end` at the last value."""
+    return [0, *its, end], [initial, *values, values[-1]]
 
 
 # ------------------------------------------------------------------ run-record figures
