@@ -296,6 +296,8 @@ def test_record_html_is_one_self_contained_page(recorded_run):
     assert "<script" not in page and "url(" not in page
     assert "<td class=num>n/a</td>" in page  # APl
     assert "lr: 0.0007" in page and "<table>" in page
+    # printed, the config block is shown whole rather than cut at its on-screen scroll height
+    assert re.search(r"@media print\{pre\{max-height:none;overflow:visible", page)
 
 
 def test_learning_rate_is_read_per_iteration_from_tensorboard(recorded_run, tmp_path):

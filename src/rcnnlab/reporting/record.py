@@ -592,6 +592,8 @@ pre{background:#f6f8fa;border:1px solid #ddd;padding:.8em;overflow:auto;font-siz
 max-height:40em}code{background:#f3f3f3;padding:0 .2em}
 figure{margin:1em 0 2em}figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.9em;color:#555;margin-top:.3em}nav a{margin-right:1em}
+@media print{pre{max-height:none;overflow:visible;white-space:pre-wrap}nav{display:none}
+figure{break-inside:avoid}}
 """
 
 
