@@ -17,7 +17,8 @@ install: $(STAMP)  ## create .venv with the pinned dependencies
 demo: $(STAMP)  ## generate data, train ~10 min on the CPU, tune, evaluate, predict
 	$(BIN)/rcnnlab demo
 
-test: $(STAMP)  ## the test suite (slow-marked tests excluded)
+test: $(STAMP)  ## the layering contracts, then the test suite (slow-marked tests excluded)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all: $(STAMP)  ## every test, including the slow ones
@@ -30,6 +31,7 @@ bench: $(STAMP)  ## speed / memory figures (printed, never asserted)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) runs data/synth .pytest_cache .ruff_cache

@@ -47,7 +47,7 @@ from pathlib import Path
 from rcnnlab import api
 from rcnnlab.config import load_config
 from rcnnlab.engine.progress import ProgressReporter
-from rcnnlab.reporting.summary import machine_description
+from rcnnlab.runs.environment import machine_description
 
 log = logging.getLogger("ablation")
 
@@ -86,8 +86,8 @@ STUDIES: dict[str, dict[str, Variant]] = {
     },
     "objectives": {
         "baseline": Variant(),
-        "focal loss": Variant(("train.cls_loss=focal",)),
-        "class-weighted CE": Variant(("train.cls_loss=weighted_ce",
+        "focal loss": Variant(("train.roi_loss=focal",)),
+        "class-weighted CE": Variant(("train.roi_loss=weighted_ce",
                                       "train.class_weights=inverse_frequency")),
         # ORAND's digits are in 27-51% of the images: t = 0.5 repeats the rarer ones up to 1.4x
         "repeat-factor sampling": Variant(("data.repeat_factor_threshold=0.5",),
@@ -99,7 +99,7 @@ STUDIES: dict[str, dict[str, Variant]] = {
         "TTA scales + WBF": Variant(eval=("eval.tta_scales=[0.8,1,1.25]", "eval.tta_merge=wbf"),
                                     reuse="baseline"),
         "baseline + continued": Variant(finetune="baseline"),
-        "baseline + policy gradient": Variant(("train.objective=policy_gradient",),
+        "baseline + policy gradient": Variant(("train.roi_loss=policy_gradient",),
                                               finetune="baseline"),
     },
 }

@@ -22,10 +22,12 @@ from rcnnlab.config import load_config
 from rcnnlab.data.coco import CocoDetection, collate, load_coco
 from rcnnlab.data.synth import generate_dataset
 from rcnnlab.data.transforms import build_train_transforms, to_model_input
-from rcnnlab.engine.trainer import build_optimizer, peak_memory_mb, resolve_device
+from rcnnlab.engine.optim import build_optimizer
 from rcnnlab.inference.predict import detect_dataset
+from rcnnlab.inference.predictor import Predictor
 from rcnnlab.models.build import build_model
-from rcnnlab.reporting.summary import machine_description
+from rcnnlab.runs.device import peak_memory_mb, resolve_device
+from rcnnlab.runs.environment import machine_description
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> dict:
     """Time `iters` training iterations after `warmup`, then batched inference."""
     torch.manual_seed(0)
-    model = build_model(num_classes=len(data.categories) + 1, **cfg.model.build_kwargs()).to(device)
+    model = build_model(cfg.model, num_classes=len(data.categories) + 1).to(device)
     optimizer = build_optimizer(model, cfg.train)
     train_set = CocoDetection(data, build_train_transforms(**cfg.augment.model_dump(),
                                                            digit_classes=True))
@@ -62,10 +64,11 @@ def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> di
 
     test_set = CocoDetection(data, to_model_input())
     subset = torch.utils.data.Subset(test_set, range(min(infer_images, len(test_set))))
-    detect_dataset(model, torch.utils.data.Subset(test_set, range(cfg.eval.batch_size)),
+    predictor = Predictor(model)
+    detect_dataset(predictor, torch.utils.data.Subset(test_set, range(cfg.eval.batch_size)),
                    data.category_ids, device=device, batch_size=cfg.eval.batch_size)  # warm-up
     start = time.perf_counter()
-    detect_dataset(model, subset, data.category_ids, device=device,
+    detect_dataset(predictor, subset, data.category_ids, device=device,
                    batch_size=cfg.eval.batch_size)
     infer_ips = len(subset) / (time.perf_counter() - start)
     return {"train": train_ips, "infer": infer_ips, "mem": peak_memory_mb(device)}

@@ -32,7 +32,7 @@ SETTING = [
     "train.threads=2", "eval.batch_size=4", "train.record=false",
     "train.epochs=2", "train.iters_per_epoch=2", "augment.no_aug_epochs=0",
     "augment.multiscale_sizes=[48,96]", "data.repeat_factor_threshold=0.5",
-    "train.objective=policy_gradient", "train.scale_weighting=rlo", "train.scale_interval=1",
+    "train.roi_loss=policy_gradient", "train.scale_weighting=rlo", "train.scale_interval=1",
 ]
 
 
@@ -64,8 +64,8 @@ def run_golden(root: Path) -> dict:
     from rcnnlab import api
     from rcnnlab.config import load_config
     from rcnnlab.data.synth import generate_dataset
-    from rcnnlab.engine.checkpoint import load_checkpoint
     from rcnnlab.engine.progress import ProgressReporter
+    from rcnnlab.runs.checkpoint import load_checkpoint
 
     data_dir = root / "synth"
     generate_dataset(data_dir, n_train=8, n_valid=4, n_test=4, seed=3)

@@ -15,9 +15,9 @@ from rcnnlab import api
 from rcnnlab.cli import app
 from rcnnlab.config import load_config
 from rcnnlab.data.synth import generate_dataset
-from rcnnlab.engine.checkpoint import load_checkpoint, load_detector
+from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
-from rcnnlab.engine.trainer import Trainer
+from rcnnlab.runs.checkpoint import load_checkpoint, load_detector
 
 # A small, fast model: R18-FPN at native size with small budgets.
 TINY = [
@@ -109,7 +109,7 @@ def test_resume_reaches_the_same_weights(synth_dir, tmp_path):
     # must resume exactly too.
     common = ["train.epochs=2", "train.iters_per_epoch=2", "augment.no_aug_epochs=0",
               "augment.multiscale_sizes=[48,96]", "data.repeat_factor_threshold=0.5",
-              "train.objective=policy_gradient", "train.scale_weighting=rlo",
+              "train.roi_loss=policy_gradient", "train.scale_weighting=rlo",
               "train.scale_interval=1"]
     whole = tiny_config(synth_dir, tmp_path / "a", *common)
     api.train(whole, reporter=ProgressReporter(quiet=True))
@@ -142,8 +142,9 @@ def test_resume_reaches_the_same_weights(synth_dir, tmp_path):
     assert not {"optimizer", "scheduler", "rng"} & best.keys()
     last_path = whole.run_dir / "checkpoints" / "last.pt"
     assert best_path.stat().st_size < 0.5 * last_path.stat().st_size
-    with pytest.raises(ValueError, match="best.pt.*Fix: resume from the run's checkpoints/last.pt"):
-        Trainer(whole).resume(best_path)
+    last_path.write_bytes(best_path.read_bytes())  # a last.pt that holds the weights only
+    with pytest.raises(ValueError, match="last.pt: holds the weights only.*Fix: resume from"):
+        api.train(whole, resume=True, reporter=ProgressReporter(quiet=True))
 
 
 def test_cli_help_and_user_errors(tmp_path):
@@ -161,15 +162,17 @@ def test_cli_help_and_user_errors(tmp_path):
 
 
 def test_finetune_starts_from_the_other_runs_weights(synth_dir, tmp_path):
-    from rcnnlab.engine.trainer import Trainer
+    from rcnnlab.data.splits import load_splits
+    from rcnnlab.engine.training import build_detector
 
     first = tiny_config(synth_dir, tmp_path / "a", "train.epochs=1", "train.iters_per_epoch=1")
     api.train(first, reporter=ProgressReporter(quiet=True))
     best = first.run_dir / "checkpoints" / "best.pt"
     second = tiny_config(synth_dir, tmp_path / "b", "train.seed=5", f"train.finetune_from={best}")
-    trainer = Trainer(second, reporter=ProgressReporter(quiet=True))
+    _, model = build_detector(second, load_splits(second.data, need=("train",))["train"],
+                              torch.Generator())
     loaded = load_checkpoint(best)["model"]
-    for key, tensor in trainer.model.state_dict().items():
+    for key, tensor in model.state_dict().items():
         assert torch.equal(tensor, loaded[key]), key
 
 
@@ -252,16 +255,17 @@ def test_auto_anchors_are_fitted_logged_and_saved(synth_dir, tmp_path, caplog):
 
 
 def test_multiscale_is_on_while_augmenting_and_off_for_the_last_epochs(synth_dir, tmp_path):
-    from rcnnlab.engine.trainer import Trainer
-
     cfg = tiny_config(synth_dir, tmp_path, "train.epochs=2", "train.iters_per_epoch=3",
                       "augment.no_aug_epochs=1", "augment.multiscale_sizes=[40,96]")
-    trainer = Trainer(cfg, reporter=ProgressReporter(quiet=True))
     seen = []  # (training, drawn short side, padded batch height) per forward of the transform
-    trainer.model.transform.register_forward_hook(
-        lambda mod, args, out: seen.append((mod.training, mod.batch_short_side,
-                                            out[0].image_sizes)))
-    trainer.fit()
+
+    class Watch(HookBase):
+        def before_train(self):
+            self.loop.model.transform.register_forward_hook(
+                lambda mod, args, out: seen.append((mod.training, mod.batch_short_side,
+                                                    out[0].image_sizes)))
+
+    api.train(cfg, reporter=ProgressReporter(quiet=True), extra_hooks=[Watch()])
     train = [s for s in seen if s[0]]
     assert len(train) == 6
     # Epoch 1 (augmenting): every image of a batch has the drawn short side.
@@ -307,7 +311,7 @@ def test_ablation_script_runs_each_variant_per_seed_and_resumes(synth_dir, tmp_p
     assert json.loads((base / "eval_test.json").read_text())["inference"]["nms"] == "nms"
     # The policy-gradient stage starts from the baseline of its own seed, at 0.1 x lr.
     saved = yaml_load(tmp_path / "objectives" / "baseline___policy_gradient_s1" / "config.yaml")
-    assert saved["train"]["objective"] == "policy_gradient" and saved["train"]["seed"] == 1
+    assert saved["train"]["roi_loss"] == "policy_gradient" and saved["train"]["seed"] == 1
     assert saved["train"]["finetune_from"] == str(base / "checkpoints" / "best.pt")
     assert saved["train"]["lr"] == pytest.approx(1e-4)
     # Repeat-factor sampling gets the baseline's iterations per epoch, not sum(r_i) images.
@@ -345,7 +349,7 @@ def yaml_load(path: Path) -> dict:
 def test_training_methods_log_their_figures(synth_dir, tmp_path):
     cfg = tiny_config(synth_dir, tmp_path, "train.epochs=2", "train.iters_per_epoch=2",
                       "train.scale_weighting=avw", "train.scale_interval=1",
-                      "train.objective=policy_gradient", "train.pg_gamma=0")
+                      "train.roi_loss=policy_gradient", "train.pg_gamma=0")
     run = api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     for key in ("pg_baseline_ap", "pg_mean_reward", "pg_mean_advantage", "w_level0",
@@ -362,7 +366,7 @@ def test_training_methods_log_their_figures(synth_dir, tmp_path):
 
 
 def test_class_weights_must_match_the_classes(synth_dir, tmp_path):
-    cfg = tiny_config(synth_dir, tmp_path, "train.cls_loss=weighted_ce",
+    cfg = tiny_config(synth_dir, tmp_path, "train.roi_loss=weighted_ce",
                       "train.class_weights=[1,2,3]")
     with pytest.raises(ValueError, match="has 3 values but the data has 10 classes"):
         api.train(cfg, reporter=ProgressReporter(quiet=True))

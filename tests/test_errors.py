@@ -11,15 +11,14 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
+from rcnnlab import api
 from rcnnlab.cli import app
 from rcnnlab.config import load_config
-from rcnnlab.engine.checkpoint import save_checkpoint
 from rcnnlab.evaluation.coco import evaluate_detections
 from rcnnlab.evaluation.diagnosis import (
     CAUSES,
     Diagnosis,
     diagnose,
-    diagnose_run,
     find_causes,
     recall_by_size,
     rpn_proposals,
@@ -27,6 +26,7 @@ from rcnnlab.evaluation.diagnosis import (
 )
 from rcnnlab.evaluation.errors import ERROR_TYPES, TideAnalysis, mean_ap, tide_errors
 from rcnnlab.models.build import build_model
+from rcnnlab.runs.checkpoint import save_checkpoint
 from tests.conftest import write_coco
 
 # ---------------------------------------------------------------------------------- builders
@@ -462,8 +462,8 @@ def test_rpn_recall_of_a_real_tiny_model():
     assert props[:, 2].max() > 100 and props[:, 2].max() <= 200 and props[:, 3].max() <= 80
 
 
-# ------------------------------------------------------------------- diagnose_run, report
-def test_diagnose_run_writes_the_report(tmp_path):
+# ------------------------------------------------------------------- api.diagnose
+def test_diagnose_writes_the_report(tmp_path):
     anns = [{"id": 1, "image_id": 1, "category_id": 0, "bbox": [5, 5, 10, 20]},
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [20, 5, 10, 20]},
             {"id": 3, "image_id": 2, "category_id": 1, "bbox": [30, 10, 12, 24]}]
@@ -475,7 +475,7 @@ def test_diagnose_run_writes_the_report(tmp_path):
         f"data.train_json={ann}", f"data.valid_json={ann}", "eval.batch_size=2"])
     categories = [{"id": 0, "name": "0"}, {"id": 1, "name": "1"}]
     torch.manual_seed(0)
-    model = build_model(num_classes=3, load_weights=False, **cfg.model.build_kwargs())
+    model = build_model(cfg.model, num_classes=3, load_weights=False)
     run = tmp_path / "run"
     save_checkpoint(run / "checkpoints" / "best.pt", {
         "model": model.state_dict(), "config": cfg.model_dump(mode="json"),
@@ -483,7 +483,7 @@ def test_diagnose_run_writes_the_report(tmp_path):
     (run / "metrics.csv").write_text("epoch,loss,loss_cls,loss_bbox,loss_anchor\n"
                                      "3,0.5,0.2,0.2,0.1\n")
 
-    diagnosis = diagnose_run(run, split="valid", device="cpu")
+    diagnosis = api.diagnose(run, split="valid", device="cpu")
     assert isinstance(diagnosis, Diagnosis)
     assert diagnosis.n_images == 2 and diagnosis.threshold == 0.3
     assert diagnosis.errors.n_gt == 3 and len(diagnosis.per_iou) == 10

@@ -26,6 +26,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from rcnnlab.models.build import ARCHS, build_model, describe_model, load_weights_file
+from rcnnlab.models.heads import total_loss
 from rcnnlab.models.resfpn import ResidualFPNBackbone
 from rcnnlab.models.transform import DetectorTransform
 
@@ -77,9 +78,9 @@ def train_step_losses(model: nn.Module, num_classes: int = 4) -> dict[str, torch
     """One training forward + backward; returns the loss dict."""
     model.train()
     images, targets = batch(num_classes)
-    losses = model(images, targets)
-    sum(losses.values()).backward()
-    return losses
+    outputs = model(images, targets)
+    total_loss(outputs).backward()
+    return {k: v for k, v in outputs.items() if k.startswith("loss_")}
 
 
 def saved_state(model: nn.Module, path) -> str:

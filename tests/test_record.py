@@ -1,5 +1,5 @@
 """The run record: confusion matrix with background, precision-recall curves, the record's plots
-and write_record on a tiny trained run."""
+and the run record (api.report) on a tiny trained run."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from PIL import Image
 
 from rcnnlab import api
 from rcnnlab.data.synth import generate_dataset
-from rcnnlab.engine.checkpoint import load_checkpoint
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.evaluation.coco import evaluate_detections, precision_curves
 from rcnnlab.evaluation.confusion import confusion_matrix, match_image
 from rcnnlab.reporting import plots
-from rcnnlab.reporting.record import _environment_section, read_tb_scalars, write_record
+from rcnnlab.reporting.record import _environment_section, read_tb_scalars
+from rcnnlab.runs.checkpoint import load_checkpoint
 
 from .test_end_to_end import tiny_config
 
@@ -212,7 +212,7 @@ def test_detection_grid_draws_every_kind(tmp_path):
         assert (np.abs(pixels.astype(int) - rgb).sum(axis=1) < 30).sum() > 50, colour
 
 
-# ------------------------------------------------------------------ write_record
+# ------------------------------------------------------------------ api.report
 @pytest.fixture(scope="module")
 def recorded_run(tmp_path_factory):
     """A 2-iteration run on generated house numbers, tuned, with its record written."""
@@ -222,7 +222,7 @@ def recorded_run(tmp_path_factory):
                       "train.iters_per_epoch=2", "train.lr=0.0007")
     run = api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
     api.tune(run, device="cpu")
-    return run, write_record(run, device="cpu")
+    return run, api.report(run, device="cpu")
 
 
 def test_record_reports_the_run(recorded_run):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from rcnnlab.data.categories import digit_names
 from rcnnlab.evaluation.sequence import (
-    digit_names,
     numbers_from_coco,
     numbers_from_detections,
     read_number,

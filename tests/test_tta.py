@@ -13,14 +13,14 @@ from torch import nn
 from torchvision.ops import box_iou
 from typer.testing import CliRunner
 
-from rcnnlab import api
 from rcnnlab.cli import app
-from rcnnlab.config import Config, ConfigError, EvalConfig, load_config
-from rcnnlab.engine.checkpoint import save_checkpoint
+from rcnnlab.config import ConfigError, EvalConfig, load_config
+from rcnnlab.evaluation.pipeline import predictor_for
 from rcnnlab.inference.nms import suppress
 from rcnnlab.inference.predict import detect_dataset, detections_to_coco
 from rcnnlab.inference.predictor import _UNCAPPED, Predictor, roi_heads_settings
 from rcnnlab.models.build import build_model
+from rcnnlab.runs.checkpoint import save_checkpoint
 from tests.conftest import write_coco
 
 
@@ -105,7 +105,7 @@ def test_detect_dataset_defaults_match_the_model(tiny_model):
         plain = tiny_model(images)
     expected = [d for i, out in enumerate(plain) for d in detections_to_coco(out, i + 1, [7, 9])]
     assert expected  # random weights score every class about 1/3: plenty of detections
-    assert detect_dataset(tiny_model, dataset, [7, 9], batch_size=2) == expected
+    assert detect_dataset(Predictor(tiny_model), dataset, [7, 9], batch_size=2) == expected
 
 
 # ------------------------------------------------------------------------------ NMS / Soft-NMS
@@ -226,20 +226,19 @@ def test_hflip_is_refused_on_digit_classes():
     with pytest.raises(ValueError, match=r"eval\.tta_hflip=false"):
         Predictor(model, tta_hflip=True, digit_classes=True)
     with pytest.raises(ValueError, match="eval.tta_hflip"):
-        detect_dataset(model, [], [1], tta_hflip=True, digit_classes=True)
+        predictor_for(model, EvalConfig(tta_hflip=True), [{"id": 1, "name": "1"}])
     assert Predictor(model, tta_hflip=True).tta_hflip  # any other classes may be mirrored
 
 
 # ------------------------------------------------------------------------------ overrides
 def test_eval_overrides_change_only_the_eval_section():
-    ckpt = {"config": load_config(None, ["model.box_nms_thresh=0.4"]).model_dump(mode="json")}
-    cfg = api._run_config(ckpt, ["eval.nms=gaussian", "eval.tta_scales=[1, 1.5]",
-                                 "eval.tta_merge=wbf"])
+    saved = load_config(None, ["model.box_nms_thresh=0.4"])
+    cfg = saved.model_copy(update={"eval": saved.eval.with_overrides(
+        ["eval.nms=gaussian", "eval.tta_scales=[1, 1.5]", "eval.tta_merge=wbf"])})
     assert cfg.eval.inference_kwargs() == {
         "nms": "gaussian", "nms_iou": None, "soft_nms_sigma": 0.5, "tta_scales": [1.0, 1.5],
         "tta_hflip": False, "tta_merge": "wbf", "tta_iou": 0.55}
-    assert cfg.model.box_nms_thresh == 0.4
-    assert api._run_config(ckpt, None) == Config.model_validate(ckpt["config"])
+    assert cfg.model.box_nms_thresh == 0.4 and saved.eval == EvalConfig()
 
 
 @pytest.mark.parametrize(("override", "message"), [

@@ -1,99 +1,155 @@
-"""The user-level operations behind the CLI, callable from Python: train, tune, evaluate, predict.
+"""The user-level operations behind the CLI, callable from Python: train, tune, evaluate,
+predict, report, diagnose.
 
-Each takes a run folder (or a checkpoint) and plain arguments, and writes its outputs into the run
-folder or the folder it is given. `evaluate`, `tune` and `predict` use the run's saved config;
-their `overrides` (dotted `eval.*` items such as ``"eval.nms=gaussian"``, the CLI's syntax) change
-its inference options for that call only.
+Each takes a run folder (or a checkpoint) and plain arguments, loads the model once, detects each
+split it needs once through the evaluation pipeline (`rcnnlab.evaluation.pipeline`), and writes
+its outputs into the run folder or the folder it is given. `evaluate`, `tune`, `predict`,
+`report` and `diagnose` use the run's saved config; their `overrides` (dotted `eval.*` items
+such as ``"eval.nms=gaussian"``, the CLI's syntax) change its inference options for that call
+only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from rcnnlab.config import Config, config_from_dict
-from rcnnlab.data.coco import CocoData, CocoDetection, load_coco
-from rcnnlab.data.splits import load_splits
-from rcnnlab.data.transforms import to_model_input
-from rcnnlab.engine.checkpoint import load_checkpoint, load_detector, save_checkpoint
-from rcnnlab.engine.trainer import FitResult, Trainer, resolve_device
-from rcnnlab.evaluation.coco import CocoMetrics, evaluate_detections
-from rcnnlab.evaluation.sequence import (
-    digit_names,
-    numbers_from_coco,
-    numbers_from_detections,
-    sequence_accuracy,
+import torch
+
+from rcnnlab.config import Config
+from rcnnlab.data.categories import digit_names
+from rcnnlab.data.coco import CocoData, load_coco
+from rcnnlab.data.splits import SPLITS, ensure_synth, load_splits
+from rcnnlab.engine.loop import HookBase
+from rcnnlab.engine.progress import ProgressReporter
+from rcnnlab.engine.training import FitResult
+from rcnnlab.engine.training import train as train_run
+from rcnnlab.evaluation.diagnosis import Diagnosis, find_causes, last_training_row, recall_by_size
+from rcnnlab.evaluation.pipeline import (
+    CocoMetricsEvaluator,
+    EvalResult,
+    Evaluation,
+    Evaluator,
+    RPNRecallEvaluator,
+    SequenceAccuracy,
+    ThresholdSweep,
+    TideErrors,
+    inference_on_dataset,
+    predictor_for,
+    validation_metrics,
 )
-from rcnnlab.evaluation.threshold import SweepResult, sweep_thresholds
-from rcnnlab.inference.predict import (
-    ImageFiles,
-    detect_dataset,
-    image_ids_for,
-    list_images,
-    write_id_map,
-    write_predictions,
-)
+from rcnnlab.evaluation.threshold import SweepResult
+from rcnnlab.inference.predict import ImageFiles, detect_dataset, image_ids_for, list_images
+from rcnnlab.methods.scale_weighting import IntervalRecord
+from rcnnlab.models.build import build_model, describe_model
+from rcnnlab.reporting.plots import plot_scale_weights
+from rcnnlab.reporting.predictions import write_id_map, write_predictions
+from rcnnlab.reporting.record import write_record
+from rcnnlab.runs.checkpoint import Checkpoint, load_detector
+from rcnnlab.runs.device import resolve_device
+from rcnnlab.runs.rundir import RunDir, read_csv_rows
+
+__all__ = ["EvalResult", "FitResult", "diagnose", "evaluate", "predict", "report", "train",
+           "tune"]
 
 log = logging.getLogger(__name__)
 
 
-def train(cfg: Config, *, resume: bool = False, reporter=None) -> FitResult:
-    """Train the run described by `cfg` (continuing from its last.pt when `resume`)."""
-    return Trainer(cfg, reporter=reporter).fit(resume=resume)
+# ------------------------------------------------------------------------------ training
+def train(cfg: Config, *, resume: bool = False, reporter: ProgressReporter | None = None,
+          extra_hooks: Sequence[HookBase] = ()) -> FitResult:
+    """Train the run described by `cfg` (continuing from its last.pt when `resume`); then draw
+    what its training methods logged, and write its run record when `train.record` is on.
+    `extra_hooks` are training-time features of your own (`rcnnlab.engine.loop.HookBase`)."""
+    ensure_synth(cfg.data)
+    splits = load_splits(cfg.data, need=("train", "valid"))
+
+    def evaluate(model: torch.nn.Module, data: CocoData) -> dict[str, float]:
+        return validation_metrics(model, data, cfg.eval,
+                                  device=next(model.parameters()).device)
+
+    fit = train_run(cfg, splits, evaluate, resume=resume, reporter=reporter,
+                    extra_hooks=extra_hooks)
+    run = RunDir(fit.run_dir)
+    if run.scale_weights_csv.is_file():
+        model = build_model(fit.config.model, num_classes=len(splits["train"].categories) + 1,
+                            load_weights=False)
+        levels = [f"P{round(math.log2(lv['stride']))}" for lv in describe_model(model)["levels"]]
+        plot_scale_weights([IntervalRecord.from_row(r) for r in read_csv_rows(
+            run.scale_weights_csv)], run.scale_weights_png, levels, last_iteration=fit.iterations)
+    if cfg.train.record:  # the threshold is not tuned yet: `tune` then `report` rewrites it
+        report(run.root, device=cfg.train.device)
+    return fit
 
 
+# ------------------------------------------------------------------------------ a trained run
 @dataclass
-class EvalResult:
-    """Scores of a detector on one annotated split."""
+class _Run:
+    """A trained run, loaded once: its model, checkpoint and config with this call's options."""
 
-    split: str
-    metrics: CocoMetrics
-    threshold: float
-    seq_acc: float | None
-    data: CocoData = field(repr=False)  # the split evaluated (ground truth and image root)
-    detections: list[dict] = field(repr=False, default_factory=list)
-    inference: dict = field(default_factory=dict)  # the inference options used (NMS, TTA)
+    path: Path
+    model: torch.nn.Module
+    ckpt: Checkpoint
+    cfg: Config
+    device: torch.device
+    overrides: list[str]
 
     @property
-    def n_images(self) -> int:
-        """Images in the split."""
-        return len(self.data.images)
+    def folder(self) -> RunDir | None:
+        """The run folder, when a folder (not a checkpoint file) was given."""
+        return RunDir(self.path) if self.path.is_dir() else None
 
-    def as_dict(self) -> dict:
-        """Flat, JSON-ready form."""
-        out = {"split": self.split, "n_images": self.n_images, "threshold": self.threshold,
-               "seq_acc": self.seq_acc}
-        out.update(self.metrics.as_dict())
-        out["inference"] = self.inference
-        return out
+    def threshold(self, given: float | None = None) -> float:
+        """`given`, else the tuned threshold stored in the checkpoint."""
+        return given if given is not None else self.ckpt.threshold
+
+    def split(self, split: str, json_path: str | None = None,
+              images: str | None = None) -> CocoData:
+        """An annotated split: `json_path` when given, else the run config's split."""
+        if json_path is not None:
+            data = load_coco(json_path, images,
+                             skip_missing_images=self.cfg.data.skip_missing_images)
+        else:
+            splits = load_splits(self.cfg.data, need=(split,))
+            if split not in splits:
+                raise FileNotFoundError(f"the run's config has no {split} split "
+                                        f"(data.{split}_json). Fix: pass --data PATH.json")
+            data = splits[split]
+        ours = [(c["id"], c["name"]) for c in self.ckpt.categories]
+        theirs = [(c["id"], c["name"]) for c in data.categories]
+        if theirs != ours:
+            raise ValueError(f"{data.json_path}: categories {theirs} differ from the "
+                             f"checkpoint's {ours}. Fix: evaluate on data with the training "
+                             "categories")
+        return data
+
+    def run(self, data: CocoData, evaluators: list[Evaluator]) -> Evaluation:
+        """The evaluation pipeline on one split with this call's inference options."""
+        return inference_on_dataset(predictor_for(self.model, self.cfg.eval, self.ckpt.categories),
+                                    data, evaluators, device=self.device,
+                                    batch_size=self.cfg.eval.batch_size)
+
+    def evaluate(self, split: str, data: CocoData, threshold: float,
+                 extra: list[Evaluator] = ()) -> tuple[EvalResult, Evaluation]:
+        """COCO metrics and sequence accuracy (plus `extra` evaluators) on one split."""
+        evaluation = self.run(data, [CocoMetricsEvaluator(self.cfg.eval.backend),
+                                     SequenceAccuracy(threshold), *extra])
+        return EvalResult.of(split, evaluation, threshold, self.cfg.eval.inference_kwargs()), \
+            evaluation
 
 
-def _run_config(ckpt: dict, overrides: list[str] | None = None) -> Config:
-    """The run's saved config with `eval.*` overrides applied (anything else is an error)."""
-    cfg = config_from_dict(ckpt["config"])
+def load_run(run: str | Path, *, device: str = "auto",
+             overrides: list[str] | None = None) -> _Run:
+    """Load a run's best checkpoint (or a checkpoint file) once for the calls below."""
+    dev = resolve_device(device)
+    model, ckpt = load_detector(run, device=dev)
+    cfg = ckpt.config
     if overrides:
-        cfg.eval = cfg.eval.with_overrides(overrides)
-    return cfg
-
-
-def _split_data(cfg: Config, split: str, json_path: str | None, images: str | None) -> CocoData:
-    if json_path is not None:
-        return load_coco(json_path, images, skip_missing_images=cfg.data.skip_missing_images)
-    splits = load_splits(cfg.data, need=(split,))  # loads train only to hold valid out of it
-    if split not in splits:
-        raise FileNotFoundError(f"the run's config has no {split} split (data.{split}_json). "
-                                "Fix: pass --data PATH.json")
-    return splits[split]
-
-
-def _detect(model, dataset, cfg: Config, device, categories, batch_size=None) -> list[dict]:
-    """Detections of a dataset with the config's inference options (NMS, Soft-NMS, TTA)."""
-    return detect_dataset(model, dataset, [c["id"] for c in categories], device=device,
-                          batch_size=batch_size or cfg.eval.batch_size,
-                          digit_classes=digit_names(categories) is not None,
-                          **cfg.eval.inference_kwargs())
+        cfg = cfg.model_copy(update={"eval": cfg.eval.with_overrides(overrides)})
+    return _Run(Path(run), model, ckpt, cfg, dev, list(overrides or []))
 
 
 def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = None,
@@ -107,25 +163,41 @@ def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = No
     Writes `eval_<split>.json` (with the inference options used) into the run folder when `run`
     is a run folder and `save` is true.
     """
-    dev = resolve_device(device)
-    model, ckpt = load_detector(run, device=dev)
-    cfg = _run_config(ckpt, overrides)
-    data = _split_data(cfg, split, json_path, images)
-    _check_categories(ckpt, data)
-    dets = _detect(model, CocoDetection(data, transforms=to_model_input()), cfg, dev,
-                   ckpt["categories"])
-    gt = data.to_coco_dict()
-    metrics = evaluate_detections(gt, dets, backend=cfg.eval.backend)
-    thr = threshold if threshold is not None else ckpt.get("threshold", cfg.eval.default_threshold)
-    digits = digit_names(ckpt["categories"])
-    acc = None
-    if digits is not None:
-        acc = sequence_accuracy(numbers_from_coco(gt, digits), numbers_from_detections(
-            dets, digits, thr, [img["id"] for img in data.images]))
-    result = EvalResult(split, metrics, thr, acc, data, dets, cfg.eval.inference_kwargs())
-    if save and Path(run).is_dir():
-        (Path(run) / f"eval_{split}.json").write_text(json.dumps(result.as_dict(), indent=2))
+    loaded = load_run(run, device=device, overrides=overrides)
+    result, _ = loaded.evaluate(split, loaded.split(split, json_path, images),
+                                loaded.threshold(threshold))
+    if save and loaded.folder is not None:
+        loaded.folder.write_eval(split, result.as_dict())
     return result
+
+
+def _sweep(loaded: _Run, data: CocoData) -> tuple[SweepResult, Evaluation]:
+    e = loaded.cfg.eval
+    n = int(round((e.sweep_max - e.sweep_min) / e.sweep_step)) + 1
+    thresholds = [round(e.sweep_min + i * e.sweep_step, 4) for i in range(n)]
+    evaluation = loaded.run(data, [ThresholdSweep(thresholds, e.backend),
+                                   CocoMetricsEvaluator(e.backend)])
+    result: SweepResult = evaluation["sweep"]
+    if warning := result.edge_warning():
+        log.warning("%s: %s", loaded.path, warning)
+    return result, evaluation
+
+
+def _store_threshold(loaded: _Run, result: SweepResult) -> None:
+    """The tuned threshold into the checkpoint read and its run's best.pt and last.pt; the
+    sweep table into the run folder."""
+    path = loaded.ckpt.path
+    for file in {path, path.with_name("best.pt"), path.with_name("last.pt")}:
+        if file.is_file():
+            ckpt = Checkpoint.load(file)
+            ckpt.threshold = result.best
+            ckpt.save(file)
+    loaded.ckpt.threshold = result.best
+    if loaded.folder is not None:
+        result.to_csv(loaded.folder.threshold_sweep_csv)
+    if loaded.overrides:
+        log.info("threshold %.2f tuned with %s: pass the same overrides to evaluate and predict",
+                 result.best, " ".join(loaded.overrides))
 
 
 def tune(run: str | Path, *, json_path: str | None = None, images: str | None = None,
@@ -140,34 +212,20 @@ def tune(run: str | Path, *, json_path: str | None = None, images: str | None = 
     same ones to `evaluate` and `predict`; they are not stored). With `save=False` nothing is
     written: the sweep is only returned.
     """
-    dev = resolve_device(device)
-    model, ckpt = load_detector(run, device=dev)
-    cfg = _run_config(ckpt, overrides)
-    data = _split_data(cfg, "valid", json_path, images)
-    _check_categories(ckpt, data)
-    dets = _detect(model, CocoDetection(data, transforms=to_model_input()), cfg, dev,
-                   ckpt["categories"])
-    e = cfg.eval
-    n = int(round((e.sweep_max - e.sweep_min) / e.sweep_step)) + 1
-    thresholds = [round(e.sweep_min + i * e.sweep_step, 4) for i in range(n)]
-    result = sweep_thresholds(data.to_coco_dict(), dets, thresholds, backend=e.backend)
-    best = result.best
-    if warning := result.edge_warning():
-        log.warning("%s: %s", run, warning)
+    loaded = load_run(run, device=device, overrides=overrides)
     if not save:  # a what-if sweep (e.g. an ablation of inference options): nothing stored
-        return result
-    ckpt_path = Path(ckpt["path"])
-    for path in {ckpt_path, ckpt_path.with_name("best.pt"), ckpt_path.with_name("last.pt")}:
-        if path.is_file():
-            state = load_checkpoint(path)
-            state["threshold"] = best
-            save_checkpoint(path, state)
-    if Path(run).is_dir():
-        result.to_csv(Path(run) / "threshold_sweep.csv")
-    if overrides:
-        log.info("threshold %.2f tuned with %s: pass the same overrides to evaluate and predict",
-                 best, " ".join(overrides))
-    return result
+        return _sweep(loaded, loaded.split("valid", json_path, images))[0]
+    return tune_loaded(loaded, loaded.split("valid", json_path, images))[0]
+
+
+def tune_loaded(loaded: _Run, data: CocoData) -> tuple[SweepResult, EvalResult]:
+    """`tune` on a run already loaded: sweep the valid split `data`, store the threshold; the
+    sweep and the split's scores at the tuned threshold (from the same detections)."""
+    result, evaluation = _sweep(loaded, data)
+    _store_threshold(loaded, result)
+    scores = EvalResult("valid", evaluation["coco"], result.best, result.best_row.accuracy,
+                        data, evaluation.detections, loaded.cfg.eval.inference_kwargs())
+    return result, scores
 
 
 def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
@@ -180,14 +238,14 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
     the mapping is written to `image_ids.csv` beside the outputs. `overrides` are `eval.*`
     items (inference options) for this call only.
     """
-    dev = resolve_device(device)
-    model, ckpt = load_detector(run, device=dev)
-    cfg = _run_config(ckpt, overrides)
+    loaded = load_run(run, device=device, overrides=overrides)
     source, out_dir = Path(source), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     if source.is_file():
-        data = load_coco(source, images, skip_missing_images=cfg.data.skip_missing_images)
+        data = load_coco(source, images, skip_missing_images=loaded.cfg.data.skip_missing_images)
+        from rcnnlab.data.coco import CocoDetection
+        from rcnnlab.data.transforms import to_model_input
+
         dataset = CocoDetection(data, transforms=to_model_input())
         image_ids = [img["id"] for img in data.images]
     else:
@@ -198,16 +256,82 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
             paths["ids"] = write_id_map(out_dir, files, image_ids)
             log.info("file names are not numeric: image ids 1..%d, mapping in %s",
                      len(files), paths["ids"])
-    dets = _detect(model, dataset, cfg, dev, ckpt["categories"], batch_size)
-    thr = threshold if threshold is not None else ckpt.get("threshold", cfg.eval.default_threshold)
-    paths.update(write_predictions(out_dir, dets, image_ids, digit_names(ckpt["categories"]), thr))
+    categories = loaded.ckpt.categories
+    dets = detect_dataset(predictor_for(loaded.model, loaded.cfg.eval, categories), dataset,
+                          loaded.ckpt.category_ids, device=loaded.device,
+                          batch_size=batch_size or loaded.cfg.eval.batch_size)
+    paths.update(write_predictions(out_dir, dets, image_ids, digit_names(categories),
+                                   loaded.threshold(threshold)))
     return paths
 
 
-def _check_categories(ckpt: dict, data: CocoData) -> None:
-    theirs = [(c["id"], c["name"]) for c in data.categories]
-    ours = [(c["id"], c["name"]) for c in ckpt["categories"]]
-    if theirs != ours:
-        raise ValueError(f"{data.json_path}: categories {theirs} differ from the checkpoint's "
-                         f"{ours}. Fix: evaluate on data with the training categories")
+# ------------------------------------------------------------------------------ records
+def report(run: str | Path, *, split: str | None = None, device: str = "auto",
+           evaluated: dict[str, EvalResult] | None = None) -> dict[str, Path]:
+    """Write the run record (report.md, report.html, figures/) of a run folder.
 
+    `split` is the split the detection figures are drawn on (default: test when the run's
+    config has one, else valid); the validation split is always scored. `evaluated` are
+    results of this run's best checkpoint the caller already has (by split): they are not
+    detected again.
+    """
+    run_dir = RunDir(run)
+    if not run_dir.root.is_dir():
+        raise FileNotFoundError(f"{run_dir.root}: not a run folder. Fix: give the folder "
+                                "rcnnlab train wrote (runs/<name>)")
+    loaded = load_run(run_dir.root, device=device)
+    present = load_splits(loaded.cfg.data, need=SPLITS)
+    split = split or ("test" if "test" in present else "valid")
+    if split not in present:
+        raise FileNotFoundError(f"{run_dir.root}: the run's config has no {split} split "
+                                f"(data.{split}_json). Fix: --split valid")
+    results = dict(evaluated or {})
+    for name in dict.fromkeys(("valid", split)):
+        if name not in results:
+            results[name], _ = loaded.evaluate(name, present[name], loaded.threshold())
+    last = Checkpoint.load(run_dir.last_pt) if run_dir.last_pt.is_file() else None
+    return write_record(run_dir.root, best=loaded.ckpt, last=last,
+                        model_info=describe_model(loaded.model), results=results, split=split)
+
+
+def diagnose(run: str | Path, split: str = "valid", *, device: str = "cpu",
+             json_path: str | None = None, images: str | None = None,
+             overrides: list[str] | None = None, save: bool = True) -> Diagnosis:
+    """Diagnose a run's best checkpoint on one split (``valid`` or ``test``).
+
+    One pass of the evaluation pipeline gives COCO AP per IoU, the TIDE breakdown at IoU 0.5
+    and RPN recall; with recall by size at the tuned threshold they give the ranked findings
+    (`rcnnlab.evaluation.diagnosis`). Writes ``diagnosis.md`` and ``diagnosis.json`` into the
+    run folder when ``save`` and ``run`` is a folder.
+    """
+    loaded = load_run(run, device=device, overrides=overrides)
+    threshold = loaded.threshold()
+    result, evaluation = loaded.evaluate(split, loaded.split(split, json_path, images),
+                                         threshold,
+                                         [TideErrors(), RPNRecallEvaluator(loaded.model)])
+    gt = result.data.to_coco_dict()
+    analysis, rpn = evaluation["tide"], evaluation["rpn"]
+    sizes = recall_by_size(gt, result.detections, score_threshold=threshold)
+    nms_iou = result.inference.get("nms_iou") or loaded.cfg.model.box_nms_thresh
+    names = {int(c["id"]): str(c["name"]) for c in gt["categories"]}
+    metrics = result.metrics
+    findings = find_causes(analysis, metrics.per_iou, size_recall=sizes, rpn=rpn,
+                           nms_iou=nms_iou, category_names=names)
+    folder = loaded.folder
+    diagnosis = Diagnosis(
+        run=loaded.path.name,
+        split=split,
+        n_images=result.n_images,
+        threshold=float(threshold),
+        metrics={k: getattr(metrics, k) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
+        per_iou=dict(metrics.per_iou),
+        errors=analysis.breakdown(),
+        rpn=rpn,
+        size_recall=sizes,
+        findings=findings,
+        inference=result.inference,
+        training=last_training_row(folder.read_metrics()) if folder is not None else {},
+    )
+    if save and folder is not None:
+        diagnosis.save(folder.root)
+    return diagnosis

@@ -203,10 +203,10 @@ def data_show(
     seed: Annotated[int, typer.Option(help="Which images and which augmentations.")] = 0,
 ):
     """Draw N augmented training samples (config's augment section) with their boxes."""
+    from rcnnlab.data.categories import digit_names
     from rcnnlab.data.coco import load_coco
     from rcnnlab.data.show import render_augmented_grid
     from rcnnlab.data.transforms import build_train_transforms
-    from rcnnlab.evaluation.sequence import digit_names
 
     cfg = load_config(config, overrides)
     data = load_coco(json_path, images)
@@ -282,14 +282,8 @@ def evaluate(
                           images=images and str(images), threshold=threshold, device=device,
                           overrides=overrides)
     _print_eval(result)
-    names = {c["id"]: c["name"] for c in _categories(run)}
+    names = {c["id"]: c["name"] for c in result.data.categories}
     console.print(result.metrics.format_table(names))
-
-
-def _categories(run: Path) -> list[dict]:
-    from rcnnlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
-
-    return load_checkpoint(resolve_checkpoint(run))["categories"]
 
 
 @app.command()
@@ -325,9 +319,9 @@ def report(
     device: DeviceOpt = "auto",
 ):
     """Write the run record: report.md, a self-contained report.html and figures/*.png."""
-    from rcnnlab.reporting.record import write_record
+    from rcnnlab import api
 
-    paths = write_record(run, split=split, device=device)
+    paths = api.report(run, split=split, device=device)
     console.print(f"record: {paths['markdown']}, {paths['html']} "
                   f"({len(paths) - 2} figures in {paths['html'].parent / 'figures'})")
 
@@ -346,11 +340,11 @@ def diagnose(
 
     Writes diagnosis.md and diagnosis.json into the run folder.
     """
-    from rcnnlab.evaluation.diagnosis import diagnose_run
+    from rcnnlab import api
     from rcnnlab.evaluation.errors import ERROR_NAMES, ERROR_TYPES
 
     with err_console.status(f"detecting on {split} and diagnosing"):
-        result = diagnose_run(run, split=split, device=device, json_path=data and str(data),
+        result = api.diagnose(run, split=split, device=device, json_path=data and str(data),
                               images=images and str(images), overrides=overrides)
     e = result.errors
     table = Table(title=f"{result.split} split, {result.n_images} images: TIDE errors at IoU "

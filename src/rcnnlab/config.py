@@ -54,28 +54,29 @@ class DataConfig(_Section):
 
 
 # ------------------------------------------------------------------------------------ model
+ARCHS = (
+    "fasterrcnn_resnet50_fpn",
+    "fasterrcnn_resnet50_fpn_v2",
+    "fasterrcnn_mobilenet_v3_large_fpn",
+    "resnet18_fpn",
+    "resnet34_fpn",
+    "resnet50_fpn",
+)
+"""The detector architectures `model.arch` takes."""
+
+
 class ModelConfig(_Section):
     """Detector architecture and its budgets; passed as keyword arguments to build_model."""
 
-    def build_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of build_model (`anchors` is resolved before building)."""
-        return self.model_dump(exclude={"anchors"})
-
-    arch: Literal[
-        "fasterrcnn_resnet50_fpn",
-        "fasterrcnn_resnet50_fpn_v2",
-        "fasterrcnn_mobilenet_v3_large_fpn",
-        "resnet18_fpn",
-        "resnet34_fpn",
-        "resnet50_fpn",
-    ] = "resnet18_fpn"
+    arch: Literal[ARCHS] = "resnet18_fpn"  # see rcnnlab.models.build for each
     weights: str | None = None  # None | torchvision weights enum name | local .pt file
     backbone_weights: str | None = None  # the same, for the backbone only
     trainable_backbone_layers: int | None = None  # None = all without weights, 3 with
     residual_fpn: bool = False  # residual block after every FPN output
     anchors: Literal["given", "auto"] = "given"  # auto: fit sizes/ratios to the training boxes
     anchor_sizes: list[list[int]] | None = None  # one list per FPN level; None = arch default
-    aspect_ratios: list[list[float]] | None = None  # h/w ratios per level (or one list for all)
+    # h/w ratios: one list per level, or one list for every level
+    aspect_ratios: list[list[float]] | list[float] | None = None
     min_size: int = 800  # short side after resize (or the cap in native mode)
     max_size: int = 1333  # long side cap
     native_size: bool = False  # never upscale: keep small images at their own size
@@ -113,6 +114,11 @@ class AugmentConfig(_Section):
 
 
 # ------------------------------------------------------------------------------------ training
+# Keys renamed since runs were first saved: old -> new (a saved config is migrated, a user's
+# YAML or override gets an error naming the new key).
+RENAMED_TRAIN_KEYS = {"objective": "roi_loss", "cls_loss": "roi_loss"}
+
+
 class TrainConfig(_Section):
     """Optimisation, schedule, checkpoints and budgets of one run."""
 
@@ -139,11 +145,10 @@ class TrainConfig(_Section):
     log_every: int = 20  # plain-text progress line every N iterations (non-TTY)
     record: bool = True  # write the run record (report.md, report.html, figures/) after training
 
-    # --- RoI classifier objective (the box loss stays smooth-L1 in every case)
-    # standard: the loss below; policy_gradient: Rao et al. 2018's eq. 11 (a fine-tuning stage:
-    # pair it with finetune_from and a ~10x lower lr)
-    objective: Literal["standard", "policy_gradient"] = "standard"
-    cls_loss: Literal["ce", "focal", "weighted_ce"] = "ce"  # RoI classification loss
+    # --- RoI classifier loss (the box loss stays smooth-L1 in every case): ce, focal,
+    # weighted_ce, or policy_gradient (Rao et al. 2018's eq. 11, a fine-tuning stage: pair it
+    # with finetune_from and a ~10x lower lr)
+    roi_loss: Literal["ce", "focal", "weighted_ce", "policy_gradient"] = "ce"
     focal_alpha: float | None = Field(0.25, ge=0, le=1)  # focal: foreground alpha (None = off)
     focal_gamma: float = Field(2.0, ge=0)  # focal: focusing exponent (0 = cross-entropy)
     # weighted_ce: one weight per class in category-id order, or inverse_frequency (from the
@@ -155,6 +160,18 @@ class TrainConfig(_Section):
     # --- multi-scale loss weighting (Luo et al.): weights per FPN level, updated every interval
     scale_weighting: Literal["none", "avw", "rlo"] = "none"
     scale_interval: PositiveInt = 100  # alpha, iterations per interval
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for old, new in RENAMED_TRAIN_KEYS.items():
+                if old in data:
+                    raise ValueError(
+                        f"train.{old} is now train.{new} (one key for the RoI classifier's "
+                        "loss: ce, focal, weighted_ce or policy_gradient). Fix: e.g. "
+                        f"train.{new}=policy_gradient instead of train.objective=policy_gradient")
+        return data
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -229,11 +246,8 @@ class Config(_Section):
     @model_validator(mode="after")
     def _check(self) -> Config:
         t = self.train
-        if t.objective == "policy_gradient" and t.cls_loss != "ce":
-            raise ValueError("train.objective=policy_gradient replaces cross-entropy; set "
-                             "train.cls_loss=ce")
-        if (t.class_weights is None) == (t.cls_loss == "weighted_ce"):
-            raise ValueError("train.class_weights is needed by train.cls_loss=weighted_ce and "
+        if (t.class_weights is None) == (t.roi_loss == "weighted_ce"):
+            raise ValueError("train.class_weights is needed by train.roi_loss=weighted_ce and "
                              "only by it (a list per class, or inverse_frequency)")
         if self.augment.no_aug_epochs > self.train.epochs:
             self.augment.no_aug_epochs = self.train.epochs
@@ -318,7 +332,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
-    """Rebuild a Config from its saved form (checkpoints, run folders)."""
+    """Rebuild a Config from its saved form (checkpoints, run folders), including forms saved
+    before a key was renamed."""
+    train = dict(tree.get("train") or {})
+    if "objective" in train or "cls_loss" in train:
+        objective, cls_loss = train.pop("objective", "standard"), train.pop("cls_loss", "ce")
+        train["roi_loss"] = "policy_gradient" if objective == "policy_gradient" else cls_loss
+        tree = {**tree, "train": train}
     return Config.model_validate(tree)
 
 

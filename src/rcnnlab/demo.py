@@ -1,7 +1,8 @@
 """`rcnnlab demo`: the main job end to end on the embedded default data.
 
 Generate house numbers (once) -> train the CPU default model -> tune the threshold on valid ->
-evaluate on test -> write pred.json / pred.csv -> write a short summary with two figures.
+evaluate on test -> write pred.json / pred.csv, the run record and a short summary with two
+figures. The trained model is loaded once, and valid and test are each detected once.
 """
 
 from __future__ import annotations
@@ -11,16 +12,12 @@ from collections import defaultdict
 
 from rcnnlab import api
 from rcnnlab.config import Config
-from rcnnlab.data.splits import ensure_synth
-from rcnnlab.evaluation.sequence import digit_names, numbers_from_coco, numbers_from_detections
-from rcnnlab.inference.predict import write_predictions
-from rcnnlab.reporting.record import write_record
-from rcnnlab.reporting.summary import (
-    machine_description,
-    plot_curves,
-    plot_detections,
-    write_summary,
-)
+from rcnnlab.data.categories import digit_names
+from rcnnlab.evaluation.sequence import numbers_from_coco, numbers_from_detections
+from rcnnlab.reporting.predictions import write_predictions
+from rcnnlab.reporting.summary import plot_curves, plot_detections, write_summary
+from rcnnlab.runs.environment import machine_description
+from rcnnlab.runs.rundir import RunDir
 
 
 def _fmt(value: float | None) -> str:
@@ -30,16 +27,18 @@ def _fmt(value: float | None) -> str:
 def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
     """Run the whole job for `cfg`; returns the headline figures (also written to summary.md)."""
     start = time.perf_counter()
-    ensure_synth(cfg.data)
     # the record is written once, below, after tuning and testing (not also after training)
-    train_cfg = cfg.model_copy(deep=True)
-    train_cfg.train.record = False
+    train_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"record": False})})
     fit = api.train(train_cfg, reporter=reporter)
-    api.tune(fit.run_dir, device=cfg.train.device)  # stores the best threshold
-    test = api.evaluate(fit.run_dir, split="test", device=cfg.train.device)
     run_dir = fit.run_dir
-    if cfg.train.record:  # after tuning, with the test split evaluated just above
-        write_record(run_dir, device=cfg.train.device, evaluated={"test": test})
+    loaded = api.load_run(run_dir, device=cfg.train.device)
+    valid = loaded.split("valid")
+    _, valid_result = api.tune_loaded(loaded, valid)  # stores the best threshold
+    test, _ = loaded.evaluate("test", loaded.split("test"), loaded.threshold())
+    RunDir(run_dir).write_eval("test", test.as_dict())
+    if cfg.train.record:  # after tuning, with both splits evaluated just above
+        api.report(run_dir, device=cfg.train.device,
+                   evaluated={"valid": valid_result, "test": test})
     data = test.data
     names = {c["id"]: c["name"] for c in data.categories}
     digits = digit_names(data.categories)
@@ -53,7 +52,7 @@ def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
     ids = [img["id"] for img in shown]
     gt = data.to_coco_dict()
     figures = [
-        plot_curves(run_dir / "metrics.csv", run_dir / "curves.png"),
+        plot_curves(RunDir(run_dir).read_metrics(), run_dir / "curves.png"),
         plot_detections(
             [data.image_root / img["file_name"] for img in shown], by_image, ids, names,
             test.threshold, run_dir / "samples.png",

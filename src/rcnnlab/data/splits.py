@@ -19,19 +19,24 @@ def synth_json(out_dir: str | Path, split: str) -> Path:
     return Path(out_dir) / split / "annotations.json"
 
 
-def ensure_synth(cfg: DataConfig, progress=None) -> bool:
-    """Generate the default house-number data if the config asks for it and it is absent.
+def with_synth_paths(cfg: DataConfig) -> DataConfig:
+    """The data section with each unset split json pointing at the generated data (when the
+    config has a `synth` section); a copy, the given section is left as it is."""
+    if cfg.synth is None:
+        return cfg
+    return cfg.model_copy(update={f"{split}_json": str(synth_json(cfg.synth.out_dir, split))
+                                  for split in SPLITS if getattr(cfg, f"{split}_json") is None})
 
-    Returns True when images were generated. The jsons of the data section default to the
-    generated ones.
+
+def ensure_synth(cfg: DataConfig, progress=None) -> bool:
+    """Generate the default house-number data if the config asks for it and it is absent or
+    differs from what it asks for (training and the demo call this; evaluation never does).
+
+    Returns True when images were generated.
     """
     if cfg.synth is None:
         return False
     s = cfg.synth
-    for split in SPLITS:
-        key = f"{split}_json"
-        if getattr(cfg, key) is None:
-            setattr(cfg, key, str(synth_json(s.out_dir, split)))
     from rcnnlab.data.synth import GENERATOR_VERSION, generate_dataset
 
     wanted = {"train": s.n_train, "valid": s.n_valid, "test": s.n_test}
@@ -66,9 +71,10 @@ def load_splits(cfg: DataConfig, need: tuple[str, ...] = SPLITS) -> dict[str, Co
     """Load the splits named in `need` that the config provides.
 
     When there is no valid json and `val_fraction` > 0, valid is held out of train
-    (deterministically, every class represented where possible).
+    (deterministically, every class represented where possible). Generated data is read where
+    `ensure_synth` wrote it, never generated here.
     """
-    ensure_synth(cfg)
+    cfg = with_synth_paths(cfg)
     out: dict[str, CocoData] = {}
     wanted = set(need)
     if "valid" in wanted and cfg.valid_json is None and cfg.val_fraction > 0:

@@ -1,6 +1,7 @@
 """Why is mAP low when the loss looks fine? Error breakdown, proposal recall and a diagnosis.
 
-:func:`diagnose_run` scores a trained run on one split and gathers:
+:func:`rcnnlab.api.diagnose` scores a trained run on one split through the evaluation pipeline
+and gathers:
 
 * the TIDE error breakdown at IoU 0.5 (:mod:`rcnnlab.evaluation.errors`);
 * AP at each IoU threshold 0.50..0.95 (COCO, from :mod:`rcnnlab.evaluation.coco`);
@@ -38,7 +39,6 @@ none of the five causes; :attr:`Diagnosis.dominant_cause` is the top-ranked of t
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections import OrderedDict
@@ -145,6 +145,49 @@ def rpn_proposals(model, images: Sequence[Tensor]) -> list[Tensor]:
                                          strict=True)]
 
 
+class RPNRecallCounter:
+    """Accumulates, batch by batch, each ground-truth box's best proposal IoU (see
+    :func:`rpn_recall`)."""
+
+    def __init__(self, model, iou_thresholds: Sequence[float] = (0.5, 0.7)):
+        if not iou_thresholds:
+            raise ValueError("rpn_recall needs at least one IoU threshold")
+        self.model, self.iou_thresholds = model, tuple(iou_thresholds)
+        self.best: list[Tensor] = []  # per gt box: its best proposal IoU
+        self.areas: list[Tensor] = []
+        self.counts: list[int] = []
+
+    def add(self, images: Sequence[Tensor], targets: Sequence[Mapping[str, Any]]) -> None:
+        """Run the RPN on a batch (images on the model's device, targets with xyxy boxes)."""
+        for target, props in zip(targets, rpn_proposals(self.model, images), strict=True):
+            self.counts.append(len(props))
+            gt = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4)
+            if len(gt) == 0:
+                continue
+            props = props.detach().float().cpu()
+            if len(props):
+                self.best.append(torch_box_iou(gt, props).max(dim=1).values)
+            else:
+                self.best.append(torch.zeros(len(gt)))
+            self.areas.append((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]))
+
+    def result(self) -> RPNRecall:
+        """Recall at each IoU threshold, recall by size at the first, and proposal counts."""
+        best_iou = torch.cat(self.best).numpy() if self.best else np.zeros(0)
+        sizes = _size_of(torch.cat(self.areas).numpy()) if self.areas else np.zeros(
+            0, dtype=object)
+        first, counts = self.iou_thresholds[0], self.counts
+        return RPNRecall(
+            recall={float(t): _share(best_iou >= t) for t in self.iou_thresholds},
+            recall_by_size={s: _share(best_iou[sizes == s] >= first) for s in SIZE_RANGES},
+            n_gt_by_size={s: int((sizes == s).sum()) for s in SIZE_RANGES},
+            n_gt=len(best_iou),
+            proposals_per_image=float(np.mean(counts)) if counts else 0.0,
+            min_proposals=min(counts, default=0),
+            max_proposals=max(counts, default=0),
+        )
+
+
 def rpn_recall(model, dataset, iou_thresholds: Sequence[float] = (0.5, 0.7), *,
                device: str | torch.device = "cpu", batch_size: int = 4,
                progress: Callable[[int], None] | None = None) -> RPNRecall:
@@ -153,40 +196,16 @@ def rpn_recall(model, dataset, iou_thresholds: Sequence[float] = (0.5, 0.7), *,
     ``dataset`` yields (float image, target with xyxy ``boxes``), e.g. a
     :class:`~rcnnlab.data.coco.CocoDetection` with ``to_model_input()``; crowd boxes are not in
     its targets. Sizes use each box's area w*h. ``progress`` is called with the images done.
+    The evaluation pipeline counts the same from the batches it already loads
+    (:class:`RPNRecallCounter`).
     """
-    if not iou_thresholds:
-        raise ValueError("rpn_recall needs at least one IoU threshold")
-    best: list[Tensor] = []  # per gt box: its best proposal IoU
-    areas: list[Tensor] = []
-    counts: list[int] = []
+    counter = RPNRecallCounter(model, iou_thresholds)
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        proposals = rpn_proposals(model, [img.to(device) for img, _ in items])
-        for (_, target), props in zip(items, proposals, strict=True):
-            counts.append(len(props))
-            gt = torch.as_tensor(target["boxes"], dtype=torch.float32).reshape(-1, 4)
-            if len(gt) == 0:
-                continue
-            props = props.detach().float().cpu()
-            if len(props):
-                best.append(torch_box_iou(gt, props).max(dim=1).values)
-            else:
-                best.append(torch.zeros(len(gt)))
-            areas.append((gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]))
+        counter.add([img.to(device) for img, _ in items], [target for _, target in items])
         if progress:
             progress(len(items))
-    best_iou = torch.cat(best).numpy() if best else np.zeros(0)
-    sizes = _size_of(torch.cat(areas).numpy()) if areas else np.zeros(0, dtype=object)
-    first = iou_thresholds[0]
-    return RPNRecall(
-        recall={float(t): _share(best_iou >= t) for t in iou_thresholds},
-        recall_by_size={s: _share(best_iou[sizes == s] >= first) for s in SIZE_RANGES},
-        n_gt_by_size={s: int((sizes == s).sum()) for s in SIZE_RANGES},
-        n_gt=len(best_iou),
-        proposals_per_image=float(np.mean(counts)) if counts else 0.0,
-        min_proposals=min(counts, default=0),
-        max_proposals=max(counts, default=0),
-    )
+    return counter.result()
 
 
 # -------------------------------------------------------------------------- recall by size
@@ -466,64 +485,9 @@ class Diagnosis:
         return paths
 
 
-def _last_training_row(run: Path) -> dict[str, float | None]:
-    """The loss columns of the last metrics.csv row ({} without the file)."""
-    path = run / "metrics.csv"
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+def last_training_row(rows: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """The loss columns of the last metrics.csv row ({} for a run without rows)."""
     if not rows:
         return {}
     keys = ("epoch", "loss", "loss_cls", "loss_bbox", "loss_anchor")
-    return {k: float(rows[-1][k]) if rows[-1].get(k) not in (None, "") else None for k in keys}
-
-
-def diagnose_run(run: str | Path, split: str = "valid", *, device: str = "cpu",
-                 json_path: str | None = None, images: str | None = None,
-                 overrides: list[str] | None = None, save: bool = True) -> Diagnosis:
-    """Diagnose a run's best checkpoint on one split (``valid`` or ``test``).
-
-    Detects with the run's inference options (``overrides``: ``eval.*`` items for this call,
-    as for ``evaluate``), computes COCO AP per IoU, the TIDE breakdown at IoU 0.5, RPN recall,
-    recall by size at the tuned threshold and the ranked findings. Writes ``diagnosis.md`` and
-    ``diagnosis.json`` into the run folder when ``save`` and ``run`` is a folder.
-    """
-    from rcnnlab import api
-    from rcnnlab.data.coco import CocoDetection
-    from rcnnlab.data.transforms import to_model_input
-    from rcnnlab.engine.checkpoint import load_detector
-    from rcnnlab.engine.trainer import resolve_device
-
-    result = api.evaluate(run, split=split, json_path=json_path, images=images, device=device,
-                          overrides=overrides, save=False)
-    dev = resolve_device(device)
-    model, ckpt = load_detector(run, device=dev)
-    gt = result.data.to_coco_dict()
-    analysis = TideAnalysis(gt, result.detections)
-    rpn = rpn_recall(model, CocoDetection(result.data, transforms=to_model_input()), device=dev)
-    sizes = recall_by_size(gt, result.detections, score_threshold=result.threshold)
-    model_cfg = ckpt["config"].get("model", {})
-    nms_iou = result.inference.get("nms_iou") or model_cfg.get("box_nms_thresh")
-    names = {int(c["id"]): str(c["name"]) for c in gt["categories"]}
-    metrics = result.metrics
-    findings = find_causes(analysis, metrics.per_iou, size_recall=sizes, rpn=rpn,
-                           nms_iou=nms_iou, category_names=names)
-    run_path = Path(run)
-    diagnosis = Diagnosis(
-        run=run_path.name,
-        split=split,
-        n_images=result.n_images,
-        threshold=float(result.threshold),
-        metrics={k: getattr(metrics, k) for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")},
-        per_iou=dict(metrics.per_iou),
-        errors=analysis.breakdown(),
-        rpn=rpn,
-        size_recall=sizes,
-        findings=findings,
-        inference=result.inference,
-        training=_last_training_row(run_path) if run_path.is_dir() else {},
-    )
-    if save and run_path.is_dir():
-        diagnosis.save(run_path)
-    return diagnosis
+    return {k: rows[-1].get(k) for k in keys}

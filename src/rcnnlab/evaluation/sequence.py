@@ -18,20 +18,6 @@ import numpy as np
 NO_NUMBER = "-1"
 """What an image with no digit reads as, in ground truth and predictions alike."""
 
-_DIGITS = frozenset("0123456789")
-
-
-def digit_names(categories: Sequence[Mapping[str, Any]]) -> dict[int, str] | None:
-    """Map category id -> digit string from the category names ("7" -> "7").
-
-    Returns None when ``categories`` is empty or any name is not a single digit 0-9 (surrounding
-    whitespace ignored): the dataset is then not a digit dataset and has no number to read.
-    """
-    names = {int(cat["id"]): str(cat.get("name", "")).strip() for cat in categories}
-    if not names or not all(name in _DIGITS for name in names.values()):
-        return None
-    return names
-
 
 def _as_numpy(values: Any, dtype: type) -> np.ndarray:
     """numpy copy of a list, numpy array or torch tensor (any device) without importing torch."""

@@ -20,9 +20,9 @@ from dataclasses import asdict, dataclass, fields
 from os import PathLike
 from typing import Any
 
+from rcnnlab.data.categories import digit_names
 from rcnnlab.evaluation.coco import CocoEvaluator, CocoMetrics
 from rcnnlab.evaluation.sequence import (
-    digit_names,
     numbers_from_coco,
     numbers_from_detections,
     sequence_accuracy,

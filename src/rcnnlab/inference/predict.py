@@ -1,23 +1,17 @@
-"""Batched inference: images -> COCO detections, and the two output files.
-
-`pred.json` holds COCO results (image_id, category_id in the dataset's own ids, bbox xywh,
-score); `pred.csv` holds the number read left to right per image (`image_id,pred_label`).
-"""
+"""Batched inference: images (a COCO split or image files) -> COCO detections (image_id,
+category_id in the dataset's own ids, bbox xywh, score)."""
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
-from rcnnlab.evaluation.sequence import numbers_from_detections
 from rcnnlab.inference.predictor import Predictor
 
 log = logging.getLogger(__name__)
@@ -47,24 +41,27 @@ def detections_to_coco(output: dict, image_id: int, category_ids: Sequence[int])
 
 
 @torch.inference_mode()
-def detect_dataset(model, dataset, category_ids, *, device="cpu", batch_size=8, progress=None,
-                   **options):
+def detect_dataset(predictor: Predictor, dataset, category_ids: Sequence[int], *,
+                   device: str | torch.device = "cpu", batch_size: int = 8,
+                   progress: Callable[[int], None] | None = None,
+                   on_batch: Callable[[list, list, list], None] | None = None) -> list[dict]:
     """Detections (COCO results) for every image of a dataset of (float image, target) pairs.
 
-    `category_ids[label - 1]` maps the model's contiguous label back to the dataset's id;
-    `progress`, if given, is called with the number of images just done. `options` are the
-    keyword arguments of `Predictor` (NMS choice, Soft-NMS, TTA, `digit_classes`, e.g.
-    ``**cfg.eval.inference_kwargs()``); without them each batch is one plain forward.
+    `category_ids[label - 1]` maps the model's contiguous label back to the dataset's id.
+    `progress`, if given, is called with the number of images just done; `on_batch` with each
+    batch's images (on `device`), targets and the predictor's outputs.
     """
-    model.eval()
-    predictor = Predictor(model, **options)
+    predictor.model.eval()
     results: list[dict] = []
     order = list(range(len(dataset)))
     for idx in _batches(order, batch_size):
         items = [dataset[i] for i in idx]
-        outputs = predictor([img.to(device) for img, _ in items])
+        images = [img.to(device) for img, _ in items]
+        outputs = predictor(images)
         for (_, target), out in zip(items, outputs, strict=True):
             results += detections_to_coco(out, target["image_id"], category_ids)
+        if on_batch:
+            on_batch(images, [target for _, target in items], outputs)
         if progress:
             progress(len(idx))
     return results
@@ -113,35 +110,3 @@ def load_image(path: Path) -> torch.Tensor:
     except (OSError, UnidentifiedImageError) as exc:
         raise ValueError(f"{path}: cannot read the image ({exc}). Fix: remove or replace "
                          "it") from None
-
-
-def write_predictions(
-    out_dir: Path,
-    detections: list[dict],
-    image_ids: Sequence[int],
-    digits: dict[int, str] | None,
-    threshold: float,
-) -> dict[str, Path]:
-    """Write pred.json (all detections) and, for digit datasets, pred.csv (numbers at threshold)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out_dir / "pred.json"}
-    paths["json"].write_text(json.dumps(detections))
-    if digits is not None:
-        numbers = numbers_from_detections(detections, digits, threshold, list(image_ids))
-        paths["csv"] = out_dir / "pred.csv"
-        with paths["csv"].open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["image_id", "pred_label"])
-            for image_id in image_ids:
-                writer.writerow([image_id, numbers[image_id]])
-    return paths
-
-
-def write_id_map(out_dir: Path, files: Sequence[Path], image_ids: Sequence[int]) -> Path:
-    """Write image_ids.csv (image_id,file_name) beside the outputs when ids were enumerated."""
-    path = out_dir / "image_ids.csv"
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["image_id", "file_name"])
-        writer.writerows(zip(image_ids, (p.name for p in files), strict=True))
-    return path

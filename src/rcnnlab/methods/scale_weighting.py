@@ -217,6 +217,19 @@ class IntervalRecord:
         row["reward"] = self.reward
         return row
 
+    @classmethod
+    def from_row(cls, row: dict[str, float | None]) -> IntervalRecord:
+        """Back from `as_row`'s form (a row of scale_weights.csv, numbers parsed)."""
+        def levels(name: str) -> list[float]:
+            return [v for k, v in row.items() if k.startswith(f"{name}_level")]
+
+        probabilities = [v for k, v in row.items() if k.startswith("p_action")]
+        action, reward = row.get("action"), row.get("reward")
+        return cls(int(row["iteration"]), levels("loss"), levels("var"), levels("r"),
+                   levels("w"), None if action is None else int(action),
+                   probabilities if any(p is not None for p in probabilities) else None,
+                   None if reward is None else int(reward))
+
 
 class ScaleLossWeighting:
     """Per-FPN-level loss weights that AVW or RLO re-sets every `interval` iterations.

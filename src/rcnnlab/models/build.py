@@ -51,6 +51,7 @@ from urllib.parse import urlparse
 
 import torch
 import torchvision
+from pydantic import ValidationError
 from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights, WeightsEnum, mobilenet_v3_large
 from torchvision.models.detection import (
@@ -73,7 +74,8 @@ from torchvision.models.resnet import ResNet18_Weights, ResNet34_Weights, ResNet
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
-from rcnnlab.models.heads import install_heads
+from rcnnlab.config import ARCHS, ModelConfig
+from rcnnlab.models.heads import RoIClassifierLoss, install_heads
 from rcnnlab.models.resfpn import ResidualFPNBackbone
 from rcnnlab.models.transform import DetectorTransform
 
@@ -81,14 +83,17 @@ __all__ = ["ARCHS", "LoadReport", "build_model", "describe_model", "load_weights
 
 log = logging.getLogger(__name__)
 
-ARCHS = (
-    "fasterrcnn_resnet50_fpn",
-    "fasterrcnn_resnet50_fpn_v2",
-    "fasterrcnn_mobilenet_v3_large_fpn",
-    "resnet18_fpn",
-    "resnet34_fpn",
-    "resnet50_fpn",
-)
+
+BACKBONE_NAMES = {
+    "fasterrcnn_resnet50_fpn": "ResNet-50 + FPN (torchvision Faster R-CNN v1)",
+    "fasterrcnn_resnet50_fpn_v2": "ResNet-50 + FPN (torchvision Faster R-CNN v2)",
+    "fasterrcnn_mobilenet_v3_large_fpn": "MobileNetV3-Large + FPN",
+    "resnet18_fpn": "ResNet-18 + FPN",
+    "resnet34_fpn": "ResNet-34 + FPN",
+    "resnet50_fpn": "ResNet-50 + FPN",
+}
+"""The backbone of each arch in words (run records)."""
+assert set(BACKBONE_NAMES) == set(ARCHS), "describe every arch of rcnnlab.config.ARCHS"
 
 # Which torchvision weights enum each arch accepts: full detector, and backbone (trunk) only.
 _DETECTOR_WEIGHTS: dict[str, type[WeightsEnum]] = {
@@ -175,35 +180,35 @@ class LoadReport:
 
 
 def build_model(
+    cfg: ModelConfig | None = None,
     *,
-    arch: str,
     num_classes: int,
-    weights: str | None = None,
-    backbone_weights: str | None = None,
-    trainable_backbone_layers: int | None = None,
-    residual_fpn: bool = False,
-    anchor_sizes: Sequence[Sequence[int]] | None = None,
-    aspect_ratios: Sequence[Sequence[float]] | Sequence[float] | None = None,
-    min_size: int = 800,
-    max_size: int = 1333,
-    native_size: bool = False,
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
-    rpn_batch_size_per_image: int = 256,
-    box_batch_size_per_image: int = 512,
-    box_detections_per_img: int = 100,
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
+    classifier_loss: RoIClassifierLoss | None = None,
+    multiscale_sizes: Sequence[int] = (),
     load_weights: bool = True,
+    **options: Any,
 ) -> FasterRCNN:
-    """Build a Faster R-CNN detector.
+    """Build a Faster R-CNN detector from a model config section.
 
-    Args:
-        arch: one of :data:`ARCHS`.
+    The options are the fields of :class:`~rcnnlab.config.ModelConfig` (its defaults are the
+    only ones), given as the section ``cfg``, as keyword ``options``, or both (``options``
+    replace the section's values): ``build_model(cfg.model, num_classes=11)`` or
+    ``build_model(arch="resnet18_fpn", num_classes=11, native_size=True)``. ``anchors: auto``
+    must be resolved into ``anchor_sizes`` / ``aspect_ratios`` first: here the given (or default)
+    anchors are used.
+
+        Args:
         num_classes: number of classes *including* background (dataset classes + 1). The box
             predictor always has this size, whatever the weights were trained with.
+        classifier_loss: how the RoI head's classifier is trained (default cross-entropy).
+        multiscale_sizes: short sides drawn per training batch (multi-scale training, see
+            :class:`~rcnnlab.models.transform.DetectorTransform`); empty = off.
+        load_weights: False builds the layout that ``weights``/``backbone_weights`` imply
+            (FrozenBatchNorm, frozen stages, eps) without reading or fetching them: for
+            rebuilding a trained model whose checkpoint supplies every tensor.
+
+    Model options (:class:`~rcnnlab.config.ModelConfig`):
+        arch: one of :data:`ARCHS`.
         weights: full-detector weights: ``None`` (random init), a torchvision enum name
             (``"FasterRCNN_ResNet50_FPN_Weights.COCO_V1"``, or ``"DEFAULT"`` / ``"COCO_V1"`` for
             the arch's own enum), or the path of a local ``.pt``/``.pth`` file (a state_dict or an
@@ -237,9 +242,6 @@ def build_model(
         box_detections_per_img: maximum detections returned per image.
         box_score_thresh: minimum class score of a returned detection.
         box_nms_thresh: per-class NMS IoU threshold of the box head.
-        load_weights: False builds the layout that ``weights``/``backbone_weights`` imply
-            (FrozenBatchNorm, frozen stages, eps) without reading or fetching them: for
-            rebuilding a trained model whose checkpoint supplies every tensor.
 
     Returns:
         The model, in training mode.
@@ -249,8 +251,9 @@ def build_model(
         FileNotFoundError: a weights path that does not exist.
         RuntimeError: torchvision weights that cannot be downloaded (no network, no cache).
     """
-    if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    cfg = _model_config(cfg, options)
+    arch, weights, backbone_weights = cfg.arch, cfg.weights, cfg.backbone_weights
+    min_size, max_size = cfg.min_size, cfg.max_size
     if num_classes < 2:
         raise ValueError(
             f"num_classes={num_classes} must count background plus at least one class "
@@ -273,7 +276,8 @@ def build_model(
             sources.append((_enum_name(src), _download_torchvision(src, param), prefix))
     pretrained = weights is not None or backbone_weights is not None
     max_layers = 6 if arch == "fasterrcnn_mobilenet_v3_large_fpn" else 5
-    trainable = _validate_trainable_layers(pretrained, trainable_backbone_layers, max_layers, 3)
+    trainable = _validate_trainable_layers(pretrained, cfg.trainable_backbone_layers, max_layers,
+                                           3)
     # As in torchvision: a pretrained trunk keeps its BatchNorm statistics frozen (detection
     # batches are too small to re-estimate them); a trunk trained from scratch needs real BN.
     norm_layer = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
@@ -281,9 +285,9 @@ def build_model(
     backbone = _build_backbone(arch, norm_layer, trainable)
     levels = _probe_levels(backbone)
     level_names = [name for name, _ in levels]
-    sizes, ratios = _resolve_anchors(arch, len(level_names), anchor_sizes, aspect_ratios)
+    sizes, ratios = _resolve_anchors(arch, len(level_names), cfg.anchor_sizes, cfg.aspect_ratios)
     anchor_generator = AnchorGenerator(sizes, ratios)
-    if residual_fpn:
+    if cfg.residual_fpn:
         backbone = ResidualFPNBackbone(backbone, level_names)
 
     v2 = arch == "fasterrcnn_resnet50_fpn_v2"
@@ -308,24 +312,24 @@ def build_model(
             anchor_generator.num_anchors_per_location()[0],
             conv_depth=2 if v2 else 1,
         ),
-        rpn_pre_nms_top_n_train=rpn_pre_nms_top_n_train,
-        rpn_pre_nms_top_n_test=rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=rpn_post_nms_top_n_train,
-        rpn_post_nms_top_n_test=rpn_post_nms_top_n_test,
-        rpn_batch_size_per_image=rpn_batch_size_per_image,
-        box_batch_size_per_image=box_batch_size_per_image,
-        box_detections_per_img=box_detections_per_img,
-        box_score_thresh=box_score_thresh,
-        box_nms_thresh=box_nms_thresh,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
+        box_batch_size_per_image=cfg.box_batch_size_per_image,
+        box_detections_per_img=cfg.box_detections_per_img,
+        box_score_thresh=cfg.box_score_thresh,
+        box_nms_thresh=cfg.box_nms_thresh,
         **extra,
     )
     _set_pooler_scales(model.roi_heads.box_roi_pool, dict(levels))
     # Losses split by FPN level and a configurable RoI classifier loss (inference unchanged).
-    install_heads(model)
-    # Ours in both modes: native size, and the per-batch multi-scale draw the trainer switches on.
+    install_heads(model, classifier_loss)
+    # Ours in both modes: native size, and the per-batch multi-scale draw of training.
     model.transform = DetectorTransform(
         min_size, max_size, model.transform.image_mean, model.transform.image_std,
-        native=native_size,
+        native=cfg.native_size, train_short_sides=multiscale_sizes,
     )
 
     for source, state_dict, prefix in sources:
@@ -335,6 +339,18 @@ def build_model(
         # after loading them, and so do we, also for a local copy of the file.
         overwrite_eps(model, 0.0)
     return model
+
+
+def _model_config(cfg: ModelConfig | None, options: dict[str, Any]) -> ModelConfig:
+    """The section with `options` applied, validated (unknown or ill-typed options are errors)."""
+    tree = {**(cfg.model_dump() if cfg is not None else {}), **options}
+    if tree.get("arch", "resnet18_fpn") not in ARCHS:
+        raise ValueError(f"unknown arch {tree['arch']!r}; choose one of {', '.join(ARCHS)}")
+    try:
+        return ModelConfig.model_validate(tree)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid model options: {problems}") from None
 
 
 def _is_legacy_r50(weights: str, arch: str) -> bool:

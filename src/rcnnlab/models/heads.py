@@ -3,23 +3,32 @@ classifier's loss made configurable (cross-entropy, focal, class-weighted, polic
 
 Inference is torchvision's, untouched. In training the two heads compute the same losses as
 torchvision (`loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`, each a
-mean over the sampled anchors or RoIs), from per-item losses, so that each head can also report
-`level_losses`: a tensor [L] over the FPN levels (in the backbone's feature order) whose sum is
-the head's two losses. The RPN assigns an anchor to the level it was generated on; the RoI head
-assigns a RoI to the level it is pooled from (torchvision's LevelMapper, i.e. FPN's eq. 1), so
-the RoI losses fall on the first four levels only. This split is what multi-scale loss
+mean over the sampled anchors or RoIs), from per-item losses, so that each head can also return
+its losses split by FPN level: `rpn_level_losses` and `roi_level_losses`, tensors [L] over the
+levels (in the backbone's feature order) whose sum is the head's two losses. The RPN assigns
+an anchor to the level it was generated on; the RoI head assigns a RoI to the level it is
+pooled from (torchvision's LevelMapper, i.e. FPN's eq. 1), so the RoI losses fall on the first
+four levels only. This split is what multi-scale loss
 weighting (AVW/RLO, :mod:`rcnnlab.methods.scale_weighting`) weighs.
 
 RoI classification losses (`RoIClassifierLoss`): "ce" (torchvision's), "focal" and "weighted_ce"
 (:mod:`rcnnlab.models.losses`), and "policy_gradient" (Rao et al. 2018,
 :mod:`rcnnlab.methods.policy_gradient`): cross-entropy per RoI weighted by eq. 11's factor
 ``(r(b) - r') + gamma``, the reward computed on the boxes the head regresses for each RoI's
-assigned class. Box regression keeps torchvision's smooth-L1 in every case.
+assigned class. Box regression keeps torchvision's smooth-L1 in every case. The policy
+gradient's statistics come back in the loss dict too (`pg_baseline_ap`, `pg_mean_reward`,
+`pg_mean_advantage`).
+
+So the model's training output is one dict: the `loss_*` entries are what is minimised (their sum,
+:func:`total_loss`), the rest are figures about them (:func:`level_losses`, the `pg_*` means).
+The objective is a constructor argument of the RoI head, chosen when the model is built.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -31,10 +40,13 @@ from torchvision.ops import boxes as box_ops
 from rcnnlab.methods.policy_gradient import policy_gradient_coefficients
 from rcnnlab.models.losses import LOSS_KINDS, roi_classification_loss
 
-__all__ = ["LevelLossRPN", "LossRoIHeads", "RoIClassifierLoss", "install_heads", "level_losses"]
+__all__ = ["LevelLossRPN", "LossRoIHeads", "RoIClassifierLoss", "install_heads", "level_losses",
+           "total_loss", "validation_losses"]
+
+LOSS_PREFIX = "loss_"  # training outputs minimised (summed); the other entries are figures
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class RoIClassifierLoss:
     """How the RoI head's classifier is trained (see the module docstring)."""
 
@@ -46,7 +58,6 @@ class RoIClassifierLoss:
     pg_gamma: float = 1.0  # 0 = policy gradient alone, 1 = plus cross-entropy
     pg_nms_iou: float = 0.5  # the NMS whose detections give the baseline r'
     generator: torch.Generator | None = None  # draws the actions (CPU)
-    info: dict[str, float] = field(default_factory=dict)  # last batch's policy-gradient figures
 
     def __post_init__(self) -> None:
         # checked here, when the run is set up, rather than at the first training step
@@ -57,48 +68,38 @@ class RoIClassifierLoss:
             raise ValueError("class weights are required by the weighted_ce loss and only by it")
 
 
-class _LastStep:
-    """The last training step's per-level losses, still attached to its graph. Holding them in
-    this box keeps a module deep-copyable (an EMA copy, `copy.deepcopy`) and picklable: copies
-    start empty instead of failing on non-leaf tensors."""
-
-    def __init__(self, value: Tensor | None = None):
-        self.value = value
-
-    def __deepcopy__(self, memo) -> _LastStep:
-        return _LastStep()
-
-    def __reduce__(self):
-        return (_LastStep, ())
-
-
-class _LevelLosses:
-    """Mixin: a `level_losses` attribute kept in a :class:`_LastStep`."""
-
-    @property
-    def level_losses(self) -> Tensor | None:
-        """[L] losses of the last training step per FPN level (their sum is the head's loss)."""
-        box = self.__dict__.get("_last_step")
-        return box.value if box is not None else None
-
-    @level_losses.setter
-    def level_losses(self, value: Tensor | None) -> None:
-        self.__dict__["_last_step"] = _LastStep(value)
-
-
 def _smooth_l1_rows(pred: Tensor, target: Tensor) -> Tensor:
     """torchvision's detection box loss (smooth-L1, beta 1/9), summed per row."""
     return F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="none").sum(dim=1)
 
 
-class LevelLossRPN(_LevelLosses, RegionProposalNetwork):
-    """A :class:`RegionProposalNetwork` that also reports its losses per FPN level."""
+class LevelLossRPN(RegionProposalNetwork):
+    """A :class:`RegionProposalNetwork` whose training losses also come split by FPN level
+    (`rpn_level_losses` in its loss dict)."""
 
-    _num_anchors_per_level: list[int] | None = None
+    @classmethod
+    def from_torchvision(cls, rpn: RegionProposalNetwork) -> LevelLossRPN:
+        """The same RPN (sharing its anchor generator and head) with per-level losses."""
+        return cls(rpn.anchor_generator, rpn.head, rpn.proposal_matcher.high_threshold,
+                   rpn.proposal_matcher.low_threshold, rpn.fg_bg_sampler.batch_size_per_image,
+                   rpn.fg_bg_sampler.positive_fraction, dict(rpn._pre_nms_top_n),
+                   dict(rpn._post_nms_top_n), rpn.nms_thresh, rpn.score_thresh)
+
+    def forward(self, images, features, targets=None):
+        """torchvision's, plus `rpn_level_losses` [L] among the training losses."""
+        # what this call's filter_proposals and compute_loss pass on to each other
+        self._step: dict[str, object] = {}
+        try:
+            boxes, losses = super().forward(images, features, targets)
+            if self.training:
+                losses["rpn_level_losses"] = self._step["level_losses"]
+        finally:
+            del self._step  # nothing of a call stays on the module
+        return boxes, losses
 
     def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
-        """torchvision's; records the anchors per level, which `compute_loss` needs."""
-        self._num_anchors_per_level = list(num_anchors_per_level)
+        """torchvision's; notes the anchors per level for `compute_loss`."""
+        self._step["anchors_per_level"] = list(num_anchors_per_level)
         return super().filter_proposals(proposals, objectness, image_shapes,
                                         num_anchors_per_level)
 
@@ -118,20 +119,34 @@ class LevelLossRPN(_LevelLosses, RegionProposalNetwork):
             objectness[sampled], labels[sampled], reduction="none") / n
 
         # anchors are image-major, level-minor (concat_box_prediction_layers)
-        per_level = torch.tensor(self._num_anchors_per_level, device=objectness.device)
+        per_level = torch.tensor(self._step["anchors_per_level"], device=objectness.device)
         level_of = torch.arange(len(per_level), device=objectness.device).repeat_interleave(
             per_level).repeat(len(sampled_pos))
         zeros = objectness.new_zeros(len(per_level))
-        self.level_losses = (zeros.index_add(0, level_of[sampled], obj_rows)
-                             .index_add(0, level_of[pos], box_rows))
+        self._step["level_losses"] = (zeros.index_add(0, level_of[sampled], obj_rows)
+                                      .index_add(0, level_of[pos], box_rows))
         return obj_rows.sum(), box_rows.sum()
 
 
-class LossRoIHeads(_LevelLosses, RoIHeads):
-    """A box-only :class:`RoIHeads` whose training loss follows `classifier_loss` and is also
-    reported per FPN level (`level_losses`); inference is torchvision's."""
+class LossRoIHeads(RoIHeads):
+    """A box-only :class:`RoIHeads` trained with `classifier_loss`, its losses also split by
+    FPN level (`roi_level_losses`); inference is torchvision's."""
 
-    classifier_loss: RoIClassifierLoss  # set by install_heads
+    def __init__(self, *args, classifier_loss: RoIClassifierLoss | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.classifier_loss = classifier_loss or RoIClassifierLoss()
+
+    @classmethod
+    def from_torchvision(cls, heads: RoIHeads,
+                         classifier_loss: RoIClassifierLoss | None = None) -> LossRoIHeads:
+        """The same box head (sharing its modules) trained with `classifier_loss`."""
+        if heads.has_mask() or heads.has_keypoint():
+            raise ValueError("LossRoIHeads handles box detection only (no masks or keypoints)")
+        return cls(heads.box_roi_pool, heads.box_head, heads.box_predictor,
+                   heads.proposal_matcher.high_threshold, heads.proposal_matcher.low_threshold,
+                   heads.fg_bg_sampler.batch_size_per_image, heads.fg_bg_sampler.positive_fraction,
+                   heads.box_coder.weights, heads.score_thresh, heads.nms_thresh,
+                   heads.detections_per_img, classifier_loss=classifier_loss)
 
     def forward(self, features, proposals, image_shapes, targets=None):
         """Training: sample RoIs, run the box head, return the losses; eval: torchvision's."""
@@ -148,8 +163,9 @@ class LossRoIHeads(_LevelLosses, RoIHeads):
         labels_cat = torch.cat(labels, dim=0)
         targets_cat = torch.cat(regression_targets, dim=0)
         n = max(labels_cat.numel(), 1)
-        cls_rows = self._classifier_rows(class_logits, box_regression, labels_cat, proposals,
-                                         image_shapes, targets, per_image) / n
+        cls_rows, figures = self._classifier_rows(class_logits, box_regression, labels_cat,
+                                                  proposals, image_shapes, targets, per_image)
+        cls_rows = cls_rows / n
         pos = torch.where(labels_cat > 0)[0]
         box_regression = box_regression.reshape(labels_cat.numel(), -1, 4)
         box_rows = _smooth_l1_rows(box_regression[pos, labels_cat[pos]], targets_cat[pos]) / n
@@ -161,20 +177,21 @@ class LossRoIHeads(_LevelLosses, RoIHeads):
         level_of = torch.tensor(pooled, device=labels_cat.device)[
             self.box_roi_pool.map_levels(proposals)]
         zeros = class_logits.new_zeros(len(names))
-        self.level_losses = zeros.index_add(0, level_of, cls_rows).index_add(
-            0, level_of[pos], box_rows)
-        return [], {"loss_classifier": cls_rows.sum(), "loss_box_reg": box_rows.sum()}
+        levels = zeros.index_add(0, level_of, cls_rows).index_add(0, level_of[pos], box_rows)
+        return [], {"loss_classifier": cls_rows.sum(), "loss_box_reg": box_rows.sum(),
+                    "roi_level_losses": levels, **figures}
 
     def _classifier_rows(self, class_logits, box_regression, labels, proposals, image_shapes,
-                         targets, per_image) -> Tensor:
-        """Per-RoI classification loss (before the mean over RoIs)."""
+                         targets, per_image) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-RoI classification loss (before the mean over RoIs), and the policy gradient's
+        figures (`pg_*`, means over the batch's images) when it is the objective."""
         cfg = self.classifier_loss
         pg = cfg.kind == "policy_gradient"
         rows = roi_classification_loss(
             "ce" if pg else cfg.kind, class_logits, labels, alpha=cfg.focal_alpha,
             gamma=cfg.focal_gamma, class_weights=cfg.class_weights, reduction="none")
         if not pg:
-            return rows
+            return rows, {}
         # the boxes the detector would output for each RoI's assigned class, as NMS sees them
         decoded = self.box_coder.decode(box_regression.detach(), proposals)
         boxes = decoded[torch.arange(len(labels), device=labels.device), labels]
@@ -188,24 +205,54 @@ class LossRoIHeads(_LevelLosses, RoIHeads):
                 nms_iou=cfg.pg_nms_iou, generator=cfg.generator)
             coefficients.append(coef)
             infos.append(info)
-        cfg.info = {key: sum(float(d[key]) for d in infos) / len(infos)
-                    for key in ("baseline_ap", "mean_reward", "mean_advantage")}
-        return rows * torch.cat(coefficients).to(rows.dtype)
+        figures = {f"pg_{key}": torch.tensor(sum(float(d[key]) for d in infos) / len(infos),
+                                             dtype=torch.float64)
+                   for key in ("baseline_ap", "mean_reward", "mean_advantage")}
+        return rows * torch.cat(coefficients).to(rows.dtype), figures
 
 
-def install_heads(model) -> None:
-    """Give a torchvision Faster R-CNN the per-level RPN and the configurable RoI head.
+def install_heads(model, classifier_loss: RoIClassifierLoss | None = None) -> None:
+    """Give a torchvision Faster R-CNN, while it is built, the per-level RPN and the RoI head
+    trained with `classifier_loss` (default cross-entropy).
 
-    The instances are re-classed in place (the subclasses add no state of their own), so
-    parameters, buffers, state-dict keys and inference are unchanged.
+    The new heads share every submodule of the old ones, so parameters, buffers, state-dict
+    keys and inference are unchanged.
     """
-    if model.roi_heads.has_mask() or model.roi_heads.has_keypoint():
-        raise ValueError("LossRoIHeads handles box detection only (no masks or keypoints)")
-    model.rpn.__class__ = LevelLossRPN
-    model.roi_heads.__class__ = LossRoIHeads
-    model.roi_heads.classifier_loss = RoIClassifierLoss()
+    model.roi_heads = LossRoIHeads.from_torchvision(model.roi_heads, classifier_loss)
+    model.rpn = LevelLossRPN.from_torchvision(model.rpn)
 
 
-def level_losses(model) -> Tensor:
-    """The last training step's total loss split by FPN level ([L], sums to the total)."""
-    return model.rpn.level_losses + model.roi_heads.level_losses
+def total_loss(outputs: Mapping[str, Tensor]) -> Tensor:
+    """What training minimises: the sum of the `loss_*` entries of the model's output."""
+    return sum(v for k, v in outputs.items() if k.startswith(LOSS_PREFIX))
+
+
+def level_losses(outputs: Mapping[str, Tensor]) -> Tensor:
+    """The total loss of a training step split by FPN level ([L], sums to `total_loss`)."""
+    return outputs["rpn_level_losses"] + outputs["roi_level_losses"]
+
+
+@contextmanager
+def _losses_as_in_evaluation(model) -> Iterator[None]:
+    """Only the loss branches in training mode, the RoI classifier on cross-entropy."""
+    heads = model.roi_heads
+    objective, heads.classifier_loss = heads.classifier_loss, RoIClassifierLoss()
+    was_training = model.training
+    model.eval()
+    for module in (model, model.rpn, heads):  # not recursive: children stay in eval mode
+        module.training = True
+    try:
+        yield
+    finally:
+        heads.classifier_loss = objective
+        model.train(was_training)
+
+
+def validation_losses(model, images: list[Tensor],
+                      targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """A batch's training losses with the model as in evaluation: BatchNorm, dropout and the
+    input size as at test time, plain cross-entropy for the classifier whatever the objective,
+    so that validation losses compare across objectives. The RPN and RoI samplers still draw
+    from torch's generator: fork it to keep a training run's random stream."""
+    with _losses_as_in_evaluation(model):
+        return model(images, targets)

@@ -52,8 +52,9 @@ class DetectorTransform(GeneralizedRCNNTransform):
         max_size: cap on the long side.
         image_mean, image_std: normalisation, as torchvision's.
         native: never upscale (see the module docstring).
-        train_short_sides: short sides drawn from per training batch; empty = off. The trainer
-            empties it during the last ``no_aug_epochs`` epochs.
+        train_short_sides: short sides drawn from per training batch; empty = off. Training
+            switches the draw off for its last ``no_aug_epochs`` epochs with
+            :meth:`enable_multiscale`.
     """
 
     def __init__(
@@ -75,12 +76,17 @@ class DetectorTransform(GeneralizedRCNNTransform):
         super().__init__(min_size, max_size, image_mean, image_std, **kwargs)
         self.native = native
         self.train_short_sides = tuple(int(s) for s in train_short_sides)
+        self.multiscale = True  # whether training batches draw from train_short_sides
         self.batch_short_side: int | None = None  # the size drawn for the current batch
+
+    def enable_multiscale(self, enabled: bool) -> None:
+        """Switch the per-batch draw of training on or off (evaluation never draws)."""
+        self.multiscale = enabled
 
     def forward(self, images, targets=None):
         """Draw this batch's short side (training with multi-scale on), then transform."""
         self.batch_short_side = None
-        if self.training and self.train_short_sides:
+        if self.training and self.multiscale and self.train_short_sides:
             pick = int(torch.randint(len(self.train_short_sides), ()))
             self.batch_short_side = self.train_short_sides[pick]
         return super().forward(images, targets)

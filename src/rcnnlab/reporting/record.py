@@ -4,19 +4,17 @@
 self-contained file: figures embedded as base64 data URIs, inline CSS, no external reference)
 into the run folder. Both are rendered from the same list of blocks, so they never disagree.
 
-It reads the run folder (`metrics.csv`, `threshold_sweep.csv`, TensorBoard events, the
-checkpoints) and runs the best checkpoint once on the validation split and once on the report
-split (test when the config has one, else valid) for the metrics, the precision-recall curves,
-the confusion matrix and the detection grid. Hardware and software are those of the process that
-writes the record; the trainer writes it at the end of training, so there they are the
-training machine's.
+It reads the run folder (`metrics.csv`, `threshold_sweep.csv`, TensorBoard events,
+`environment.json`) through `RunDir`, and is given what the caller evaluated with the best
+checkpoint (`rcnnlab.api.report` runs the evaluation pipeline once per split): the validation
+split and the report split, for the metrics, the precision-recall curves, the confusion matrix
+and the detection grid. It detects nothing itself.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 import os
 import re
@@ -24,24 +22,24 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import yaml
 
 from rcnnlab import __version__
-from rcnnlab.config import Config, config_from_dict
+from rcnnlab.config import Config
+from rcnnlab.data.categories import digit_names
 from rcnnlab.data.coco import CocoData
 from rcnnlab.data.splits import SPLITS, load_splits
 from rcnnlab.data.stats import DatasetStats, compute_stats
-from rcnnlab.engine.checkpoint import load_checkpoint, load_detector
 from rcnnlab.evaluation.coco import STAT_NAMES, precision_curves
 from rcnnlab.evaluation.confusion import ImageMatch, confusion_from_matches, match_coco
+from rcnnlab.evaluation.pipeline import EvalResult
 from rcnnlab.evaluation.sequence import (
     NO_NUMBER,
-    digit_names,
     numbers_from_coco,
     numbers_from_detections,
 )
+from rcnnlab.models.build import BACKBONE_NAMES
 from rcnnlab.reporting.plots import (
     GridPanel,
     plot_class_distribution,
@@ -53,75 +51,40 @@ from rcnnlab.reporting.plots import (
     plot_threshold_sweep,
     plot_validation_map,
 )
-
-if TYPE_CHECKING:  # api imports the trainer, which imports this module
-    from rcnnlab.api import EvalResult
+from rcnnlab.runs.checkpoint import Checkpoint
+from rcnnlab.runs.environment import environment_rows
+from rcnnlab.runs.rundir import RunDir, read_csv_rows
 
 FIGURES_DIR = "figures"
 PR_IOUS = (0.5, 0.75)
 MATCH_IOU = 0.5  # confusion matrix and detection grid
 
-BACKBONES = {
-    "fasterrcnn_resnet50_fpn": "ResNet-50 + FPN (torchvision Faster R-CNN v1)",
-    "fasterrcnn_resnet50_fpn_v2": "ResNet-50 + FPN (torchvision Faster R-CNN v2)",
-    "fasterrcnn_mobilenet_v3_large_fpn": "MobileNetV3-Large + FPN",
-    "resnet18_fpn": "ResNet-18 + FPN",
-    "resnet34_fpn": "ResNet-34 + FPN",
-    "resnet50_fpn": "ResNet-50 + FPN",
-}
-"""Backbone of each `model.arch` (see rcnnlab.models.build.ARCHS)."""
 
-
-def write_record(run_dir: str | Path, *, split: str | None = None, device: str = "cpu",
-                 grid_images: int = 12,
-                 evaluated: Mapping[str, EvalResult] | None = None) -> dict[str, Path]:
+def write_record(run_dir: str | Path, *, best: Checkpoint, model_info: dict,
+                 results: Mapping[str, EvalResult], split: str,
+                 last: Checkpoint | None = None, grid_images: int = 12) -> dict[str, Path]:
     """Write `report.md`, `report.html` and the figures (`figures/*.png`) of a run folder.
 
-    `split` is the split the precision-recall curves, confusion matrix and detection grid are
-    drawn on (default: test when the run's config has one, else valid); validation metrics are
-    always reported. Config paths are relative to the working directory, as for `evaluate`.
-    `evaluated` holds results of `api.evaluate` on this run's best checkpoint that the caller
-    already has (by split), so they are not computed again.
-    Returns the paths written: "markdown", "html" and one per figure (by file stem).
+    `best` is the run's best checkpoint and `model_info` its `describe_model`; `results` holds
+    its evaluation of the valid split and of `split`, the split the precision-recall curves,
+    confusion matrix and detection grid are drawn on; `last` (the training totals) defaults
+    to `best`. Returns the paths written: "markdown", "html" and one per figure (by file stem).
     """
-    # imported here: api imports the trainer, which imports this module (Trainer.fit writes
-    # the record), and summary imports pyplot, which would switch a notebook's backend
-    from rcnnlab import api
-    from rcnnlab.engine.trainer import resolve_device
-    from rcnnlab.models.build import describe_model
-    from rcnnlab.reporting.summary import read_metrics
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: not a run folder. Fix: give the folder rcnnlab "
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        raise FileNotFoundError(f"{run.root}: not a run folder. Fix: give the folder rcnnlab "
                                 "train wrote (runs/<name>)")
-    dev = resolve_device(device)
-    model, best = load_detector(run_dir, device=dev)
-    model_info = describe_model(model)
-    del model  # evaluate loads its own copy; no need to hold two
-    last_path = run_dir / "checkpoints" / "last.pt"
-    last = load_checkpoint(last_path) if last_path.is_file() else best
-    cfg = config_from_dict(best["config"])
+    cfg = best.config
     splits = load_splits(cfg.data, need=SPLITS)
-    split = split or ("test" if "test" in splits else "valid")
-    if split not in splits:
-        raise FileNotFoundError(f"{run_dir}: the run's config has no {split} split "
-                                f"(data.{split}_json). Fix: --split valid")
-    evaluated = evaluated or {}
-    results = {s: evaluated.get(s) or api.evaluate(run_dir, split=s, device=device, save=False)
-               for s in dict.fromkeys(("valid", split))}
-    rows = read_metrics(run_dir / "metrics.csv") if (run_dir / "metrics.csv").is_file() else []
-    sweep_csv = run_dir / "threshold_sweep.csv"
-    sweep = read_metrics(sweep_csv) if sweep_csv.is_file() else []
-
-    fig_dir = run_dir / FIGURES_DIR
+    sweep = read_csv_rows(run.threshold_sweep_csv) if run.threshold_sweep_csv.is_file() else []
     stats = {s: compute_stats(d) for s, d in splits.items()}
-    ctx = _Context(run_dir, cfg, best, last, model_info, stats, split, results, rows, sweep)
-    figures = _figures(ctx, fig_dir, grid_images)
+    ctx = _Context(run.root, cfg, best, last or best, model_info, stats, split, dict(results),
+                   run.read_metrics(), sweep)
+    figures = _figures(ctx, run.root / FIGURES_DIR, grid_images)
     blocks = _blocks(ctx, figures)
-    md = run_dir / "report.md"
-    md.write_text(render_markdown(blocks, run_dir))
-    page = run_dir / "report.html"
+    md = run.root / "report.md"
+    md.write_text(render_markdown(blocks, run.root))
+    page = run.root / "report.html"
     page.write_text(render_html(blocks, f"rcnnlab run record: {cfg.name}"))
     return {"markdown": md, "html": page, **{f.path.stem: f.path for f in figures.values()}}
 
@@ -132,24 +95,24 @@ class _Context:
 
     run_dir: Path
     cfg: Config
-    best: dict  # best.pt
-    last: dict  # last.pt (training totals)
+    best: Checkpoint
+    last: Checkpoint  # training totals
     model_info: dict  # describe_model
     stats: dict[str, DatasetStats]  # per split of the config
     split: str  # the report split
-    results: dict  # split -> api.EvalResult
+    results: dict[str, EvalResult]  # split -> evaluation
     rows: list[dict]  # metrics.csv
     sweep: list[dict]  # threshold_sweep.csv (empty when not tuned)
 
     @property
     def names(self) -> dict[int, str]:
         """Category id -> name."""
-        return {c["id"]: str(c["name"]) for c in self.best["categories"]}
+        return {c["id"]: str(c["name"]) for c in self.best.categories}
 
     @property
     def digits(self) -> dict[int, str] | None:
         """Category id -> digit on digit datasets, else None."""
-        return digit_names(self.best["categories"])
+        return digit_names(self.best.categories)
 
     @property
     def threshold(self) -> float:
@@ -340,7 +303,7 @@ def _blocks(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]:
     m = result.metrics
     b: list[tuple] = [("h", 1, f"Run record: {cfg.name}")]
     b.append(("p", f"Written {time.strftime('%Y-%m-%d %H:%M')} by rcnnlab {__version__} from "
-                   f"`{ctx.run_dir}`. The best checkpoint (epoch {ctx.best['epoch']}, highest "
+                   f"`{ctx.run_dir}`. The best checkpoint (epoch {ctx.best.epoch}, highest "
                    f"validation mAP) is evaluated; figures of detections are on the "
                    f"**{ctx.split}** split."))
     b += _summary(ctx, m, result)
@@ -363,10 +326,10 @@ def _summary(ctx: _Context, m, result) -> list[tuple]:
             ["mAP@[.5:.95] / AP50 / AP75", " / ".join(_fmt(v) for v in (m.AP, m.AP50, m.AP75))]]
     if result.seq_acc is not None:
         rows.append([f"sequence accuracy @ {result.threshold:.2f}", _fmt(result.seq_acc)])
-    rows += [["model", f"{ctx.cfg.model.arch} ({BACKBONES.get(ctx.cfg.model.arch, '?')}), "
+    rows += [["model", f"{ctx.cfg.model.arch} ({BACKBONE_NAMES.get(ctx.cfg.model.arch, '?')}), "
                        f"{info['params_total'] / 1e6:.1f} M parameters"],
-             ["training", f"{last['epoch']} epochs, {last['iteration']} iterations, "
-                          f"{_duration(last.get('train_seconds'))}"]]
+             ["training", f"{last.epoch} epochs, {last.iteration} iterations, "
+                          f"{_duration(last.train_seconds)}"]]
     return [("h", 2, "Summary"), ("table", ["", ""], rows)]
 
 
@@ -375,7 +338,7 @@ def _model_section(ctx: _Context) -> list[tuple]:
     parts = info["params_by_part"]
     rows = [
         ["architecture (`model.arch`)", mc.arch],
-        ["backbone", BACKBONES.get(mc.arch, "?")
+        ["backbone", BACKBONE_NAMES.get(mc.arch, "?")
          + (" + residual block after every FPN output" if info["residual_fpn"] else "")],
         ["detector weights at start", str(mc.weights or "none (random init)")],
         ["backbone weights at start", str(mc.backbone_weights or "none (random init)")],
@@ -413,7 +376,7 @@ def _data_section(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]:
         sizes.append([s, source, str(st.num_images), str(st.num_boxes), str(st.num_negatives),
                       _fmt(st.num_boxes / st.num_images if st.num_images else None, 2)])
     classes = []
-    for k, cat in enumerate(ctx.best["categories"]):
+    for k, cat in enumerate(ctx.best.categories):
         cells = [str(cat["id"]), str(cat["name"])]
         for st in stats.values():
             c = st.classes[k]
@@ -434,20 +397,20 @@ def _data_section(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]:
 
 def _training_section(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]:
     last, t = ctx.last, ctx.cfg.train
-    train_s = last.get("train_seconds")
+    train_s = last.train_seconds
     val_s = _sum_column(ctx.rows, "val_seconds")
-    seen = last.get("images_seen")
+    seen = last.images_seen
     peak = [r["peak_memory_mb"] for r in ctx.rows if r.get("peak_memory_mb") is not None]
     rows = [
-        ["epochs", f"{last['epoch']} of {t.epochs}"],
-        ["iterations", str(last["iteration"])],
+        ["epochs", f"{last.epoch} of {t.epochs}"],
+        ["iterations", str(last.iteration)],
         ["batch size", str(t.batch_size)],
         ["images seen", "n/a" if seen is None else str(seen)],
         ["training time (training steps only)", _duration(train_s)],
         ["validation time (all epochs)", _duration(val_s)],
         ["throughput", "n/a" if not (seen and train_s) else f"{seen / train_s:.2f} images/s"],
-        ["best epoch (validation mAP)", f"{ctx.best['best_epoch']} "
-                                        f"({_fmt(ctx.best.get('best_map'))})"],
+        ["best epoch (validation mAP)", f"{ctx.best.best_epoch} "
+                                        f"({_fmt(ctx.best.best_map)})"],
         ["peak memory", f"{max(peak):.0f} MB" if peak else
          "n/a (this run did not record it in metrics.csv)"],
         ["optimizer", f"{t.optimizer}, lr {t.lr:g} (backbone x {t.backbone_lr_mult:g}), "
@@ -526,11 +489,8 @@ def _diff(a: float | None, b: float | None) -> str:
 
 
 def _environment_section(ctx: _Context) -> list[tuple]:
-    from rcnnlab.reporting.summary import environment_rows
-
-    saved = ctx.run_dir / "environment.json"
-    if saved.is_file():
-        rows = json.loads(saved.read_text())
+    rows = RunDir(ctx.run_dir).read_environment()
+    if rows is not None:
         note = ("Of the training process, as `rcnnlab train` saved it in `environment.json` "
                 "when training started.")
     else:

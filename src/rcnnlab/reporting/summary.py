@@ -3,7 +3,6 @@ detections as PNG files (matplotlib, headless)."""
 
 from __future__ import annotations
 
-import csv
 import math
 from pathlib import Path
 
@@ -15,16 +14,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.csv rows with numbers parsed (empty cells -> None)."""
-    with path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [{k: (float(v) if v not in ("", None) else None) for k, v in r.items()} for r in rows]
-
-
-def plot_curves(metrics_csv: Path, out_png: Path) -> Path:
-    """Loss (total and the cls / bbox / anchor groups) and validation mAP against epoch."""
-    rows = read_metrics(metrics_csv)
+def plot_curves(rows: list[dict], out_png: Path) -> Path:
+    """Loss (total and the cls / bbox / anchor groups) and validation mAP against epoch, from
+    metrics.csv's rows (`RunDir.read_metrics`)."""
     epochs = [r["epoch"] for r in rows]
     fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 3.8))
     for key, style in (("loss", "-"), ("loss_cls", "--"), ("loss_bbox", "--"),
@@ -88,60 +80,6 @@ def plot_detections(
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
     return out_png
-
-
-def machine_description() -> str:
-    """CPU model, thread count and torch version (and the GPU when one is used)."""
-    import platform
-
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name()}"
-    return text
-
-
-def _version(package: str) -> str:
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def environment_rows(device: str) -> list[list[str]]:
-    """The hardware and software of this process as [label, value] rows; ``device`` is the
-    device it trains or evaluates on. The trainer saves them in ``environment.json`` so a run
-    record rewritten elsewhere still names the machine that trained."""
-    import os
-    import platform
-
-    import torch
-
-    rows = [["machine", machine_description()],
-            ["logical CPUs", str(os.cpu_count())],
-            ["torch threads", str(torch.get_num_threads())],
-            ["OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "(unset)")],
-            ["device", device],
-            ["CUDA", f"{torch.version.cuda} ({torch.cuda.device_count()} GPU(s) visible)"
-             if torch.cuda.is_available() else "not available"]]
-    for i in range(torch.cuda.device_count()):
-        props = torch.cuda.get_device_properties(i)
-        rows.append([f"GPU {i}", f"{props.name}, {props.total_memory / 2**30:.0f} GiB"])
-    rows += [["OS", platform.platform()], ["Python", platform.python_version()]]
-    rows += [[pkg, _version(pkg)] for pkg in ("torch", "torchvision", "numpy", "faster-coco-eval",
-                                               "pycocotools", "matplotlib", "rcnnlab")]
-    return rows
 
 
 def write_summary(path: Path, title: str, facts: dict[str, str], figures: list[Path]) -> Path:

@@ -1,0 +1,1 @@
+"""Training-time features, one hook a file (see `rcnnlab.engine.loop.HookBase`)."""

@@ -1,0 +1,79 @@
+"""Checkpoints: `best.pt` whenever validation mAP improves, `last.pt` after every epoch (with
+the optimizer, scheduler, random states and every hook's state), and resuming from it."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from rcnnlab.config import Config
+from rcnnlab.engine.loop import HookBase
+from rcnnlab.runs.checkpoint import Checkpoint, rng_state, set_rng_state
+from rcnnlab.runs.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+
+class Checkpointer(HookBase):
+    """Saves best.pt and last.pt after each epoch (registered after the metrics writer, so a
+    run killed in between redoes an epoch rather than losing its row) and resumes runs."""
+
+    def __init__(self, run: RunDir, cfg: Config, categories: list[dict],
+                 generator: torch.Generator):
+        self.run, self.cfg, self.categories = run, cfg, categories
+        self.generator = generator  # the loader's: its state is the sampling order to come
+        self.best_map, self.best_epoch = -1.0, 0
+        self.threshold = cfg.eval.default_threshold  # kept as `tune` stored it, on resume
+
+    def checkpoint(self) -> Checkpoint:
+        """The run's state now (best.pt is this without `resume`)."""
+        loop = self.loop
+        return Checkpoint(
+            model=loop.model.state_dict(), config=self.cfg, categories=self.categories,
+            threshold=self.threshold, epoch=loop.epoch, iteration=loop.iteration,
+            best_map=self.best_map, best_epoch=self.best_epoch,
+            train_seconds=loop.train_seconds, images_seen=loop.images_seen,
+            resume={"optimizer": loop.optimizer.state_dict(),
+                    "scheduler": loop.scheduler.state_dict(),
+                    "rng": rng_state(self.generator),
+                    "hooks": {h.name: h.state_dict() for h in loop.hooks if h.name}})
+
+    def after_epoch(self) -> None:
+        """best.pt when the epoch's validation mAP is the best so far; then last.pt."""
+        ap = self.loop.row.get("val_AP")
+        state = self.checkpoint()
+        if ap is not None and ap > self.best_map:
+            self.best_map, self.best_epoch = ap, self.loop.epoch
+            state.best_map, state.best_epoch = self.best_map, self.best_epoch
+            state.weights_only().save(self.run.best_pt)
+        state.save(self.run.last_pt)
+
+    def resume(self) -> None:
+        """Continue from last.pt: weights, optimizer, scheduler, counters, random states, every
+        hook's state; metrics.csv forgets the epochs after it."""
+        path = self.run.last_pt
+        ckpt = Checkpoint.load(path)
+        if ckpt.resume is None:
+            raise ValueError(f"{path}: holds the weights only (a best.pt), not the optimizer "
+                             "state that resuming needs. Fix: resume from the run's "
+                             "checkpoints/last.pt, or start a new run from these weights with "
+                             "train.finetune_from")
+        if ckpt.category_ids != [c["id"] for c in self.categories]:
+            raise ValueError(f"{path}: cannot resume: the checkpoint's categories differ from "
+                             "the data's. Fix: resume with the data it was trained on")
+        loop, resume = self.loop, ckpt.resume
+        loop.model.load_state_dict(ckpt.model)
+        loop.optimizer.load_state_dict(resume["optimizer"])
+        loop.scheduler.load_state_dict(resume["scheduler"])
+        loop.epoch, loop.iteration = ckpt.epoch, ckpt.iteration
+        loop.train_seconds, loop.images_seen = ckpt.train_seconds, ckpt.images_seen
+        self.best_map, self.best_epoch, self.threshold = (ckpt.best_map, ckpt.best_epoch,
+                                                          ckpt.threshold)
+        set_rng_state(resume["rng"], self.generator)
+        for hook in loop.hooks:
+            if hook.name and resume["hooks"].get(hook.name) is not None:
+                hook.load_state_dict(resume["hooks"][hook.name])
+        self.run.truncate_metrics(loop.epoch)
+        log.info("resumed %s at epoch %d (iteration %d)", self.run.root, loop.epoch,
+                 loop.iteration)

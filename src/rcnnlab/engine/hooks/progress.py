@@ -1,0 +1,27 @@
+"""Progress display: a bar with loss, LR and ETA on a terminal, log lines elsewhere."""
+
+from __future__ import annotations
+
+from rcnnlab.engine.loop import HookBase
+from rcnnlab.engine.progress import ProgressReporter
+
+
+class Progress(HookBase):
+    """Drives a `ProgressReporter` from the loop."""
+
+    def __init__(self, reporter: ProgressReporter):
+        self.reporter = reporter
+
+    def before_epoch(self) -> None:
+        """Open the epoch's bar (the augmentation hook has said whether it augments)."""
+        loop = self.loop
+        self.reporter.start_epoch(loop.epoch + 1, loop.epochs, loop.iters_per_epoch,
+                                  bool(loop.row.get("augment", 0)))
+
+    def after_step(self) -> None:
+        """Advance by one step."""
+        self.reporter.step(self.loop.loss, self.loop.lr)
+
+    def after_epoch(self) -> None:
+        """Close the bar with the epoch's summary line."""
+        self.reporter.epoch_done(self.loop.row)

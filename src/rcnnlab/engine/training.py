@@ -1,0 +1,205 @@
+"""A training run assembled from its config: data, model, optimizer, the loop and its hooks.
+
+`train` is what `rcnnlab train` runs. The pieces are built here from their config sections and
+handed to the loop (`engine.loop`); every feature is a hook from `engine.hooks`. Validation
+metrics come from the evaluation pipeline, one layer up, as the function `evaluate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+from rcnnlab.config import Config
+from rcnnlab.data.categories import digit_names
+from rcnnlab.data.coco import CocoData, CocoDetection, collate
+from rcnnlab.data.samplers import RepeatFactorSampler, repeat_factors
+from rcnnlab.data.transforms import to_model_input
+from rcnnlab.engine.hooks.augmentation import AugmentationSchedule
+from rcnnlab.engine.hooks.checkpoint import Checkpointer
+from rcnnlab.engine.hooks.evaluation import PeriodicValidation
+from rcnnlab.engine.hooks.metrics import MetricsWriter
+from rcnnlab.engine.hooks.policy_gradient import PolicyGradientState
+from rcnnlab.engine.hooks.progress import Progress
+from rcnnlab.engine.hooks.scale_weighting import ScaleWeighting
+from rcnnlab.engine.hooks.step_losses import StepLosses
+from rcnnlab.engine.hooks.throughput import Throughput
+from rcnnlab.engine.loop import HookBase, TrainLoop
+from rcnnlab.engine.optim import build_optimizer, build_scheduler
+from rcnnlab.engine.progress import ProgressReporter
+from rcnnlab.methods.scale_weighting import ScaleLossWeighting
+from rcnnlab.models.anchors import auto_anchors
+from rcnnlab.models.build import build_model, describe_model, load_weights_file
+from rcnnlab.models.heads import RoIClassifierLoss
+from rcnnlab.models.losses import class_counts, inverse_frequency_weights
+from rcnnlab.runs.device import peak_memory_mb, resolve_device
+from rcnnlab.runs.environment import environment_rows
+from rcnnlab.runs.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class FitResult:
+    """What a finished training run reports."""
+
+    run_dir: Path
+    config: Config  # as trained (fitted anchors included): the run's config.yaml
+    train_images: int
+    best_epoch: int
+    best_map: float
+    epochs: int
+    iterations: int
+    train_seconds: float
+    train_images_per_s: float
+    peak_memory_mb: float
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) RNGs."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fit_anchors(cfg: Config, train: CocoData) -> Config:
+    """With `model.anchors: auto`, a copy of `cfg` whose anchors are fitted to the training
+    boxes (`anchors: given` with the fitted sizes and ratios); else `cfg` itself."""
+    if cfg.model.anchors != "auto":
+        return cfg
+    m = cfg.model
+    levels = describe_model(build_model(m, num_classes=len(train.categories) + 1))["levels"]
+    fit = auto_anchors(
+        train, num_levels=len(levels), min_size=m.min_size, max_size=m.max_size,
+        native_size=m.native_size, default_sizes=[lv["anchor_sizes"] for lv in levels],
+        default_ratios=[lv["aspect_ratios"] for lv in levels],
+        strides=[lv["stride"] for lv in levels], seed=cfg.train.seed)
+    log.info("auto anchors: %s", fit.summary())
+    model = m.model_copy(update={"anchor_sizes": fit.sizes, "aspect_ratios": fit.ratios,
+                                 "anchors": "given"})
+    return cfg.model_copy(update={"model": model})
+
+
+def classifier_loss(cfg: Config, train: CocoData,
+                    generator: torch.Generator) -> RoIClassifierLoss:
+    """The RoI classifier's loss from `train.roi_loss` and its options."""
+    t = cfg.train
+    weights = None
+    if t.class_weights == "inverse_frequency":
+        weights = inverse_frequency_weights(class_counts(train))
+    elif t.class_weights is not None:
+        if len(t.class_weights) != len(train.categories):
+            raise ValueError(
+                f"train.class_weights has {len(t.class_weights)} values but the data has "
+                f"{len(train.categories)} classes (ids {train.category_ids}); give one weight "
+                "per class in id order, or inverse_frequency")
+        weights = torch.tensor([1.0, *t.class_weights])
+    if weights is not None:
+        log.info("class weights (background first): %s",
+                 ", ".join(f"{w:.3f}" for w in weights.tolist()))
+    return RoIClassifierLoss(
+        kind=t.roi_loss, focal_alpha=t.focal_alpha, focal_gamma=t.focal_gamma,
+        class_weights=weights, pg_samples=t.pg_samples, pg_gamma=t.pg_gamma,
+        pg_nms_iou=cfg.model.box_nms_thresh, generator=generator)
+
+
+def train_sampler(cfg: Config, dataset: CocoDetection, generator: torch.Generator):
+    """Shuffling, or repeat-factor sampling when `data.repeat_factor_threshold` is set."""
+    threshold = cfg.data.repeat_factor_threshold
+    if threshold is None:
+        return RandomSampler(dataset, generator=generator)
+    factors = repeat_factors(dataset.data, threshold)
+    log.info("repeat-factor sampling (t=%g): %d of %d images repeated, factors up to %.2f, "
+             "%d samples an epoch", threshold, int((factors > 1).sum()), len(factors),
+             float(factors.max()), round(float(factors.sum())))
+    return RepeatFactorSampler(factors, generator=generator)
+
+
+def build_detector(cfg: Config, train_data: CocoData,
+                   pg_generator: torch.Generator) -> tuple[Config, nn.Module]:
+    """The detector to train: anchors fitted (`model.anchors: auto`), the RoI classifier's loss
+    chosen, weights of `train.finetune_from` loaded. Returns the config as trained, too."""
+    cfg = fit_anchors(cfg, train_data)
+    model = build_model(cfg.model, num_classes=len(train_data.categories) + 1,
+                        classifier_loss=classifier_loss(cfg, train_data, pg_generator),
+                        multiscale_sizes=cfg.augment.multiscale_sizes)
+    if cfg.train.finetune_from:
+        log.info("fine-tuning from %s: %s", cfg.train.finetune_from,
+                 load_weights_file(model, cfg.train.finetune_from))
+    return cfg, model
+
+
+def train(cfg: Config, splits: dict[str, CocoData],
+          evaluate: Callable[[nn.Module, CocoData], dict[str, Any]], *, resume: bool = False,
+          reporter: ProgressReporter | None = None,
+          extra_hooks: Sequence[HookBase] = ()) -> FitResult:
+    """Train the run `cfg` describes on `splits["train"]`, validating on `splits["valid"]`
+    with `evaluate(model, data)` (continuing from its last.pt when `resume`). `extra_hooks` are
+    extra training-time features, called after the configured methods' hooks and before
+    validation, the metrics writer and the checkpoints."""
+    t = cfg.train
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    seed_everything(t.seed)
+    train_data, valid_data = splits["train"], splits["valid"]
+    # the policy gradient's actions: a stream of their own, saved in last.pt
+    pg_generator = torch.Generator().manual_seed(t.seed + 1)
+    cfg, model = build_detector(cfg, train_data, pg_generator)
+    model.to(device)
+    train_set = CocoDetection(train_data)
+    valid_set = CocoDetection(valid_data, transforms=to_model_input())
+    generator = torch.Generator().manual_seed(t.seed)
+    loader = DataLoader(train_set, batch_size=t.batch_size, collate_fn=collate,
+                        sampler=train_sampler(cfg, train_set, generator),
+                        num_workers=cfg.data.workers, generator=generator)
+    iters_per_epoch = min(len(loader), t.iters_per_epoch or len(loader))
+    optimizer = build_optimizer(model, t)
+    scheduler = build_scheduler(optimizer, t, iters_per_epoch)
+
+    run = RunDir(cfg.run_dir)
+    writer = MetricsWriter(run)
+    checkpointer = Checkpointer(run, cfg, train_data.categories, generator)
+    hooks: list[HookBase] = [
+        AugmentationSchedule(cfg.augment, train_set, epochs=t.epochs,
+                             digit_classes=digit_names(train_data.categories) is not None),
+        StepLosses(),
+    ]
+    if t.roi_loss == "policy_gradient":
+        hooks.append(PolicyGradientState(pg_generator))
+    if t.scale_weighting != "none":
+        weighting = ScaleLossWeighting(num_levels=len(model.rpn.anchor_generator.sizes),
+                                       method=t.scale_weighting, interval=t.scale_interval,
+                                       seed=t.seed)
+        hooks.append(ScaleWeighting(weighting, run, writer))
+    hooks += [
+        *extra_hooks,
+        Throughput(),
+        PeriodicValidation(lambda m: evaluate(m, valid_data), valid_set, period=t.eval_every,
+                           batch_size=cfg.eval.batch_size, seed=t.seed),
+        writer,
+        checkpointer,
+        Progress(reporter or ProgressReporter(log_every=t.log_every)),
+    ]
+    loop = TrainLoop(model, loader, optimizer, scheduler, epochs=t.epochs,
+                     iters_per_epoch=iters_per_epoch, device=device, grad_clip=t.grad_clip,
+                     hooks=hooks)
+
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.write_config(cfg)
+    # the run record names this machine even when it is rewritten on another one
+    run.write_environment(environment_rows(f"{device} (train.device: {t.device})"))
+    if resume:
+        checkpointer.resume()
+    loop.train()
+    return FitResult(run.root, cfg, len(train_data.images), checkpointer.best_epoch,
+                     checkpointer.best_map, loop.epoch, loop.iteration, loop.train_seconds,
+                     loop.images_seen / max(loop.train_seconds, 1e-9), peak_memory_mb(device))

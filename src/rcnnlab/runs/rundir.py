@@ -1,0 +1,196 @@
+"""`RunDir`: the one owner of a run folder's layout and file formats.
+
+    runs/<name>/
+      config.yaml          the resolved config the run trained with
+      environment.json     the machine and package versions that trained it
+      metrics.csv          one row per epoch (train losses, validation metrics, timings)
+      scale_weights.csv    AVW / RLO: one row per weighting interval
+      tb/                  TensorBoard events
+      checkpoints/         last.pt (resumable) and best.pt (weights of the best validation mAP)
+      threshold_sweep.csv  written by `tune`
+      eval_<split>.json    written by `evaluate`
+      report.md / report.html / figures/   the run record
+
+Every file is written atomically (a temporary file, fsync, rename), so a run killed mid-write
+leaves the previous version, never half a file. Numbers in the CSV files are read back by one
+rule: an empty cell or "nan" is None (undefined).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rcnnlab.config import Config, config_from_dict
+
+Row = dict[str, float | None]
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file, fsync and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def number(text: str | None) -> float | None:
+    """A CSV cell as a number: empty, "nan" or non-numeric is None (undefined)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+def read_csv_rows(path: str | Path) -> list[Row]:
+    """Rows of one of the run's CSV files with numbers parsed by `number`."""
+    with Path(path).open(newline="") as fh:
+        return [{k: number(v) for k, v in row.items() if k is not None}
+                for row in csv.DictReader(fh)]
+
+
+def append_csv_row(path: str | Path, row: dict[str, Any]) -> None:
+    """Append a row, widening the header when new columns appear (the file is rewritten)."""
+    path = Path(path)
+    rows: list[dict[str, str]] = []
+    if path.is_file():
+        with path.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    rows.append({k: _cell(v) for k, v in row.items()})
+    _write_rows(path, rows)
+
+
+def _write_rows(path: Path, rows: list[dict[str, str]], header: list[str] | None = None) -> None:
+    fields: list[str] = list(header or [])
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, restval="", lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, buffer.getvalue())
+
+
+class RunDir:
+    """Paths and formats of one run folder (see the module docstring)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def config_yaml(self) -> Path:
+        """The resolved config."""
+        return self.root / "config.yaml"
+
+    @property
+    def environment_json(self) -> Path:
+        """The training machine and package versions."""
+        return self.root / "environment.json"
+
+    @property
+    def metrics_csv(self) -> Path:
+        """One row per epoch."""
+        return self.root / "metrics.csv"
+
+    @property
+    def scale_weights_csv(self) -> Path:
+        """AVW / RLO interval records."""
+        return self.root / "scale_weights.csv"
+
+    @property
+    def scale_weights_png(self) -> Path:
+        """Their figure."""
+        return self.root / "scale_weights.png"
+
+    @property
+    def threshold_sweep_csv(self) -> Path:
+        """The threshold sweep of `tune`."""
+        return self.root / "threshold_sweep.csv"
+
+    @property
+    def tb_dir(self) -> Path:
+        """TensorBoard events."""
+        return self.root / "tb"
+
+    @property
+    def checkpoints(self) -> Path:
+        """The checkpoint folder."""
+        return self.root / "checkpoints"
+
+    @property
+    def last_pt(self) -> Path:
+        """The resumable checkpoint of the last epoch."""
+        return self.checkpoints / "last.pt"
+
+    @property
+    def best_pt(self) -> Path:
+        """The weights of the best validation mAP."""
+        return self.checkpoints / "best.pt"
+
+    def eval_json(self, split: str) -> Path:
+        """The scores `evaluate` wrote for a split."""
+        return self.root / f"eval_{split}.json"
+
+    # ------------------------------------------------------------------ files
+    def write_config(self, cfg: Config) -> Path:
+        """Write the resolved config as YAML (what the run really used)."""
+        return write_atomic(self.config_yaml,
+                            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+
+    def read_config(self) -> Config:
+        """The run's config.yaml."""
+        return config_from_dict(yaml.safe_load(self.config_yaml.read_text()))
+
+    def write_environment(self, rows: list[list[str]]) -> Path:
+        """Save the machine and package rows (`runs.environment.environment_rows`)."""
+        return write_atomic(self.environment_json, json.dumps(rows, indent=1))
+
+    def read_environment(self) -> list[list[str]] | None:
+        """The saved rows, or None for runs that have none."""
+        if not self.environment_json.is_file():
+            return None
+        return json.loads(self.environment_json.read_text())
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        """Append one epoch to metrics.csv."""
+        append_csv_row(self.metrics_csv, row)
+
+    def read_metrics(self) -> list[Row]:
+        """metrics.csv rows, numbers parsed ([] when there is no file)."""
+        return read_csv_rows(self.metrics_csv) if self.metrics_csv.is_file() else []
+
+    def truncate_metrics(self, epochs_done: int) -> None:
+        """On resume, forget logged epochs after the checkpoint (they will be redone)."""
+        if not self.metrics_csv.is_file():
+            return
+        with self.metrics_csv.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            rows = [r for r in reader if int(r["epoch"]) <= epochs_done]
+        _write_rows(self.metrics_csv, rows, reader.fieldnames)
+
+    def write_eval(self, split: str, result: dict[str, Any]) -> Path:
+        """Write `eval_<split>.json`."""
+        return write_atomic(self.eval_json(split), json.dumps(result, indent=2))
