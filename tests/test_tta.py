@@ -18,7 +18,7 @@ from rcnnlab.config import ConfigError, EvalConfig, load_config
 from rcnnlab.evaluation.pipeline import predictor_for
 from rcnnlab.inference.nms import suppress
 from rcnnlab.inference.predict import detect_dataset, detections_to_coco
-from rcnnlab.inference.predictor import _UNCAPPED, Predictor, roi_heads_settings
+from rcnnlab.inference.predictor import _UNCAPPED, Predictor, with_box_settings
 from rcnnlab.models.build import build_model
 from rcnnlab.runs.checkpoint import save_checkpoint
 from tests.conftest import write_coco
@@ -141,13 +141,19 @@ def test_linear_soft_nms_uses_nms_iou_and_the_output_cap():
     assert model.roi_heads.detections_per_img == 3 and model.roi_heads.nms_thresh == 0.5
 
 
-def test_roi_heads_settings_are_restored_after_an_error():
-    model = StubDetector(fixed_candidates)
-    with pytest.raises(RuntimeError), roi_heads_settings(model, nms_thresh=1.0,
-                                                         detections_per_img=None):
-        assert model.roi_heads.nms_thresh == 1.0 and model.roi_heads.detections_per_img == 100
-        raise RuntimeError
-    assert model.roi_heads.nms_thresh == 0.5
+def test_box_settings_apply_to_a_view_and_never_to_the_model(tiny_model):
+    view = with_box_settings(tiny_model, nms_thresh=1.0, detections_per_img=None)
+    assert view.roi_heads.nms_thresh == 1.0 and view.roi_heads.detections_per_img == 100
+    assert tiny_model.roi_heads.nms_thresh != 1.0  # the model keeps its own settings
+    assert view.roi_heads is not tiny_model.roi_heads
+    # the same tensors: the view detects exactly as the model does with those settings
+    assert view.roi_heads.box_predictor is tiny_model.roi_heads.box_predictor
+    assert with_box_settings(tiny_model) is tiny_model
+    torch.manual_seed(2)
+    images = [torch.rand(3, 40, 60)]
+    with torch.inference_mode():
+        loose, plain = view(images)[0], tiny_model(images)[0]
+    assert len(loose["boxes"]) >= len(plain["boxes"])
 
 
 def _same_label_overlap(out, iou: float) -> bool:

@@ -7,6 +7,9 @@ list of ``{"boxes", "scores", "labels"}``) and adds, per issue 4:
 - Soft-NMS (Bodla et al., ICCV 2017) in place of that NMS: the head's own NMS is switched off
   (IoU threshold 1.0 suppresses nothing) and its output cap lifted for the forward, then
   `suppress` decays the scores and the configured cap applies again;
+
+(both through a view of the model with other box-head settings, `with_box_settings`: the model
+itself is never changed)
 - test-time augmentation: one pass per scale factor (and per mirrored image with ``tta_hflip``),
   boxes mapped back to the original image and merged by NMS or weighted boxes fusion.
 
@@ -15,8 +18,8 @@ With every option at its default a call is exactly one forward of the model.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import copy
+from collections.abc import Sequence
 from typing import Literal
 
 from torch import Tensor, nn
@@ -30,23 +33,24 @@ from rcnnlab.inference.nms import Detections, hflip_boxes, merge_detections, sca
 _UNCAPPED = 1 << 30
 
 
-@contextmanager
-def roi_heads_settings(model: nn.Module, **settings: float | int | None) -> Iterator[None]:
-    """Set attributes of ``model.roi_heads`` (None = leave as is) and restore them on exit.
+def with_box_settings(model: nn.Module, **settings: float | int | None) -> nn.Module:
+    """A view of ``model`` whose box head runs with other settings (None = as is), e.g.
+    ``nms_thresh=0.3`` or ``detections_per_img=300``; the model itself is not changed.
 
-    E.g. ``nms_thresh=0.3`` or ``detections_per_img=300``: torchvision's box head reads them at
-    every forward, so the change lasts exactly as long as the ``with`` block, errors included.
+    The view shares every parameter and buffer with the model: it is a shallow copy whose
+    ``roi_heads`` is a shallow copy holding the settings (torchvision's box head reads them at
+    every forward).
     """
-    heads = model.roi_heads
     changes = {key: value for key, value in settings.items() if value is not None}
-    saved = {key: getattr(heads, key) for key in changes}
-    try:
-        for key, value in changes.items():
-            setattr(heads, key, value)
-        yield
-    finally:
-        for key, value in saved.items():
-            setattr(heads, key, value)
+    if not changes:
+        return model
+    heads = copy.copy(model.roi_heads)
+    for key, value in changes.items():
+        setattr(heads, key, value)
+    view = copy.copy(model)
+    view._modules = dict(model._modules)  # its own child registry, so the model keeps its head
+    view.roi_heads = heads
+    return view
 
 
 def _transform(image: Tensor, scale: float, flip: bool) -> Tensor:
@@ -159,13 +163,12 @@ class Predictor:
         """One forward with the chosen suppression: the head's NMS at nms_iou, or Soft-NMS."""
         heads = self.model.roi_heads
         if self.nms == "nms":
-            with roi_heads_settings(self.model, nms_thresh=self.nms_iou):
-                outputs = self.model(images)
+            outputs = with_box_settings(self.model, nms_thresh=self.nms_iou)(images)
             return [(o["boxes"], o["scores"], o["labels"]) for o in outputs]
         iou = heads.nms_thresh if self.nms_iou is None else self.nms_iou
         cap, score_thresh = heads.detections_per_img, heads.score_thresh
-        with roi_heads_settings(self.model, nms_thresh=1.0, detections_per_img=_UNCAPPED):
-            outputs = self.model(images)
+        outputs = with_box_settings(self.model, nms_thresh=1.0,
+                                    detections_per_img=_UNCAPPED)(images)
         # Decayed scores below the head's score threshold are dropped, as the head drops them.
         return [suppress(o["boxes"], o["scores"], o["labels"], method=self.nms,
                          iou_threshold=iou, sigma=self.soft_nms_sigma,
