@@ -25,10 +25,9 @@ runs again (no training) where their result.json was scored over another range.
 
 Studies:
     augment     no augmentation, each augmentation group alone, all of them, and all of them
-                with auto-fitted anchors (issue 3).
+                with auto-fitted anchors.
     objectives  baseline vs focal loss, class-weighted CE, repeat-factor sampling, AVW, RLO,
-                soft-NMS, TTA, and policy-gradient fine-tuning vs plain continued training
-                (issue 4).
+                soft-NMS, TTA, and policy-gradient fine-tuning vs plain continued training.
 
 The table is printed and written to `<out>/<study>.md`, per-run figures to `<out>/<study>.csv`.
 """

@@ -23,7 +23,7 @@ from rcnnlab.data.coco import CocoDetection, collate, load_coco
 from rcnnlab.data.synth import generate_dataset
 from rcnnlab.data.transforms import build_train_transforms, to_model_input
 from rcnnlab.engine.optim import build_optimizer
-from rcnnlab.inference.predict import detect_dataset
+from rcnnlab.inference.detect import detect_dataset
 from rcnnlab.inference.predictor import Predictor
 from rcnnlab.models.build import build_model
 from rcnnlab.runs.device import peak_memory_mb, resolve_device

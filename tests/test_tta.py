@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from rcnnlab.cli import app
 from rcnnlab.config import ConfigError, EvalConfig, load_config
 from rcnnlab.evaluation.pipeline import predictor_for
+from rcnnlab.inference.detect import detect_dataset, detections_to_coco
 from rcnnlab.inference.nms import suppress
-from rcnnlab.inference.predict import detect_dataset, detections_to_coco
 from rcnnlab.inference.predictor import _UNCAPPED, Predictor, with_box_settings
 from rcnnlab.models.build import build_model
 from rcnnlab.runs.checkpoint import save_checkpoint

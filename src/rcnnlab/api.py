@@ -42,7 +42,8 @@ from rcnnlab.evaluation.pipeline import (
     validation_metrics,
 )
 from rcnnlab.evaluation.threshold import SweepResult
-from rcnnlab.inference.predict import ImageFiles, detect_dataset, image_ids_for, list_images
+from rcnnlab.inference.detect import detect_dataset
+from rcnnlab.inference.sources import ImageFiles, image_ids_for, list_images
 from rcnnlab.methods.scale_weighting import IntervalRecord
 from rcnnlab.models.build import build_model, describe_model
 from rcnnlab.reporting.plots import plot_scale_weights

@@ -222,7 +222,7 @@ class EvalConfig(_Section):
     sweep_step: float = 0.01
     default_threshold: float = 0.5  # used for sequences until `rcnnlab tune` stores the best
     batch_size: int = 8  # images per inference batch
-    # Inference options (issue 4).
+    # Inference options: the box head's suppression and test-time augmentation.
     nms: Literal["nms", "linear", "gaussian"] = "nms"  # box head: hard NMS or Soft-NMS decay
     nms_iou: float | None = Field(None, gt=0, le=1)  # its IoU (None = model.box_nms_thresh)
     soft_nms_sigma: float = Field(0.5, gt=0)  # Gaussian Soft-NMS: score *= exp(-IoU^2/sigma)

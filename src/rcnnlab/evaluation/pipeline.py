@@ -30,7 +30,7 @@ from rcnnlab.evaluation.sequence import (
     sequence_accuracy,
 )
 from rcnnlab.evaluation.threshold import SweepResult, sweep_thresholds
-from rcnnlab.inference.predict import detect_dataset
+from rcnnlab.inference.detect import detect_dataset
 from rcnnlab.inference.predictor import Predictor
 
 

@@ -1,7 +1,7 @@
 """Inference options around a torchvision detector: the box head's NMS, Soft-NMS and TTA.
 
 A `Predictor` is called like the model in eval mode (a list of float CHW images in [0, 1] -> a
-list of ``{"boxes", "scores", "labels"}``) and adds, per issue 4:
+list of ``{"boxes", "scores", "labels"}``) and adds:
 
 - the IoU threshold of the box head's per-class NMS (``roi_heads.nms_thresh``) for the call;
 - Soft-NMS (Bodla et al., ICCV 2017) in place of that NMS: the head's own NMS is switched off

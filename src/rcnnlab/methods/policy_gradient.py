@@ -10,8 +10,9 @@ an excerpt of the paper's first page at https://vdocuments.net/learning-globally
 (mAP) of the current state for each detection candidate". A CVPR 2018 survey note
 (https://github.com/cvpaperchallenge/CVPR2018_Survey/pull/371) reports +2.0 points of COCO-style mAP
 for Faster R-CNN and +1.8 with FPN. No reference implementation was found. The method section was
-not reachable, so the equations below are the issue's statement of the paper, and each point
-where that statement leaves a choice is settled here and marked "Reading".
+not reachable, so the equations below are the statement of the paper this project was specified
+from, written out in full here, and each point where that statement leaves a choice is settled
+here and marked "Reading".
 
 The method. The detection candidates of one image are the RoIs assigned a ground-truth class
 ``y_b >= 1``; candidate ``b`` is the detection (box ``b``, class ``y_b``, score ``p_b``), where

@@ -11,9 +11,10 @@ https://arxivlens.com/PaperView/Details/dynamic-multi-scale-loss-optimization-fo
 and the Springer abstract (doi above). The abstract confirms the design: the loss is split by
 scale level; AVW weights levels "according to the statistical variance"; RLO "decide[s] the
 weighting scheme probabilistically"; nothing is learned by back-propagation. No public
-implementation was found. So equations 2-9 below follow the project issue's summary and its
-equation numbers (1-5, 7, 9; the action set and the initial probabilities are unnumbered here).
-Where that summary leaves room, the reading chosen is stated.
+implementation was found. So equations 2-9 below are the summary of the method this project
+was specified from, written out in full here with its equation numbers (1-5, 7, 9; the action
+set and the initial probabilities are unnumbered), not a transcription of Section 3. Where that
+summary leaves room, the reading chosen is stated.
 
 Notation: levels i = 1..n, intervals t = 1, 2, ... of α iterations, I_t the iterations of
 interval t, L_{i,k} the level-i loss at iteration k.

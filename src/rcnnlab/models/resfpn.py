@@ -6,7 +6,7 @@ level through its own residual block::
 
     out = ReLU(x + BN(conv3x3(ReLU(BN(conv3x3(x))))))
 
-as the seed lab specifies it (3x3 conv-BN-ReLU-3x3 conv-BN, identity skip, ReLU).
+the block this project was specified with (3x3 conv-BN-ReLU-3x3 conv-BN, identity skip, ReLU).
 
 Design choices:
 

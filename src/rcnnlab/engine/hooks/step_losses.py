@@ -1,5 +1,6 @@
-"""The epoch's mean training losses: the total, its three groups and every scalar the model
-returned (torchvision's four losses, the policy gradient's `pg_*` figures)."""
+"""The epoch's mean training losses: the total, its three groups, the two parts of the anchor
+group and every other scalar the model returned (the policy gradient's `pg_*` figures). Each
+loss is logged under one name: a group of one loss (`loss_cls`, `loss_bbox`) stands for it."""
 
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ LOSS_GROUPS = {
     "loss_bbox": ("loss_box_reg",),
     "loss_anchor": ("loss_objectness", "loss_rpn_box_reg"),
 }
+
+
+# Losses that are a group on their own, logged under the group's name only.
+_GROUP_NAMED = {keys[0] for keys in LOSS_GROUPS.values() if len(keys) == 1}
 
 
 def grouped(means: dict[str, float]) -> dict[str, float]:
@@ -39,7 +44,7 @@ class StepLosses(HookBase):
         self.steps += 1
 
     def after_epoch(self) -> None:
-        """Write the means, the total and the groups into the row."""
+        """Write the total, the groups and the other means into the row."""
         means = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
         self.loop.row.update(grouped(means))
-        self.loop.row.update(means)
+        self.loop.row.update({k: v for k, v in means.items() if k not in _GROUP_NAMED})

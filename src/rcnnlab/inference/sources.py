@@ -1,0 +1,58 @@
+"""Images to predict on that come without annotations: a folder of image files, their ids."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as F
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of a folder, sorted by name (numerically where the stems are numbers)."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: not a folder of images. Fix: give a folder or a "
+                                "COCO json")
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise FileNotFoundError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return sorted(files, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.name))
+
+
+def image_ids_for(files: Sequence[Path]) -> tuple[list[int], bool]:
+    """Image ids from numeric file stems ("12.png" -> 12); else 1..N in file order.
+
+    Returns the ids and whether they were enumerated (then the caller writes the mapping).
+    """
+    stems = [p.stem for p in files]
+    if all(re.fullmatch(r"\d+", s) for s in stems) and len(set(map(int, stems))) == len(stems):
+        return [int(s) for s in stems], False
+    return list(range(1, len(files) + 1)), True
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """A list of image files as a dataset of (float image, {"image_id": id}) for detect_dataset."""
+
+    def __init__(self, files: Sequence[Path], image_ids: Sequence[int]):
+        self.files, self.image_ids = list(files), list(image_ids)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        return load_image(self.files[index]), {"image_id": self.image_ids[index]}
+
+
+def load_image(path: Path) -> torch.Tensor:
+    """An image file as a float RGB CHW tensor in [0, 1], with a clear error if unreadable."""
+    try:
+        with Image.open(path) as im:
+            return F.to_dtype(F.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise ValueError(f"{path}: cannot read the image ({exc}). Fix: remove or replace "
+                         "it") from None
