@@ -37,8 +37,7 @@ def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> di
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes=len(data.categories) + 1).to(device)
     optimizer = build_optimizer(model, cfg.train)
-    train_set = CocoDetection(data, build_train_transforms(**cfg.augment.model_dump(),
-                                                           digit_classes=True))
+    train_set = CocoDetection(data, build_train_transforms(cfg.augment, digit_classes=True))
     loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
                         collate_fn=collate, num_workers=cfg.data.workers, drop_last=True)
     model.train()

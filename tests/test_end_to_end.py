@@ -383,3 +383,45 @@ def test_validating_does_not_change_the_training_run(synth_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     rows = list(csv.DictReader((every.run_dir / "metrics.csv").open()))
     assert rows[0]["val_loss"] != "" and rows[1]["val_loss"] != ""
+
+
+def test_each_command_loads_the_model_once_and_detects_each_split_at_most_once(
+        synth_dir, tmp_path, monkeypatch):
+    from rcnnlab import api as api_module
+    from rcnnlab.demo import run_demo
+    from rcnnlab.evaluation import pipeline
+
+    detected, loads = [], []  # the split of every detection pass; every checkpoint load
+    real_detect, real_load = pipeline.detect_dataset, api_module.load_detector
+
+    def counting_detect(predictor, dataset, *args, **kwargs):
+        detected.append(dataset.data.json_path.parent.name)
+        return real_detect(predictor, dataset, *args, **kwargs)
+
+    def counting_load(*args, **kwargs):
+        loads.append(args[0])
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "detect_dataset", counting_detect)
+    monkeypatch.setattr(api_module, "load_detector", counting_load)
+
+    def calls(action) -> tuple[list[str], int]:
+        detected.clear()
+        loads.clear()
+        action()
+        return sorted(detected), len(loads)
+
+    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=1",
+                      "train.record=true")
+    # validation during training; the record reuses it and detects test once
+    assert calls(lambda: api.train(cfg, reporter=ProgressReporter(quiet=True))) == (
+        ["test", "valid"], 1)
+    run = cfg.run_dir
+    assert calls(lambda: api.report(run, device="cpu")) == (["test", "valid"], 1)
+    assert calls(lambda: api.diagnose(run, device="cpu")) == (["valid"], 1)
+    assert calls(lambda: api.tune(run, device="cpu")) == (["valid"], 1)
+    # the demo tunes on the detections of training's validation: valid and test once each
+    demo = tiny_config(synth_dir, tmp_path / "demo", "train.epochs=1",
+                       "train.iters_per_epoch=1", "train.record=true")
+    assert calls(lambda: run_demo(demo, reporter=ProgressReporter(quiet=True),
+                                  n_samples=2)) == (["test", "valid"], 1)

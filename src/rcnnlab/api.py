@@ -14,15 +14,16 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from rcnnlab.config import Config
 from rcnnlab.data.categories import digit_names
-from rcnnlab.data.coco import CocoData, load_coco
+from rcnnlab.data.coco import CocoData, CocoDetection, load_coco
 from rcnnlab.data.splits import SPLITS, ensure_synth, load_splits
+from rcnnlab.data.transforms import to_model_input
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.engine.training import FitResult
@@ -39,7 +40,9 @@ from rcnnlab.evaluation.pipeline import (
     TideErrors,
     inference_on_dataset,
     predictor_for,
-    validation_metrics,
+    score,
+    validate,
+    validation_row,
 )
 from rcnnlab.evaluation.threshold import SweepResult
 from rcnnlab.inference.detect import detect_dataset
@@ -53,24 +56,36 @@ from rcnnlab.runs.checkpoint import Checkpoint, load_detector
 from rcnnlab.runs.device import resolve_device
 from rcnnlab.runs.rundir import RunDir, read_csv_rows
 
-__all__ = ["EvalResult", "FitResult", "diagnose", "evaluate", "predict", "report", "train",
-           "tune"]
+__all__ = ["EvalResult", "LoadedRun", "TrainResult", "diagnose", "evaluate", "load_run",
+           "predict", "report", "report_loaded", "train", "tune", "tune_loaded"]
 
 log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------ training
+@dataclass
+class TrainResult(FitResult):
+    """What `train` reports, and best.pt's validation (detections included) when this process
+    made it: `tune` can sweep those detections instead of detecting the split again."""
+
+    validation: EvalResult | None = None
+
+
 def train(cfg: Config, *, resume: bool = False, reporter: ProgressReporter | None = None,
-          extra_hooks: Sequence[HookBase] = ()) -> FitResult:
+          extra_hooks: Sequence[HookBase] = ()) -> TrainResult:
     """Train the run described by `cfg` (continuing from its last.pt when `resume`); then draw
     what its training methods logged, and write its run record when `train.record` is on.
     `extra_hooks` are training-time features of your own (`rcnnlab.engine.loop.HookBase`)."""
     ensure_synth(cfg.data)
     splits = load_splits(cfg.data, need=("train", "valid"))
+    best: dict[str, EvalResult] = {}  # the validation of the best mAP: best.pt's, for the record
 
     def evaluate(model: torch.nn.Module, data: CocoData) -> dict[str, float]:
-        return validation_metrics(model, data, cfg.eval,
-                                  device=next(model.parameters()).device)
+        result = validate(model, data, cfg.eval, device=next(model.parameters()).device)
+        ap = result.metrics.AP
+        if ap is not None and ap > (best["valid"].metrics.AP if best else -1.0):
+            best["valid"] = result
+        return validation_row(result)
 
     fit = train_run(cfg, splits, evaluate, resume=resume, reporter=reporter,
                     extra_hooks=extra_hooks)
@@ -82,13 +97,16 @@ def train(cfg: Config, *, resume: bool = False, reporter: ProgressReporter | Non
         plot_scale_weights([IntervalRecord.from_row(r) for r in read_csv_rows(
             run.scale_weights_csv)], run.scale_weights_png, levels, last_iteration=fit.iterations)
     if cfg.train.record:  # the threshold is not tuned yet: `tune` then `report` rewrites it
-        report(run.root, device=cfg.train.device)
-    return fit
+        # this process validated best.pt's weights when they were best (not so when the best
+        # epoch came before a resume): the record does not detect on valid again
+        report(run.root, device=cfg.train.device, evaluated=best)
+    return TrainResult(**{f.name: getattr(fit, f.name) for f in fields(fit)},
+                       validation=best.get("valid"))
 
 
 # ------------------------------------------------------------------------------ a trained run
 @dataclass
-class _Run:
+class LoadedRun:
     """A trained run, loaded once: its model, checkpoint and config with this call's options."""
 
     path: Path
@@ -143,14 +161,14 @@ class _Run:
 
 
 def load_run(run: str | Path, *, device: str = "auto",
-             overrides: list[str] | None = None) -> _Run:
+             overrides: list[str] | None = None) -> LoadedRun:
     """Load a run's best checkpoint (or a checkpoint file) once for the calls below."""
     dev = resolve_device(device)
     model, ckpt = load_detector(run, device=dev)
     cfg = ckpt.config
     if overrides:
         cfg = cfg.model_copy(update={"eval": cfg.eval.with_overrides(overrides)})
-    return _Run(Path(run), model, ckpt, cfg, dev, list(overrides or []))
+    return LoadedRun(Path(run), model, ckpt, cfg, dev, list(overrides or []))
 
 
 def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = None,
@@ -172,19 +190,19 @@ def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = No
     return result
 
 
-def _sweep(loaded: _Run, data: CocoData) -> tuple[SweepResult, Evaluation]:
+def _sweep(loaded: LoadedRun, data: CocoData,
+           detections: list[dict] | None = None) -> tuple[SweepResult, Evaluation]:
     e = loaded.cfg.eval
-    n = int(round((e.sweep_max - e.sweep_min) / e.sweep_step)) + 1
-    thresholds = [round(e.sweep_min + i * e.sweep_step, 4) for i in range(n)]
-    evaluation = loaded.run(data, [ThresholdSweep(thresholds, e.backend),
-                                   CocoMetricsEvaluator(e.backend)])
+    evaluators = [ThresholdSweep(e.sweep_thresholds(), e.backend), CocoMetricsEvaluator(e.backend)]
+    evaluation = (loaded.run(data, evaluators) if detections is None
+                  else score(data, detections, evaluators))
     result: SweepResult = evaluation["sweep"]
     if warning := result.edge_warning():
         log.warning("%s: %s", loaded.path, warning)
     return result, evaluation
 
 
-def _store_threshold(loaded: _Run, result: SweepResult) -> None:
+def _store_threshold(loaded: LoadedRun, result: SweepResult) -> None:
     """The tuned threshold into the checkpoint read and its run's best.pt and last.pt; the
     sweep table into the run folder."""
     path = loaded.ckpt.path
@@ -219,10 +237,12 @@ def tune(run: str | Path, *, json_path: str | None = None, images: str | None = 
     return tune_loaded(loaded, loaded.split("valid", json_path, images))[0]
 
 
-def tune_loaded(loaded: _Run, data: CocoData) -> tuple[SweepResult, EvalResult]:
-    """`tune` on a run already loaded: sweep the valid split `data`, store the threshold; the
-    sweep and the split's scores at the tuned threshold (from the same detections)."""
-    result, evaluation = _sweep(loaded, data)
+def tune_loaded(loaded: LoadedRun, data: CocoData,
+                detections: list[dict] | None = None) -> tuple[SweepResult, EvalResult]:
+    """`tune` on a run already loaded: sweep the valid split `data` (its `detections` by this
+    run's best checkpoint with its inference options, when the caller has them), store the
+    threshold; the sweep and the split's scores at the tuned threshold (same detections)."""
+    result, evaluation = _sweep(loaded, data, detections)
     _store_threshold(loaded, result)
     scores = EvalResult("valid", evaluation["coco"], result.best, result.best_row.accuracy,
                         data, evaluation.detections, loaded.cfg.eval.inference_kwargs())
@@ -244,9 +264,6 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
     paths: dict[str, Path] = {}
     if source.is_file():
         data = load_coco(source, images, skip_missing_images=loaded.cfg.data.skip_missing_images)
-        from rcnnlab.data.coco import CocoDetection
-        from rcnnlab.data.transforms import to_model_input
-
         dataset = CocoDetection(data, transforms=to_model_input())
         image_ids = [img["id"] for img in data.images]
     else:
@@ -276,11 +293,16 @@ def report(run: str | Path, *, split: str | None = None, device: str = "auto",
     results of this run's best checkpoint the caller already has (by split): they are not
     detected again.
     """
-    run_dir = RunDir(run)
-    if not run_dir.root.is_dir():
-        raise FileNotFoundError(f"{run_dir.root}: not a run folder. Fix: give the folder "
-                                "rcnnlab train wrote (runs/<name>)")
-    loaded = load_run(run_dir.root, device=device)
+    if not Path(run).is_dir():
+        raise FileNotFoundError(f"{run}: not a run folder. Fix: give the folder rcnnlab train "
+                                "wrote (runs/<name>)")
+    return report_loaded(load_run(run, device=device), split=split, evaluated=evaluated)
+
+
+def report_loaded(loaded: LoadedRun, *, split: str | None = None,
+                  evaluated: dict[str, EvalResult] | None = None) -> dict[str, Path]:
+    """`report` on a run folder already loaded (`load_run`)."""
+    run_dir = RunDir(loaded.path)
     present = load_splits(loaded.cfg.data, need=SPLITS)
     split = split or ("test" if "test" in present else "valid")
     if split not in present:

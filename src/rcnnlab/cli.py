@@ -210,7 +210,7 @@ def data_show(
 
     cfg = load_config(config, overrides)
     data = load_coco(json_path, images)
-    transforms = build_train_transforms(**cfg.augment.model_dump(),
+    transforms = build_train_transforms(cfg.augment,
                                         digit_classes=digit_names(data.categories) is not None)
     sides = cfg.augment.multiscale_sizes if cfg.augment.enabled else []
     png = render_augmented_grid(data, transforms, out, n=n, seed=seed, short_sides=sides,

@@ -210,16 +210,24 @@ class EvalConfig(_Section):
                 lines.append(f"  {loc}: {err['msg']}")
             raise ConfigError("\n".join(lines)) from None
 
+    def sweep_thresholds(self) -> list[float]:
+        """The thresholds `tune` sweeps: sweep_min, + sweep_step, ..., sweep_max (inclusive)."""
+        n = int(round((self.sweep_max - self.sweep_min) / self.sweep_step)) + 1
+        return [round(self.sweep_min + i * self.sweep_step, 4) for i in range(n)]
+
     @model_validator(mode="after")
-    def _check_scales(self) -> EvalConfig:
+    def _check_ranges(self) -> EvalConfig:
+        if self.sweep_min > self.sweep_max:
+            raise ValueError(f"eval.sweep_min {self.sweep_min} is above eval.sweep_max "
+                             f"{self.sweep_max}: give the low end first")
         if any(s <= 0 for s in self.tta_scales):
             raise ValueError(f"tta_scales must all be > 0, got {self.tta_scales}")
         return self
 
     backend: Literal["faster", "pycocotools"] = "faster"
-    sweep_min: float = 0.45  # threshold sweep range (inclusive) and step
-    sweep_max: float = 0.90
-    sweep_step: float = 0.01
+    sweep_min: float = Field(0.45, ge=0, le=1)  # threshold sweep range (inclusive) and step
+    sweep_max: float = Field(0.90, ge=0, le=1)
+    sweep_step: float = Field(0.01, gt=0)
     default_threshold: float = 0.5  # used for sequences until `rcnnlab tune` stores the best
     batch_size: int = 8  # images per inference batch
     # Inference options: the box head's suppression and test-time augmentation.

@@ -33,12 +33,13 @@ def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
     run_dir = fit.run_dir
     loaded = api.load_run(run_dir, device=cfg.train.device)
     valid = loaded.split("valid")
-    _, valid_result = api.tune_loaded(loaded, valid)  # stores the best threshold
+    # the sweep reads the detections training's validation made with these weights
+    detections = fit.validation.detections if fit.validation is not None else None
+    _, valid_result = api.tune_loaded(loaded, valid, detections)  # stores the best threshold
     test, _ = loaded.evaluate("test", loaded.split("test"), loaded.threshold())
     RunDir(run_dir).write_eval("test", test.as_dict())
     if cfg.train.record:  # after tuning, with both splits evaluated just above
-        api.report(run_dir, device=cfg.train.device,
-                   evaluated={"valid": valid_result, "test": test})
+        api.report_loaded(loaded, evaluated={"valid": valid_result, "test": test})
     data = test.data
     names = {c["id"]: c["name"] for c in data.categories}
     digits = digit_names(data.categories)

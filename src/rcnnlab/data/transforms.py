@@ -16,6 +16,8 @@ import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
+from rcnnlab.config import AugmentConfig
+
 log = logging.getLogger(__name__)
 
 # AutoAugment's SVHN policy (Cubuk et al. 2018; torchvision's AutoAugmentPolicy.SVHN) with its
@@ -132,48 +134,36 @@ def to_model_input() -> T.Transform:
     return T.ToDtype(torch.float32, scale=True)
 
 
-def build_train_transforms(
-    *,
-    enabled: bool = True,
-    hsv_prob: float = 0.5,
-    brightness: float = 0.3,
-    contrast: float = 0.3,
-    saturation: float = 0.3,
-    hue: float = 0.05,
-    flip_prob: float = 0.0,
-    affine_prob: float = 0.5,
-    degrees: float = 5.0,
-    translate: float = 0.05,
-    shear: float = 2.0,
-    scale: tuple[float, float] = (0.9, 1.1),
-    svhn_policy_prob: float = 0.0,
-    digit_classes: bool = False,
-    **_: object,
-) -> T.Transform:
-    """The augmentation pipeline of a training run (keyword arguments = config.augment).
+def build_train_transforms(cfg: AugmentConfig | None = None, *, digit_classes: bool = False,
+                           **options: Any) -> T.Transform:
+    """The augmentation pipeline of a training run, from the `augment` section (its fields may
+    also be given, or overridden, as keyword `options`; the defaults are the section's).
 
     Order: SVHN colour policy, ColorJitter, flip, affine, clamp + drop collapsed boxes, to float.
     `digit_classes` marks a dataset whose classes are digits, for which a horizontal flip
     changes the class (a mirrored 2 is no digit): enabling the flip there logs a warning.
+    Multi-scale training and `no_aug_epochs` are the training loop's (the model's transform,
+    the augmentation schedule).
     """
-    if not enabled:
+    c = AugmentConfig.model_validate({**(cfg.model_dump() if cfg else {}), **options})
+    if not c.enabled:
         return to_model_input()
-    if flip_prob > 0 and digit_classes:
+    if c.flip_prob > 0 and digit_classes:
         log.warning("augment.flip_prob=%.2f on a digit dataset: a mirrored digit is not the same "
-                    "digit; set augment.flip_prob=0 unless that is intended", flip_prob)
+                    "digit; set augment.flip_prob=0 unless that is intended", c.flip_prob)
     ops: list[T.Transform] = []
-    if svhn_policy_prob > 0:
-        ops.append(SVHNColourPolicy(svhn_policy_prob))
-    if hsv_prob > 0:
-        jitter = T.ColorJitter(brightness=brightness, contrast=contrast,
-                               saturation=saturation, hue=hue)
-        ops.append(T.RandomApply([jitter], p=hsv_prob))
-    if flip_prob > 0:
-        ops.append(T.RandomHorizontalFlip(p=flip_prob))
-    if affine_prob > 0:
-        affine = T.RandomAffine(degrees=degrees, translate=(translate, translate),
-                                scale=tuple(scale), shear=(-shear, shear, -shear, shear))
-        ops.append(T.RandomApply([affine], p=affine_prob))
+    if c.svhn_policy_prob > 0:
+        ops.append(SVHNColourPolicy(c.svhn_policy_prob))
+    if c.hsv_prob > 0:
+        jitter = T.ColorJitter(brightness=c.brightness, contrast=c.contrast,
+                               saturation=c.saturation, hue=c.hue)
+        ops.append(T.RandomApply([jitter], p=c.hsv_prob))
+    if c.flip_prob > 0:
+        ops.append(T.RandomHorizontalFlip(p=c.flip_prob))
+    if c.affine_prob > 0:
+        affine = T.RandomAffine(degrees=c.degrees, translate=(c.translate, c.translate),
+                                scale=tuple(c.scale), shear=(-c.shear, c.shear, -c.shear, c.shear))
+        ops.append(T.RandomApply([affine], p=c.affine_prob))
     ops += [T.ClampBoundingBoxes(), CountDropped(min_size=1.0), to_model_input()]
     return T.Compose(ops)
 

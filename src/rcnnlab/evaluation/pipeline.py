@@ -175,9 +175,14 @@ def inference_on_dataset(predictor: Predictor, data: CocoData,
 
     detections = detect_dataset(predictor, dataset, data.category_ids, device=device,
                                 batch_size=batch_size, progress=progress, on_batch=on_batch)
+    return score(data, detections, evaluators)
+
+
+def score(data: CocoData, detections: list[dict], evaluators: Sequence[Evaluator]) -> Evaluation:
+    """The evaluators' results on detections already made (by `inference_on_dataset` before,
+    e.g. during training's validation); evaluators that need the batches cannot be used."""
     gt = data.to_coco_dict()
-    return Evaluation(data, detections,
-                      {e.name: e.evaluate(gt, detections) for e in evaluators})
+    return Evaluation(data, detections, {e.name: e.evaluate(gt, detections) for e in evaluators})
 
 
 def predictor_for(model: torch.nn.Module, cfg: EvalConfig, categories: Sequence[dict]) -> Predictor:
@@ -186,16 +191,22 @@ def predictor_for(model: torch.nn.Module, cfg: EvalConfig, categories: Sequence[
                      digit_classes=digit_names(categories) is not None)
 
 
-def validation_metrics(model: torch.nn.Module, data: CocoData, cfg: EvalConfig, *,
-                       device: str | torch.device) -> dict[str, float]:
-    """What training logs per validated epoch: every COCO number (undefined = nan) and, on
-    digit data, the sequence accuracy at `eval.default_threshold`."""
+def validation_row(result: EvalResult) -> dict[str, float]:
+    """What training logs of a validation: every COCO number (undefined = nan) and, on digit
+    data, the sequence accuracy."""
+    row = {k: (v if v is not None else math.nan) for k, v in result.metrics.as_dict().items()
+           if isinstance(v, int | float | None)}
+    if result.seq_acc is not None:
+        row["seq_acc"] = result.seq_acc
+    return row
+
+
+def validate(model: torch.nn.Module, data: CocoData, cfg: EvalConfig, *,
+             device: str | torch.device) -> EvalResult:
+    """Training's validation: COCO metrics and the sequence accuracy at
+    `eval.default_threshold`, with the run's inference options."""
     evaluation = inference_on_dataset(
         predictor_for(model, cfg, data.categories), data,
         [CocoMetricsEvaluator(cfg.backend), SequenceAccuracy(cfg.default_threshold)],
         device=device, batch_size=cfg.batch_size)
-    row = {k: (v if v is not None else math.nan) for k, v in evaluation["coco"].as_dict().items()
-           if isinstance(v, int | float | None)}
-    if evaluation["seq_acc"] is not None:
-        row["seq_acc"] = evaluation["seq_acc"]
-    return row
+    return EvalResult.of("valid", evaluation, cfg.default_threshold, cfg.inference_kwargs())

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from os import PathLike
 from typing import Any
 
+from rcnnlab.config import EvalConfig
 from rcnnlab.data.categories import digit_names
 from rcnnlab.evaluation.coco import CocoEvaluator, CocoMetrics
 from rcnnlab.evaluation.sequence import (
@@ -30,8 +31,8 @@ from rcnnlab.evaluation.sequence import (
 
 
 def default_thresholds() -> list[float]:
-    """0.45, 0.46, ..., 0.90: 46 thresholds, rounded to 2 decimals so 0.90 is exactly included."""
-    return [round(0.45 + 0.01 * i, 2) for i in range(46)]
+    """The default sweep of `eval.sweep_*` (0.45, 0.46, ..., 0.90)."""
+    return EvalConfig().sweep_thresholds()
 
 
 @dataclass(frozen=True)

@@ -268,13 +268,7 @@ def load_run(path: str | Path, *, names: bool = True) -> RunSummary:
     seconds = sum(r["epoch_seconds"] for r in timed) if timed else None
     rated = [r for r in timed if r.get("train_img_per_s") is not None]
     rated_seconds = sum(r["epoch_seconds"] for r in rated)
-    evals = {}
-    for file in sorted(path.glob("eval_*.json")):
-        try:
-            evals[file.stem.removeprefix("eval_")] = json.loads(file.read_text())
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{file}: not valid JSON ({exc}). Fix: rerun rcnnlab evaluate "
-                             "or delete the file") from None
+    evals = RunDir(path).read_evals()
     iterations = rows[-1].get("iterations") if rows else None
     return RunSummary(
         name=Path(os.path.abspath(path)).name,  # "runs/x/.." -> runs, without following links

@@ -194,3 +194,14 @@ class RunDir:
     def write_eval(self, split: str, result: dict[str, Any]) -> Path:
         """Write `eval_<split>.json`."""
         return write_atomic(self.eval_json(split), json.dumps(result, indent=2))
+
+    def read_evals(self) -> dict[str, dict[str, Any]]:
+        """Every `eval_<split>.json` of the run, by split."""
+        evals = {}
+        for file in sorted(self.root.glob("eval_*.json")):
+            try:
+                evals[file.stem.removeprefix("eval_")] = json.loads(file.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{file}: not valid JSON ({exc}). Fix: rerun rcnnlab evaluate "
+                                 "or delete the file") from None
+        return evals

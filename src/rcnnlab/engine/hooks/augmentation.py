@@ -29,7 +29,7 @@ class AugmentationSchedule(HookBase):
     def before_epoch(self) -> None:
         """Choose this epoch's transforms and whether batches draw a short side."""
         on = self.augmenting(self.loop.epoch)
-        self.dataset.transforms = (build_train_transforms(**self.cfg.model_dump(),
+        self.dataset.transforms = (build_train_transforms(self.cfg,
                                                           digit_classes=self.digit_classes)
                                    if on else to_model_input())
         multiscale = on and bool(self.cfg.multiscale_sizes)
