@@ -47,6 +47,7 @@ from rcnnlab.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
+
 @dataclass
 class FitResult:
     """What a finished training run reports."""
