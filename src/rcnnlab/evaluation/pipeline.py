@@ -39,7 +39,8 @@ class Evaluator:
 
     name = ""
 
-    def process(self, images: list[torch.Tensor], targets: list[dict], outputs: list[dict]):
+    def process(self, images: list[torch.Tensor], targets: list[dict],
+                outputs: list[dict]) -> None:
         """See one batch as it passes (images on the device, targets, the predictor's output)."""
 
     def evaluate(self, gt: dict[str, Any], detections: list[dict]) -> Any:
