@@ -188,8 +188,7 @@ def score(data: CocoData, detections: list[dict], evaluators: Sequence[Evaluator
 
 def predictor_for(model: torch.nn.Module, cfg: EvalConfig, categories: Sequence[dict]) -> Predictor:
     """The model with the config's inference options (NMS, Soft-NMS, TTA)."""
-    return Predictor(model, **cfg.inference_kwargs(),
-                     digit_classes=digit_names(categories) is not None)
+    return Predictor(model, cfg, digit_classes=digit_names(categories) is not None)
 
 
 def validation_row(result: EvalResult) -> dict[str, float]:

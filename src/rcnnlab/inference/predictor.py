@@ -19,12 +19,13 @@ With every option at its default a call is exactly one forward of the model.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from typing import Literal
+from typing import Any
 
+from pydantic import ValidationError
 from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image
 
+from rcnnlab.config import EvalConfig
 from rcnnlab.inference.nms import Detections, hflip_boxes, merge_detections, scale_boxes, suppress
 
 # The box head's output cap while Soft-NMS runs: no cap, so that Soft-NMS sees every candidate
@@ -76,8 +77,20 @@ def _map_back(boxes: Tensor, seen: Tensor, original: Tensor, flip: bool) -> Tens
     return clip_boxes_to_image(boxes, (h, w))
 
 
+def _eval_config(cfg: EvalConfig | None, options: dict[str, Any]) -> EvalConfig:
+    """The section with `options` applied, validated (unknown or ill-typed options are errors)."""
+    try:
+        return EvalConfig.model_validate({**(cfg.model_dump() if cfg else {}), **options})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid inference options: {problems}") from None
+
+
 class Predictor:
     """The detector with the box head's NMS choice and test-time augmentation.
+
+    The options are the inference fields of :class:`~rcnnlab.config.EvalConfig` (its defaults
+    are the only ones), given as the section ``cfg``, as keyword options, or both.
 
     Args:
         model: a torchvision-style detector in eval mode whose ``roi_heads`` carries
@@ -95,35 +108,19 @@ class Predictor:
             digit): ``tta_hflip`` is then refused.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        nms: Literal["nms", "linear", "gaussian"] = "nms",
-        nms_iou: float | None = None,
-        soft_nms_sigma: float = 0.5,
-        tta_scales: Sequence[float] = (1.0,),
-        tta_hflip: bool = False,
-        tta_merge: Literal["nms", "wbf"] = "nms",
-        tta_iou: float = 0.55,
-        digit_classes: bool = False,
-    ) -> None:
-        if nms not in ("nms", "linear", "gaussian"):
-            raise ValueError(f"nms must be 'nms', 'linear' or 'gaussian', got {nms!r}")
-        if tta_merge not in ("nms", "wbf"):
-            raise ValueError(f"tta_merge must be 'nms' or 'wbf', got {tta_merge!r}")
-        if not tta_scales or any(s <= 0 for s in tta_scales):
-            raise ValueError(f"tta_scales must be one or more factors > 0, got {tta_scales!r}")
-        if tta_hflip and digit_classes:
+    def __init__(self, model: nn.Module, cfg: EvalConfig | None = None, *,
+                 digit_classes: bool = False, **options: Any) -> None:
+        c = _eval_config(cfg, options)
+        if c.tta_hflip and digit_classes:
             raise ValueError(
                 "eval.tta_hflip=true on a digit dataset: a mirrored digit is not a digit, so the "
                 "flipped pass would add wrong detections. Fix: set eval.tta_hflip=false "
                 "(eval.tta_scales still gives test-time augmentation)"
             )
         self.model = model
-        self.nms, self.nms_iou, self.soft_nms_sigma = nms, nms_iou, soft_nms_sigma
-        self.tta_scales, self.tta_hflip = [float(s) for s in tta_scales], tta_hflip
-        self.tta_merge, self.tta_iou = tta_merge, tta_iou
+        self.nms, self.nms_iou, self.soft_nms_sigma = c.nms, c.nms_iou, c.soft_nms_sigma
+        self.tta_scales, self.tta_hflip = [float(s) for s in c.tta_scales], c.tta_hflip
+        self.tta_merge, self.tta_iou = c.tta_merge, c.tta_iou
 
     @property
     def plain(self) -> bool:
