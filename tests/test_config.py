@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from rcnnlab.config import ConfigError, apply_overrides, load_config, save_config
+from rcnnlab.config import ConfigError, apply_overrides, load_config
+from rcnnlab.runs.rundir import RunDir
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,10 +47,26 @@ def test_base_loop_detected(tmp_path):
 
 def test_saved_config_round_trips(tmp_path):
     cfg = load_config(None, ["name=x", "train.epochs=2"])
-    save_config(cfg, tmp_path / "config.yaml")
-    assert load_config(tmp_path / "config.yaml") == cfg
+    run = RunDir(tmp_path)
+    run.write_config(cfg)
+    assert load_config(run.config_yaml) == cfg == run.read_config()
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     load_config(path)
+
+
+@pytest.mark.parametrize("item", ["train.objective=policy_gradient", "train.cls_loss=focal"])
+def test_renamed_keys_name_the_new_one(item):
+    with pytest.raises(ConfigError, match=r"is now train\.roi_loss.*Fix: e\.g\. train\.roi_loss="):
+        load_config(None, [item])
+
+
+def test_saved_configs_with_the_old_keys_are_read_as_before():
+    from rcnnlab.config import config_from_dict
+
+    for train, expected in (({"objective": "policy_gradient", "cls_loss": "ce"}, "policy_gradient"),
+                            ({"objective": "standard", "cls_loss": "focal"}, "focal"),
+                            ({"cls_loss": "ce"}, "ce")):
+        assert config_from_dict({"train": train}).train.roi_loss == expected

@@ -349,7 +349,3 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
         tree = {**tree, "train": train}
     return Config.model_validate(tree)
 
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (what the run really used)."""
-    Path(path).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

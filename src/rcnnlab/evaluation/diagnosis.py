@@ -391,7 +391,7 @@ def diagnose(analysis: TideAnalysis, per_iou: Mapping[float, float | None] | Non
 # ------------------------------------------------------------------------------- run level
 @dataclass
 class Diagnosis:
-    """Everything :func:`diagnose_run` measured on one split, and the ranked findings."""
+    """Everything `rcnnlab.api.diagnose` measured on one split, and the ranked findings."""
 
     run: str
     split: str

@@ -394,7 +394,7 @@ def _metric_row(runs: list[RunSummary], source: str, key: str, label: str, bette
     values = []
     for run in runs:
         if key == "threshold" and source == METRICS_SOURCE:
-            # the trainer reads numbers at eval.default_threshold (tune runs afterwards)
+            # training reads numbers at eval.default_threshold (tune runs afterwards)
             value = (run.config.get("eval") or {}).get("default_threshold")
         else:
             value = (run.metrics(source) or {}).get(key)
