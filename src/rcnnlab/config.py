@@ -14,9 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the file and the fix."""
+from rcnnlab.errors import ConfigError
 
 
 class _Section(BaseModel):

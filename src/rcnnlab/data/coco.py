@@ -20,11 +20,9 @@ from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
+from rcnnlab.errors import DatasetError
+
 log = logging.getLogger(__name__)
-
-
-class DatasetError(ValueError):
-    """A dataset file that cannot be used as it is; the message says where and how to fix it."""
 
 
 @dataclass
