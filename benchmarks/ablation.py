@@ -126,7 +126,8 @@ def train_and_score(cfg, run_dir: Path, seed: int, split: str, eval_overrides: l
     start = time.perf_counter()
     row = dict(row or {"seed": seed})
     if train:
-        fit = api.train(cfg, reporter=ProgressReporter(log_every=50))
+        # a folder without result.json holds an unfinished attempt: it starts over
+        fit = api.train(cfg, exist_ok=True, reporter=ProgressReporter(log_every=50))
         row.update(iterations=fit.iterations, train_images=fit.train_images,
                    train_minutes=fit.train_seconds / 60)
     save = train if save is None else save

@@ -425,3 +425,24 @@ def test_each_command_loads_the_model_once_and_detects_each_split_at_most_once(
                        "train.iters_per_epoch=1", "train.record=true")
     assert calls(lambda: run_demo(demo, reporter=ProgressReporter(quiet=True),
                                   n_samples=2)) == (["test", "valid"], 1)
+
+
+def test_a_run_folder_is_never_mixed_with_another_run(synth_dir, tmp_path):
+    from rcnnlab.errors import RunError
+
+    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=1")
+    quiet = ProgressReporter(quiet=True)
+    with pytest.raises(RunError, match="nothing to resume.*Fix: start it again"):
+        api.train(cfg, resume=True, reporter=quiet)
+    run = api.train(cfg, reporter=quiet).run_dir
+    before = (run / "metrics.csv").read_bytes()
+    (run / "eval_test.json").write_text("{}")
+    with pytest.raises(RunError, match=r"holds a run already.*--resume.*--exist-ok.*name=tiny2"):
+        api.train(cfg, reporter=quiet)
+    assert (run / "metrics.csv").read_bytes() == before  # nothing appended, nothing lost
+    # starting over deletes the old run's outputs first; a write cut short leaves no .tmp
+    (run / "checkpoints" / "last.pt.tmp").write_bytes(b"half a checkpoint")
+    api.train(cfg, exist_ok=True, reporter=quiet)
+    assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1"]
+    assert not (run / "eval_test.json").exists()
+    assert not list(run.rglob("*.tmp"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -159,3 +160,26 @@ def test_after_train_runs_when_training_is_interrupted():
     with pytest.raises(KeyboardInterrupt):
         loop.train()
     assert calls[-1] == ("r", "after_train")
+
+
+@pytest.mark.parametrize(("grad_clip", "fix"), [(None, "or set train.grad_clip"),
+                                                (10.0, "or lower train.grad_clip (now 10)")])
+def test_a_diverged_loss_is_a_user_error_naming_the_fix(grad_clip, fix):
+    from rcnnlab.errors import TrainingDiverged
+
+    class Diverged(_Linear):
+        def forward(self, images, targets):
+            return {"loss_a": self.w.sum() * float("nan")}
+
+    model = Diverged()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loop = TrainLoop(model, [([torch.ones(1, 2, 2)], [{"boxes": torch.zeros(0, 4),
+                                                        "labels": torch.zeros(0)}])],
+                     optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0),
+                     epochs=1, iters_per_epoch=1, device=torch.device("cpu"),
+                     grad_clip=grad_clip, hooks=[])
+    expected = (r"loss became nan at iteration 0 .*Fix: lower train\.lr, raise "
+                r"train\.warmup_iters, " + re.escape(fix))
+    with pytest.raises(TrainingDiverged, match=expected):
+        loop.train()
+    assert torch.equal(model.w, torch.ones(1))  # no step was taken on it

@@ -21,13 +21,14 @@ import torch
 
 from rcnnlab.config import Config
 from rcnnlab.data.categories import digit_names
-from rcnnlab.data.coco import CocoData, CocoDetection, load_coco
+from rcnnlab.data.coco import CocoData, CocoDetection, load_coco, require_boxes
 from rcnnlab.data.splits import SPLITS, ensure_synth, load_splits
 from rcnnlab.data.transforms import to_model_input
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.engine.training import FitResult
 from rcnnlab.engine.training import train as train_run
+from rcnnlab.errors import DatasetError, MissingFileError
 from rcnnlab.evaluation.diagnosis import Diagnosis, find_causes, last_training_row, recall_by_size
 from rcnnlab.evaluation.pipeline import (
     CocoMetricsEvaluator,
@@ -71,13 +72,20 @@ class TrainResult(FitResult):
     validation: EvalResult | None = None
 
 
-def train(cfg: Config, *, resume: bool = False, reporter: ProgressReporter | None = None,
+def train(cfg: Config, *, resume: bool = False, exist_ok: bool = False,
+          reporter: ProgressReporter | None = None,
           extra_hooks: Sequence[HookBase] = ()) -> TrainResult:
     """Train the run described by `cfg` (continuing from its last.pt when `resume`); then draw
     what its training methods logged, and write its run record when `train.record` is on.
-    `extra_hooks` are training-time features of your own (`rcnnlab.engine.loop.HookBase`)."""
+
+    A run folder that holds a run already is refused unless `resume`, or `exist_ok` (the old
+    run's outputs are deleted first). `extra_hooks` are training-time features of your own
+    (`rcnnlab.engine.loop.HookBase`)."""
+    RunDir(cfg.run_dir).prepare(resume=resume, exist_ok=exist_ok)
     ensure_synth(cfg.data)
     splits = load_splits(cfg.data, need=("train", "valid"))
+    require_boxes(splits["train"], "training")
+    require_boxes(splits["valid"], "validation")
     best: dict[str, EvalResult] = {}  # the validation of the best mAP: best.pt's, for the record
 
     def evaluate(model: torch.nn.Module, data: CocoData) -> dict[str, float]:
@@ -134,19 +142,20 @@ class LoadedRun:
         else:
             splits = load_splits(self.cfg.data, need=(split,))
             if split not in splits:
-                raise FileNotFoundError(f"the run's config has no {split} split "
+                raise MissingFileError(f"the run's config has no {split} split "
                                         f"(data.{split}_json). Fix: pass --data PATH.json")
             data = splits[split]
         ours = [(c["id"], c["name"]) for c in self.ckpt.categories]
         theirs = [(c["id"], c["name"]) for c in data.categories]
         if theirs != ours:
-            raise ValueError(f"{data.json_path}: categories {theirs} differ from the "
+            raise DatasetError(f"{data.json_path}: categories {theirs} differ from the "
                              f"checkpoint's {ours}. Fix: evaluate on data with the training "
                              "categories")
         return data
 
     def run(self, data: CocoData, evaluators: list[Evaluator]) -> Evaluation:
         """The evaluation pipeline on one split with this call's inference options."""
+        require_boxes(data, "evaluated")
         return inference_on_dataset(predictor_for(self.model, self.cfg.eval, self.ckpt.categories),
                                     data, evaluators, device=self.device,
                                     batch_size=self.cfg.eval.batch_size)
@@ -294,7 +303,7 @@ def report(run: str | Path, *, split: str | None = None, device: str = "auto",
     detected again.
     """
     if not Path(run).is_dir():
-        raise FileNotFoundError(f"{run}: not a run folder. Fix: give the folder rcnnlab train "
+        raise MissingFileError(f"{run}: not a run folder. Fix: give the folder rcnnlab train "
                                 "wrote (runs/<name>)")
     return report_loaded(load_run(run, device=device), split=split, evaluated=evaluated)
 
@@ -306,7 +315,7 @@ def report_loaded(loaded: LoadedRun, *, split: str | None = None,
     present = load_splits(loaded.cfg.data, need=SPLITS)
     split = split or ("test" if "test" in present else "valid")
     if split not in present:
-        raise FileNotFoundError(f"{run_dir.root}: the run's config has no {split} split "
+        raise MissingFileError(f"{run_dir.root}: the run's config has no {split} split "
                                 f"(data.{split}_json). Fix: --split valid")
     results = dict(evaluated or {})
     for name in dict.fromkeys(("valid", split)):

@@ -17,10 +17,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from rcnnlab.config import ConfigError, load_config
-from rcnnlab.data.coco import DatasetError
+from rcnnlab.config import load_config
+from rcnnlab.errors import ConfigError, UserError
 
 app = typer.Typer(
     help="Train, tune, evaluate and predict with Faster R-CNN detectors on COCO-format data.\n\n"
@@ -63,8 +64,10 @@ def _user_errors(func):
         _setup_logging()
         try:
             return func(*args, **kwargs)
-        except (ConfigError, DatasetError, FileNotFoundError, ValueError, RuntimeError) as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        except UserError as exc:  # anything else is a bug: its traceback is shown
+            # the message is text, not markup: "[x, y, w, h]" must print as written
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+                              soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -165,7 +168,7 @@ def data_convert(
     elif fmt == "voc":
         coco, root = voc_to_coco(source, images)
     else:
-        raise ValueError(f"--from {fmt!r}: use yolo, svhn or voc")
+        raise ConfigError(f"--from {fmt!r}: use yolo, svhn or voc")
     path = write_coco(coco, out)
     console.print(f"{len(coco['images'])} images, {len(coco['annotations'])} boxes, "
                   f"{len(coco['categories'])} categories -> {path}")
@@ -226,12 +229,15 @@ def train(
     overrides: OverridesArg = None,
     resume: Annotated[bool, typer.Option(help="Continue from runs/<name>/checkpoints/last.pt.")]
     = False,
+    exist_ok: Annotated[bool, typer.Option(
+        help="Start over in a run folder that holds a run (its outputs are deleted first).")]
+    = False,
 ):
     """Train a detector; writes runs/<name>/ (config, metrics.csv, TensorBoard, checkpoints)."""
     from rcnnlab import api
 
     cfg = load_config(config, overrides)
-    result = api.train(cfg, resume=resume)
+    result = api.train(cfg, resume=resume, exist_ok=exist_ok)
     console.print(f"[bold]done[/]: {result.epochs} epochs, {result.iterations} iterations, "
                   f"{result.train_images_per_s:.2f} img/s, best val mAP {result.best_map:.4f} "
                   f"(epoch {result.best_epoch}) -> {result.run_dir}")

@@ -45,7 +45,7 @@ class DataConfig(_Section):
     split_seed: int = 0  # seed of that hold-out split
     skip_missing_images: bool = False  # drop records whose image file is missing (counted)
     synth: SynthConfig | None = None  # generate the default data when its jsons are absent
-    workers: int = 0  # DataLoader worker processes (0 = load in the main process)
+    workers: int = Field(0, ge=0)  # DataLoader worker processes (0 = load in the main process)
     # Repeat-factor sampling (LVIS): images of classes in fewer than this share of the training
     # images are repeated, r = max(1, sqrt(t / f)); None = plain shuffling.
     repeat_factor_threshold: float | None = Field(None, gt=0, le=1)
@@ -120,16 +120,16 @@ RENAMED_TRAIN_KEYS = {"objective": "roi_loss", "cls_loss": "roi_loss"}
 class TrainConfig(_Section):
     """Optimisation, schedule, checkpoints and budgets of one run."""
 
-    epochs: int = 12  # passes over the training split
-    batch_size: int = 4  # images per iteration
-    iters_per_epoch: int | None = None  # cap iterations per epoch (smoke tests, budgets)
+    epochs: PositiveInt = 12  # passes over the training split
+    batch_size: PositiveInt = 4  # images per iteration
+    iters_per_epoch: PositiveInt | None = None  # cap iterations per epoch (smoke tests, budgets)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 1e-3  # peak learning rate of the head (backbone: lr * backbone_lr_mult)
+    lr: float = Field(1e-3, gt=0)  # peak LR of the head (backbone: lr * backbone_lr_mult)
     backbone_lr_mult: float = 0.5  # layer-wise LR: the backbone learns at this share of lr
     weight_decay: float = 1e-4
     momentum: float = 0.9  # SGD momentum (AdamW uses its betas)
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
-    warmup_iters: int = 200  # linear warm-up, in iterations
+    warmup_iters: int = Field(200, ge=0)  # linear warm-up, in iterations
     warmup_factor: float = 0.001  # LR at iteration 0, as a share of lr
     eta_min: float = 0.0  # cosine floor, as a share of lr
     milestones: list[int] = [8, 11]  # multistep: epochs at which LR is multiplied by gamma
@@ -139,8 +139,8 @@ class TrainConfig(_Section):
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (None = torch's default)
-    eval_every: int = 1  # validation mAP every N epochs (and always after the last)
-    log_every: int = 20  # plain-text progress line every N iterations (non-TTY)
+    eval_every: PositiveInt = 1  # validation mAP every N epochs (and always after the last)
+    log_every: PositiveInt = 20  # plain-text progress line every N iterations (non-TTY)
     record: bool = True  # write the run record (report.md, report.html, figures/) after training
 
     # --- RoI classifier loss (the box loss stays smooth-L1 in every case): ce, focal,
@@ -202,11 +202,7 @@ class EvalConfig(_Section):
         try:
             return EvalConfig.model_validate(tree["eval"])
         except ValidationError as exc:
-            lines = ["invalid eval override"]
-            for err in exc.errors():
-                loc = ".".join(["eval", *(str(p) for p in err["loc"])])
-                lines.append(f"  {loc}: {err['msg']}")
-            raise ConfigError("\n".join(lines)) from None
+            raise ConfigError(f"invalid eval override: {problems(exc, 'eval')}") from None
 
     def sweep_thresholds(self) -> list[float]:
         """The thresholds `tune` sweeps: sweep_min, + sweep_step, ..., sweep_max (inclusive)."""
@@ -227,7 +223,7 @@ class EvalConfig(_Section):
     sweep_max: float = Field(0.90, ge=0, le=1)
     sweep_step: float = Field(0.01, gt=0)
     default_threshold: float = 0.5  # used for sequences until `rcnnlab tune` stores the best
-    batch_size: int = 8  # images per inference batch
+    batch_size: PositiveInt = 8  # images per inference batch
     # Inference options: the box head's suppression and test-time augmentation.
     nms: Literal["nms", "linear", "gaussian"] = "nms"  # box head: hard NMS or Soft-NMS decay
     nms_iou: float | None = Field(None, gt=0, le=1)  # its IoU (None = model.box_nms_thresh)
@@ -266,6 +262,15 @@ class Config(_Section):
 
 
 # ------------------------------------------------------------------------------------ loading
+def problems(exc: ValidationError, section: str = "") -> str:
+    """A validation error in one line: "key.path: what is wrong; ..." (keys under `section`)."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join([*([section] if section else []), *(str(p) for p in err["loc"])])
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """Return `base` updated recursively by `override` (dicts merge, everything else replaces)."""
     out = copy.deepcopy(base)
@@ -330,11 +335,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return Config.model_validate(tree)
     except ValidationError as exc:
         where = str(path) if path is not None else "config"
-        lines = [f"{where}: invalid config"]
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            lines.append(f"  {loc}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(f"{where}: invalid config: {problems(exc)}") from None
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
@@ -345,5 +346,9 @@ def config_from_dict(tree: dict[str, Any]) -> Config:
         objective, cls_loss = train.pop("objective", "standard"), train.pop("cls_loss", "ce")
         train["roi_loss"] = "policy_gradient" if objective == "policy_gradient" else cls_loss
         tree = {**tree, "train": train}
-    return Config.model_validate(tree)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"a saved config (config.yaml or a checkpoint's) is not valid: "
+                          f"{problems(exc)}. Fix: train the run again with this version") from None
 

@@ -29,7 +29,8 @@ def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
     start = time.perf_counter()
     # the record is written once, below, after tuning and testing (not also after training)
     train_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"record": False})})
-    fit = api.train(train_cfg, reporter=reporter)
+    # the demo is deterministic: run again, it starts its folder over and gives the same figures
+    fit = api.train(train_cfg, exist_ok=True, reporter=reporter)
     run_dir = fit.run_dir
     loaded = api.load_run(run_dir, device=cfg.train.device)
     valid = loaded.split("valid")

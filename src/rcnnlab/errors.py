@@ -30,6 +30,10 @@ class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the command needs is not there."""
 
 
+class DownloadError(UserError, RuntimeError):
+    """Something to download (pretrained weights) cannot be fetched and is not cached."""
+
+
 class DeviceError(UserError, RuntimeError):
     """The device asked for is not available."""
 

@@ -163,6 +163,9 @@ def load_coco(
     json_path = Path(json_path)
     tree = read_json(json_path)
     images, categories, anns = tree["images"], tree["categories"], tree["annotations"]
+    if not categories:
+        raise _fail(json_path, "the 'categories' list is empty",
+                    "list the dataset's classes as {id, name} records in 'categories'")
     _unique_ids(json_path, images, "image")
     _unique_ids(json_path, categories, "category")
     _unique_ids(json_path, anns, "annotation")
@@ -243,6 +246,19 @@ def _repair_box(ann: dict, img: dict, repairs: Counter) -> dict | None:
     out["area"] = (x2 - x1) * (y2 - y1)
     out.setdefault("iscrowd", 0)
     return out
+
+
+def require_boxes(data: CocoData, role: str) -> None:
+    """Refuse a split without a box to learn from or to score against (crowd boxes, which
+    training leaves out, do not count): it would train on nothing, or score 1.0 by default."""
+    boxes = [a for anns in data.annotations.values() for a in anns]
+    if any(not a.get("iscrowd", 0) for a in boxes):
+        return
+    dropped = sum(n for what, n in data.repairs.items() if what.startswith("boxes dropped"))
+    found = (f"{len(data.images)} images, {len(boxes)} crowd boxes, {dropped} boxes dropped as "
+             "unusable" if data.images else "no images")
+    raise DatasetError(f"{data.json_path}: the {role} split has no boxes ({found}). Fix: give "
+                       f"a {role} json with annotations (bbox and category_id per object)")
 
 
 def subset(data: CocoData, image_ids: list[int]) -> CocoData:

@@ -31,7 +31,7 @@ import h5py
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from rcnnlab.data.coco import DatasetError
+from rcnnlab.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -459,7 +459,7 @@ def voc_to_coco(annotations_dir: Path, image_dir: Path | None = None, *,
     else:
         names = list(classes)
         if len(set(names)) != len(names):
-            raise ValueError(f"classes {names} lists a name twice")
+            raise ConfigError(f"classes {names} lists a name twice")
         unknown = found - set(names)
         if unknown:
             path = next(p for p, *_, objects in records if any(o[0] in unknown for o in objects))

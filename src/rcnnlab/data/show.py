@@ -18,6 +18,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
+from rcnnlab.errors import DatasetError
+
 from .coco import CocoData, CocoDetection
 from .transforms import CountDropped, rescale, resize_scale
 
@@ -104,7 +106,7 @@ def pick_samples(data: CocoData, transforms, *, n: int = 16, seed: int = 0,
     """`n` distinct images drawn with `seed`, each transformed with a seed drawn from it too."""
     dataset = CocoDetection(data, transforms)
     if len(dataset) == 0:
-        raise ValueError(f"{data.json_path}: no images to show")
+        raise DatasetError(f"{data.json_path}: no images to show")
     gen = torch.Generator().manual_seed(seed)
     indices = torch.randperm(len(dataset), generator=gen)[:n].tolist()
     seeds = torch.randint(0, 2**31 - 1, (len(indices),), generator=gen).tolist()

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from rcnnlab.config import DataConfig
-from rcnnlab.data.coco import CocoData, DatasetError, holdout_split, load_coco
+from rcnnlab.data.coco import CocoData, holdout_split, load_coco
+from rcnnlab.errors import DatasetError
 
 log = logging.getLogger(__name__)
 

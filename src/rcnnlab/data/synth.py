@@ -29,6 +29,8 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
+from rcnnlab.errors import ConfigError, MissingFileError
+
 GENERATOR_VERSION = "1.0"
 SPLITS = ("train", "valid", "test")  # the index of a split seeds its images' generators
 CATEGORIES = [{"id": d + 1, "name": str(d)} for d in range(10)]  # category_id 1..10 = digit 0..9
@@ -126,7 +128,7 @@ def _fonts() -> tuple[_Font, ...]:
     """The usable fonts, in file-name order (cached per process)."""
     loaded = [f for f in map(_load_font, _font_files()) if f is not None]
     if not loaded:
-        raise RuntimeError(
+        raise MissingFileError(
             "no TrueType font able to draw digits was found under /usr/share/fonts or in "
             "matplotlib's font folder; install one (e.g. apt-get install fonts-dejavu-core)"
         )
@@ -853,9 +855,9 @@ def generate_split(
         The path of the split's COCO json (file names are relative to its folder).
     """
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+        raise ConfigError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if n_images < 0 or workers < 1 or seed < 0:
-        raise ValueError("n_images and seed must be >= 0 and workers >= 1")
+        raise ConfigError("n_images and seed must be >= 0 and workers >= 1")
     folder = Path(out_dir) / split
     folder.mkdir(parents=True, exist_ok=True)
     jobs = [_Job(folder, split, seed, i) for i in range(n_images)]

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rcnnlab.errors import TrainingDiverged
 from rcnnlab.models.heads import total_loss
 
 
@@ -127,9 +128,11 @@ class TrainLoop:
         self.loss = loss.item()
         if not math.isfinite(self.loss):
             parts = {k: round(v.item(), 4) for k, v in self.outputs.items() if v.numel() == 1}
-            raise FloatingPointError(
-                f"loss became {self.loss} at iteration {self.iteration} ({parts}). "
-                "Fix: lower train.lr, raise train.warmup_iters, or set train.grad_clip")
+            clip = ("set train.grad_clip" if not self.grad_clip else
+                    f"lower train.grad_clip (now {self.grad_clip:g})")
+            raise TrainingDiverged(
+                f"the loss became {self.loss} at iteration {self.iteration} ({parts}). "
+                f"Fix: lower train.lr, raise train.warmup_iters, or {clip}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_clip:

@@ -36,6 +36,7 @@ from rcnnlab.engine.hooks.throughput import Throughput
 from rcnnlab.engine.loop import HookBase, TrainLoop
 from rcnnlab.engine.optim import build_optimizer, build_scheduler
 from rcnnlab.engine.progress import ProgressReporter
+from rcnnlab.errors import ConfigError
 from rcnnlab.methods.scale_weighting import ScaleLossWeighting
 from rcnnlab.models.anchors import auto_anchors
 from rcnnlab.models.build import build_model, describe_model, load_weights_file
@@ -98,7 +99,7 @@ def classifier_loss(cfg: Config, train: CocoData,
         weights = inverse_frequency_weights(class_counts(train))
     elif t.class_weights is not None:
         if len(t.class_weights) != len(train.categories):
-            raise ValueError(
+            raise ConfigError(
                 f"train.class_weights has {len(t.class_weights)} values but the data has "
                 f"{len(train.categories)} classes (ids {train.category_ids}); give one weight "
                 "per class in id order, or inverse_frequency")

@@ -60,6 +60,8 @@ from typing import Any
 
 import numpy as np
 
+from rcnnlab.errors import DatasetError
+
 T_F = 0.5
 """TIDE's foreground IoU: a detection is correct at IoU >= t_f (COCO's AP50)."""
 T_B = 0.1
@@ -258,7 +260,7 @@ class TideAnalysis:
             areas.append(float(ann.get("area", w * h)))  # COCO sizes boxes by "area"
             ann_index.append(k)
         if not boxes:
-            raise ValueError("the ground truth has no (non-crowd) box: there is nothing to miss "
+            raise DatasetError("the ground truth has no (non-crowd) box: there is nothing to miss "
                              "or match, so no AP to break down")
         self._g_box = np.array(boxes, dtype=float).reshape(-1, 4)
         self._g_cls = np.array(classes, dtype=int)

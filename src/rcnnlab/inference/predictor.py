@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image
 
-from rcnnlab.config import EvalConfig
+from rcnnlab.config import EvalConfig, problems
+from rcnnlab.errors import ConfigError
 from rcnnlab.inference.nms import Detections, hflip_boxes, merge_detections, scale_boxes, suppress
 
 # The box head's output cap while Soft-NMS runs: no cap, so that Soft-NMS sees every candidate
@@ -82,8 +83,7 @@ def _eval_config(cfg: EvalConfig | None, options: dict[str, Any]) -> EvalConfig:
     try:
         return EvalConfig.model_validate({**(cfg.model_dump() if cfg else {}), **options})
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"invalid inference options: {problems}") from None
+        raise ConfigError(f"invalid inference options: {problems(exc, 'eval')}") from None
 
 
 class Predictor:
@@ -112,7 +112,7 @@ class Predictor:
                  digit_classes: bool = False, **options: Any) -> None:
         c = _eval_config(cfg, options)
         if c.tta_hflip and digit_classes:
-            raise ValueError(
+            raise ConfigError(
                 "eval.tta_hflip=true on a digit dataset: a mirrored digit is not a digit, so the "
                 "flipped pass would add wrong detections. Fix: set eval.tta_hflip=false "
                 "(eval.tta_scales still gives test-time augmentation)"

@@ -10,17 +10,19 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
+from rcnnlab.errors import DatasetError, MissingFileError
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def list_images(folder: Path) -> list[Path]:
     """Image files of a folder, sorted by name (numerically where the stems are numbers)."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: not a folder of images. Fix: give a folder or a "
+        raise MissingFileError(f"{folder}: not a folder of images. Fix: give a folder or a "
                                 "COCO json")
     files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
-        raise FileNotFoundError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise MissingFileError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     return sorted(files, key=lambda p: (0, int(p.stem), "") if p.stem.isdigit() else (1, 0, p.name))
 
 
@@ -54,5 +56,5 @@ def load_image(path: Path) -> torch.Tensor:
         with Image.open(path) as im:
             return F.to_dtype(F.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
     except (OSError, UnidentifiedImageError) as exc:
-        raise ValueError(f"{path}: cannot read the image ({exc}). Fix: remove or replace "
+        raise DatasetError(f"{path}: cannot read the image ({exc}). Fix: remove or replace "
                          "it") from None

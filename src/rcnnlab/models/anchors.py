@@ -70,6 +70,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from rcnnlab.data.coco import CocoData
+from rcnnlab.errors import DatasetError
 from rcnnlab.models.transform import native_scale
 
 __all__ = [
@@ -639,7 +640,7 @@ def auto_anchors(
     default_ratios = _per_level(default_ratios, num_levels)
     wh = training_box_sizes(data, min_size=min_size, max_size=max_size, native_size=native_size)
     if len(wh) == 0:
-        raise ValueError(
+        raise DatasetError(
             f"{data.json_path}: no (non-crowd) boxes to fit anchors to. Fix: train on a split "
             "with annotations, or set model.anchors to explicit sizes instead of 'auto'"
         )

@@ -74,7 +74,8 @@ from torchvision.models.resnet import ResNet18_Weights, ResNet34_Weights, ResNet
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
-from rcnnlab.config import ARCHS, ModelConfig
+from rcnnlab.config import ARCHS, ModelConfig, problems
+from rcnnlab.errors import ConfigError, DownloadError, MissingFileError, RunError
 from rcnnlab.models.heads import RoIClassifierLoss, install_heads
 from rcnnlab.models.resfpn import ResidualFPNBackbone
 from rcnnlab.models.transform import DetectorTransform
@@ -247,15 +248,16 @@ def build_model(
         The model, in training mode.
 
     Raises:
-        ValueError: unknown arch, bad class count, bad anchors, unknown weights name.
-        FileNotFoundError: a weights path that does not exist.
+        ConfigError: unknown arch, bad class count, bad anchors, unknown weights name.
+        MissingFileError: a weights path that does not exist.
+        RunError: a weights file that cannot be read or does not fit the model.
         RuntimeError: torchvision weights that cannot be downloaded (no network, no cache).
     """
     cfg = _model_config(cfg, options)
     arch, weights, backbone_weights = cfg.arch, cfg.weights, cfg.backbone_weights
     min_size, max_size = cfg.min_size, cfg.max_size
     if num_classes < 2:
-        raise ValueError(
+        raise ConfigError(
             f"num_classes={num_classes} must count background plus at least one class "
             "(num_classes = number of dataset classes + 1)"
         )
@@ -345,12 +347,11 @@ def _model_config(cfg: ModelConfig | None, options: dict[str, Any]) -> ModelConf
     """The section with `options` applied, validated (unknown or ill-typed options are errors)."""
     tree = {**(cfg.model_dump() if cfg is not None else {}), **options}
     if tree.get("arch", "resnet18_fpn") not in ARCHS:
-        raise ValueError(f"unknown arch {tree['arch']!r}; choose one of {', '.join(ARCHS)}")
+        raise ConfigError(f"unknown arch {tree['arch']!r}; choose one of {', '.join(ARCHS)}")
     try:
         return ModelConfig.model_validate(tree)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"invalid model options: {problems}") from None
+        raise ConfigError(f"invalid model options: {problems(exc, 'model')}") from None
 
 
 def _is_legacy_r50(weights: str, arch: str) -> bool:
@@ -385,13 +386,13 @@ def load_weights_file(
         A :class:`LoadReport` with the loaded, skipped, missing and unexpected tensors.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not a state_dict, nothing in it matches the model, or
-            ``strict_head`` and the predictor does not match.
+        MissingFileError: the file does not exist (a FileNotFoundError).
+        RunError: the file is not a state_dict, nothing in it matches the model, or
+            ``strict_head`` and the predictor does not match (a ValueError).
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(_missing_file_message(path, "weights"))
+        raise MissingFileError(_missing_file_message(path, "weights"))
     report = _load_state_dict(model, _read_weights_file(path), str(path))
     if strict_head:
         bad = [
@@ -400,7 +401,7 @@ def load_weights_file(
         if bad:
             shape = report.skipped_shape.get(_PREDICTOR_PREFIX + "cls_score.weight")
             found = f"{shape[0][0]} classes" if shape else "no box predictor"
-            raise ValueError(
+            raise RunError(
                 f"{path}: its box predictor does not fit the model ({found} in the file, "
                 f"{_num_classes(model)} in the model, background included): {', '.join(bad)}. "
                 "Use a checkpoint trained on this dataset's categories, or load with "
@@ -536,11 +537,11 @@ def _resolve_anchors(
     sizes = default_sizes if anchor_sizes is None else anchor_sizes
     ratios = default_ratios if aspect_ratios is None else aspect_ratios
     if any(isinstance(s, int | float) for s in sizes):
-        raise ValueError(
+        raise ConfigError(
             f"anchor_sizes must be one list per FPN level, e.g. [[16], [32], ...]; got {sizes!r}"
         )
     if len(sizes) != num_levels:
-        raise ValueError(
+        raise ConfigError(
             f"anchor_sizes has {len(sizes)} levels but arch {arch!r} has {num_levels} feature "
             f"maps (FPN levels incl. pool); give exactly {num_levels} lists"
         )
@@ -551,19 +552,19 @@ def _resolve_anchors(
     elif len(ratios) == 1:
         ratios = list(ratios) * num_levels
     if len(ratios) != num_levels:
-        raise ValueError(
+        raise ConfigError(
             f"aspect_ratios has {len(ratios)} levels but arch {arch!r} has {num_levels} feature "
             f"maps; give one list per level or a single list for all levels"
         )
     ratios_t = tuple(tuple(float(r) for r in level) for level in ratios)
     for level_sizes, level_ratios in zip(sizes_t, ratios_t, strict=True):
         if not level_sizes or not level_ratios:
-            raise ValueError("every FPN level needs at least one anchor size and one ratio")
+            raise ConfigError("every FPN level needs at least one anchor size and one ratio")
         if min(level_sizes) <= 0 or min(level_ratios) <= 0:
-            raise ValueError(f"anchor sizes and ratios must be positive: {sizes_t}, {ratios_t}")
+            raise ConfigError(f"anchor sizes and ratios must be positive: {sizes_t}, {ratios_t}")
     counts = {len(s) * len(r) for s, r in zip(sizes_t, ratios_t, strict=True)}
     if len(counts) != 1:
-        raise ValueError(
+        raise ConfigError(
             "every FPN level must have the same number of anchors (sizes x ratios), because a "
             f"single RPN head serves all levels; got sizes {sizes_t} and ratios {ratios_t}"
         )
@@ -586,10 +587,10 @@ def _resolve_weights(value: str | None, *, arch: str, param: str) -> WeightsEnum
     if path.is_file():
         return path
     if path.suffix in (".pt", ".pth") or "/" in value or os.sep in value:
-        raise FileNotFoundError(_missing_file_message(path, param))
+        raise MissingFileError(_missing_file_message(path, param))
     expected = (_DETECTOR_WEIGHTS if param == "weights" else _BACKBONE_WEIGHTS).get(arch)
     if expected is None:
-        raise ValueError(
+        raise ConfigError(
             f"{param}={value!r}: torchvision has no detector weights for arch {arch!r}. Use "
             f"backbone_weights='DEFAULT' ({_BACKBONE_WEIGHTS[arch].__name__}) for an ImageNet "
             "trunk, or pass a local .pt/.pth file"
@@ -598,12 +599,12 @@ def _resolve_weights(value: str | None, *, arch: str, param: str) -> WeightsEnum
     try:
         resolved = torchvision.models.get_weight(value) if "." in value else expected[value]
     except (KeyError, ValueError):
-        raise ValueError(
+        raise ConfigError(
             f"{param}={value!r} is not a torchvision weights name nor an existing file; for arch "
             f"{arch!r} use one of: {valid}; or the path of a local .pt/.pth file"
         ) from None
     if not isinstance(resolved, expected):
-        raise ValueError(
+        raise ConfigError(
             f"{param}={value!r} are {type(resolved).__name__} weights, but arch {arch!r} takes "
             f"{expected.__name__} for {param}: use one of {valid}, or a local .pt/.pth file"
         )
@@ -633,7 +634,7 @@ def _download_torchvision(weights: WeightsEnum, param: str) -> Mapping[str, Any]
     except OSError as exc:  # URLError, socket and SSL errors are all OSErrors
         filename = _url_filename(weights.url)
         cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-        raise RuntimeError(
+        raise DownloadError(
             f"cannot load {param}={_enum_name(weights)}: downloading {weights.url} failed "
             f"({exc}); there is no network access and the file is not in the torch hub cache "
             f"({cached}). On a machine with network access download that URL, then either copy "
@@ -646,7 +647,7 @@ def _read_weights_file(path: Path) -> Mapping[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for non-weights pickles
-        raise ValueError(
+        raise RunError(
             f"{path}: cannot be read with torch.load(weights_only=True) ({exc}). Save weights "
             "as a state_dict: torch.save(model.state_dict(), path)"
         ) from exc
@@ -656,7 +657,7 @@ def _read_weights_file(path: Path) -> Mapping[str, Any]:
                 return obj[key]
         if any(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-    raise ValueError(
+    raise RunError(
         f"{path}: holds no state_dict (expected a dict of tensors, or a checkpoint dict with a "
         f"'model' state_dict; got {type(obj).__name__})"
     )
@@ -726,7 +727,7 @@ def _load_state_dict(
     report.loaded = [k for k in target if k not in missing_set and counts(k)]
     if not report.loaded:
         sample = ", ".join(list(tensors)[:3]) or "no tensors"
-        raise ValueError(
+        raise RunError(
             f"{source}: none of its {len(tensors)} tensors fit the model ({sample}, ...). Is it "
             "a checkpoint of another architecture? Build the model with the arch it was "
             "trained with, or pass it as backbone_weights if it holds a backbone only"

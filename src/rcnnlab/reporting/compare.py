@@ -43,6 +43,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from rcnnlab.errors import ConfigError, RunError
 from rcnnlab.runs.checkpoint import Checkpoint
 from rcnnlab.runs.rundir import RunDir
 
@@ -253,14 +254,14 @@ def load_run(path: str | Path, *, names: bool = True) -> RunSummary:
     path = Path(path)
     missing = [f for f in ("config.yaml", "metrics.csv") if not (path / f).is_file()]
     if missing:
-        raise ValueError(f"{path}: not a run folder (no {' or '.join(missing)}). Fix: give "
+        raise RunError(f"{path}: not a run folder (no {' or '.join(missing)}). Fix: give "
                          "folders written by `rcnnlab train`, e.g. runs/<name>")
     try:
         config = yaml.safe_load((path / "config.yaml").read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path / 'config.yaml'}: not valid YAML ({exc})") from None
+        raise RunError(f"{path / 'config.yaml'}: not valid YAML ({exc})") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{path / 'config.yaml'}: expected a mapping of config sections")
+        raise RunError(f"{path / 'config.yaml'}: expected a mapping of config sections")
     rows = RunDir(path).read_metrics()
     validated = [r for r in rows if r.get("val_AP") is not None]
     best = max(validated, key=lambda r: r["val_AP"], default=None)  # max keeps the first tie
@@ -335,7 +336,7 @@ def compare_runs(paths: Sequence[str | Path], split: str | None = None, *,
     """
     if len(paths) < 2:
         # no brackets in the message: the CLI prints errors as rich markup
-        raise ValueError(f"compare needs at least 2 run folders, got {len(paths)}. Fix: give "
+        raise ConfigError(f"compare needs at least 2 run folders, got {len(paths)}. Fix: give "
                          "two or more, e.g. rcnnlab compare runs/a runs/b")
     runs = [load_run(p, names=names) for p in paths]
     source, note = _choose_source(runs, split)
@@ -362,7 +363,7 @@ def _choose_source(runs: list[RunSummary], split: str | None) -> tuple[str, str]
     if split is not None:
         lacking = [str(r.path) for r in runs if split not in r.evals]
         if lacking:
-            raise ValueError(f"{', '.join(lacking)}: no eval_{split}.json. Fix: rcnnlab "
+            raise RunError(f"{', '.join(lacking)}: no eval_{split}.json. Fix: rcnnlab "
                              f"evaluate RUN --split {split}, or compare another split")
         return split, "as requested"
     for candidate in ("test", "valid"):

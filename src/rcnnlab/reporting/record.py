@@ -31,6 +31,7 @@ from rcnnlab.data.categories import digit_names
 from rcnnlab.data.coco import CocoData
 from rcnnlab.data.splits import SPLITS, load_splits
 from rcnnlab.data.stats import DatasetStats, compute_stats
+from rcnnlab.errors import MissingFileError
 from rcnnlab.evaluation.coco import STAT_NAMES, precision_curves
 from rcnnlab.evaluation.confusion import ImageMatch, confusion_from_matches, match_coco
 from rcnnlab.evaluation.pipeline import EvalResult
@@ -72,7 +73,7 @@ def write_record(run_dir: str | Path, *, best: Checkpoint, model_info: dict,
     """
     run = RunDir(run_dir)
     if not run.root.is_dir():
-        raise FileNotFoundError(f"{run.root}: not a run folder. Fix: give the folder rcnnlab "
+        raise MissingFileError(f"{run.root}: not a run folder. Fix: give the folder rcnnlab "
                                 "train wrote (runs/<name>)")
     cfg = best.config
     splits = load_splits(cfg.data, need=SPLITS)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from rcnnlab.config import Config, config_from_dict
+from rcnnlab.errors import MissingFileError, RunError
 from rcnnlab.models.build import build_model
 
 # Entries of checkpoints written before the resume state had its own entry.
@@ -66,7 +67,7 @@ class Checkpoint:
         where = path or "checkpoint"
         for key in ("model", "config", "categories"):
             if key not in state:
-                raise ValueError(f"{where}: no '{key}' entry; not a checkpoint written by "
+                raise RunError(f"{where}: no '{key}' entry; not a checkpoint written by "
                                  "rcnnlab train. Fix: pass a foreign weights file as "
                                  "model.weights instead")
         cfg = config_from_dict(state["config"])
@@ -116,14 +117,14 @@ def load_checkpoint(path: str | Path) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found. Fix: give a run folder or a .pt "
+        raise MissingFileError(f"{path}: checkpoint not found. Fix: give a run folder or a .pt "
                                 "file written by rcnnlab train")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises several kinds for a corrupt or foreign file
-        raise ValueError(f"{path}: not a readable rcnnlab checkpoint ({exc})") from None
+        raise RunError(f"{path}: not a readable rcnnlab checkpoint ({exc})") from None
     if not isinstance(state, dict):
-        raise ValueError(f"{path}: holds a {type(state).__name__}, not an rcnnlab checkpoint")
+        raise RunError(f"{path}: holds a {type(state).__name__}, not an rcnnlab checkpoint")
     return state
 
 
@@ -135,7 +136,7 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
             candidate = path / "checkpoints" / name
             if candidate.is_file():
                 return candidate
-        raise FileNotFoundError(f"{path}: no checkpoints/{which}.pt or last.pt. Fix: train the run "
+        raise MissingFileError(f"{path}: no checkpoints/{which}.pt or last.pt. Fix: train the run "
                                 "first (rcnnlab train) or give a .pt file")
     return path
 

@@ -6,14 +6,20 @@ import resource
 
 import torch
 
+from rcnnlab.errors import DeviceError
+
 
 def resolve_device(name: str) -> torch.device:
     """`auto` picks CUDA when present; anything else is passed to torch.device."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device {name!r} is not a device name. Fix: use auto, cpu, cuda or "
+                          "cuda:N (--device, train.device)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name} asked for, but CUDA is not available. Fix: use "
+        raise DeviceError(f"device {name} asked for, but CUDA is not available. Fix: use "
                            "--device cpu (train.device=cpu)")
     return device
 

@@ -23,12 +23,14 @@ import io
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rcnnlab.config import Config, config_from_dict
+from rcnnlab.errors import RunError
 
 Row = dict[str, float | None]
 
@@ -154,6 +156,51 @@ class RunDir:
         """The scores `evaluate` wrote for a split."""
         return self.root / f"eval_{split}.json"
 
+    # ------------------------------------------------------------------ starting a run
+    def holds_run(self) -> bool:
+        """Whether a training run has written here (metrics or a checkpoint)."""
+        return any(p.is_file() for p in (self.metrics_csv, self.last_pt, self.best_pt))
+
+    def prepare(self, *, resume: bool, exist_ok: bool) -> None:
+        """Make the folder ready for training: a new run never mixes with an old one.
+
+        A folder that holds a run is refused unless `resume` (continue it from last.pt) or
+        `exist_ok` (start over: the old run's outputs are deleted first). Temporary files that
+        an interrupted write left behind are removed either way.
+        """
+        if resume and not self.last_pt.is_file():
+            raise RunError(f"{self.root}: nothing to resume, there is no checkpoints/last.pt (the "
+                           "run never finished an epoch). Fix: start it again without --resume "
+                           "(with --exist-ok if the folder holds an earlier attempt)")
+        if not resume and self.holds_run():
+            if not exist_ok:
+                raise RunError(f"{self.root}: holds a run already (metrics.csv or checkpoints). "
+                               "Fix: --resume to continue it, --exist-ok to start it over (its "
+                               f"outputs are deleted), or name={self.next_free_name()} for a new "
+                               "run beside it")
+            self.clear()
+        self.root.mkdir(parents=True, exist_ok=True)
+        for leftover in [*self.root.glob("*.tmp"), *self.checkpoints.glob("*.tmp")]:
+            leftover.unlink()
+
+    def next_free_name(self) -> str:
+        """The first of `<name>2`, `<name>3`, ... that no folder beside this one has."""
+        n = 2
+        while (self.root.parent / f"{self.root.name}{n}").exists():
+            n += 1
+        return f"{self.root.name}{n}"
+
+    def clear(self) -> None:
+        """Delete what a training run and the commands after it wrote here."""
+        for path in [self.config_yaml, self.environment_json, self.metrics_csv,
+                     self.scale_weights_csv, self.scale_weights_png, self.threshold_sweep_csv,
+                     *self.root.glob("eval_*.json"), *self.root.glob("report.*"),
+                     *self.root.glob("diagnosis.*")]:
+            path.unlink(missing_ok=True)
+        for folder in (self.checkpoints, self.tb_dir, self.root / "figures"):
+            if folder.is_dir():
+                shutil.rmtree(folder)
+
     # ------------------------------------------------------------------ files
     def write_config(self, cfg: Config) -> Path:
         """Write the resolved config as YAML (what the run really used)."""
@@ -202,6 +249,6 @@ class RunDir:
             try:
                 evals[file.stem.removeprefix("eval_")] = json.loads(file.read_text())
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{file}: not valid JSON ({exc}). Fix: rerun rcnnlab evaluate "
+                raise RunError(f"{file}: not valid JSON ({exc}). Fix: rerun rcnnlab evaluate "
                                  "or delete the file") from None
         return evals

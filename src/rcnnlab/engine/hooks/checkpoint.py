@@ -9,6 +9,7 @@ import torch
 
 from rcnnlab.config import Config
 from rcnnlab.engine.loop import HookBase
+from rcnnlab.errors import RunError
 from rcnnlab.runs.checkpoint import Checkpoint, rng_state, set_rng_state
 from rcnnlab.runs.rundir import RunDir
 
@@ -55,12 +56,12 @@ class Checkpointer(HookBase):
         path = self.run.last_pt
         ckpt = Checkpoint.load(path)
         if ckpt.resume is None:
-            raise ValueError(f"{path}: holds the weights only (a best.pt), not the optimizer "
+            raise RunError(f"{path}: holds the weights only (a best.pt), not the optimizer "
                              "state that resuming needs. Fix: resume from the run's "
                              "checkpoints/last.pt, or start a new run from these weights with "
                              "train.finetune_from")
         if ckpt.category_ids != [c["id"] for c in self.categories]:
-            raise ValueError(f"{path}: cannot resume: the checkpoint's categories differ from "
+            raise RunError(f"{path}: cannot resume: the checkpoint's categories differ from "
                              "the data's. Fix: resume with the data it was trained on")
         loop, resume = self.loop, ckpt.resume
         loop.model.load_state_dict(ckpt.model)
