@@ -123,3 +123,34 @@ def test_real_roboflow_export_loads_as_is():
         assert classes == set(range(10))
     again, _ = holdout_split(data, 0.1, seed=0)
     assert [i["id"] for i in again.images] == [i["id"] for i in train.images]
+
+
+def test_nan_or_infinite_boxes_are_dropped_counted_and_named(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    anns = [{"id": 1, "image_id": 1, "category_id": 0, "bbox": [5, 5, 10, 20]},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [float("nan"), 5, 10, 20]},
+            {"id": 3, "image_id": 2, "category_id": 1, "bbox": [5, 5, float("inf"), 20]}]
+    data = load_coco(write_coco(tmp_path, annotations=anns))  # json writes them as NaN/Infinity
+    assert data.num_boxes == 1 and data.repairs["boxes dropped: NaN or infinite coordinates"] == 2
+    assert not data.repairs["boxes clipped to the image"]  # no box made up by clipping
+    assert "annotation ids 2, 3 have a NaN or infinite bbox coordinate" in caplog.text
+
+
+def test_the_image_folder_is_where_most_files_are(tmp_path):
+    """The first record's file missing: the images/ folder is still found, the error names it,
+    and skipping missing images counts that one."""
+    from PIL import Image
+
+    images = [{"id": i, "file_name": f"{i}.png", "width": 60, "height": 40} for i in range(4)]
+    anns = [{"id": i, "image_id": i, "category_id": 0, "bbox": [5, 5, 10, 20]} for i in range(4)]
+    path = write_coco(tmp_path, images=images, annotations=anns, make_files=False)
+    (tmp_path / "images").mkdir()
+    for img in images[1:]:
+        Image.new("RGB", (60, 40)).save(tmp_path / "images" / img["file_name"])
+    with pytest.raises(DatasetError, match=r"image id 0: file .*images/0\.png does not exist"):
+        load_coco(path)
+    data = load_coco(path, skip_missing_images=True)
+    assert data.image_root == tmp_path / "images" and len(data.images) == 3
+    assert data.repairs["images skipped: file missing"] == 1

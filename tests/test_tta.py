@@ -283,7 +283,8 @@ def test_cli_evaluate_and_predict_take_eval_overrides(untrained_run, tmp_path):
     result = runner.invoke(app, ["evaluate", str(run), "--data", str(data), "--device", "cpu",
                                  "eval.nms=gaussian", "eval.tta_scales=[1, 1.5]"])
     assert result.exit_code == 0, result.output
-    saved = json.loads((run / "eval_test.json").read_text())
+    assert not (run / "eval_test.json").exists()  # another json never overwrites a split's
+    saved = json.loads((run / "eval_data-ann.json").read_text())
     assert saved["inference"]["nms"] == "gaussian"
     assert saved["inference"]["tta_scales"] == [1.0, 1.5]
 

@@ -138,7 +138,8 @@ class LoadedRun:
         """An annotated split: `json_path` when given, else the run config's split."""
         if json_path is not None:
             data = load_coco(json_path, images,
-                             skip_missing_images=self.cfg.data.skip_missing_images)
+                             skip_missing_images=self.cfg.data.skip_missing_images,
+                             max_image_pixels=self.cfg.data.max_image_pixels)
         else:
             splits = load_splits(self.cfg.data, need=(split,))
             if split not in splits:
@@ -189,13 +190,15 @@ def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = No
     The threshold for sequences defaults to the one `tune` stored in the checkpoint.
     `overrides` are `eval.*` items (``["eval.tta_scales=[1,1.5]"]``) for this call only.
     Writes `eval_<split>.json` (with the inference options used) into the run folder when `run`
-    is a run folder and `save` is true.
+    is a run folder and `save` is true; with `json_path`, the split is named after that file
+    (`eval_data-<file stem>.json`), so the run's own splits are never overwritten.
     """
     loaded = load_run(run, device=device, overrides=overrides)
-    result, _ = loaded.evaluate(split, loaded.split(split, json_path, images),
+    name = split if json_path is None else f"data-{Path(json_path).stem}"
+    result, _ = loaded.evaluate(name, loaded.split(split, json_path, images),
                                 loaded.threshold(threshold))
     if save and loaded.folder is not None:
-        loaded.folder.write_eval(split, result.as_dict())
+        loaded.folder.write_eval(name, result.as_dict())
     return result
 
 
@@ -272,13 +275,14 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
     source, out_dir = Path(source), Path(out_dir)
     paths: dict[str, Path] = {}
     if source.is_file():
-        data = load_coco(source, images, skip_missing_images=loaded.cfg.data.skip_missing_images)
+        data = load_coco(source, images, skip_missing_images=loaded.cfg.data.skip_missing_images,
+                         max_image_pixels=loaded.cfg.data.max_image_pixels)
         dataset = CocoDetection(data, transforms=to_model_input())
         image_ids = [img["id"] for img in data.images]
     else:
         files = list_images(source)
         image_ids, enumerated = image_ids_for(files)
-        dataset = ImageFiles(files, image_ids)
+        dataset = ImageFiles(files, image_ids, max_pixels=loaded.cfg.data.max_image_pixels)
         if enumerated:
             paths["ids"] = write_id_map(out_dir, files, image_ids)
             log.info("file names are not numeric: image ids 1..%d, mapping in %s",

@@ -44,6 +44,8 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # hold out this share of train as valid
     split_seed: int = 0  # seed of that hold-out split
     skip_missing_images: bool = False  # drop records whose image file is missing (counted)
+    # images with more pixels are refused before decoding (a decompression bomb never loads)
+    max_image_pixels: PositiveInt = 100_000_000
     synth: SynthConfig | None = None  # generate the default data when its jsons are absent
     workers: int = Field(0, ge=0)  # DataLoader worker processes (0 = load in the main process)
     # Repeat-factor sampling (LVIS): images of classes in fewer than this share of the training

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
-from torchvision.transforms.v2 import functional as F
 
+from rcnnlab.data.images import DEFAULT_MAX_PIXELS, image_size, read_image
 from rcnnlab.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,11 @@ class CocoData:
 
     json_path: Path
     image_root: Path
-    images: list[dict]  # the image records, in file order
+    images: list[dict]  # the image records, in file order (width/height: the files' own)
     annotations: dict[int, list[dict]]  # image id -> its annotations (bbox repaired, xywh)
     categories: list[dict]  # sorted by id
     repairs: Counter = field(default_factory=Counter)  # what was clipped / dropped / skipped
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # larger images are refused when read
 
     @property
     def category_ids(self) -> list[int]:
@@ -87,14 +88,15 @@ def read_json(path: str | Path) -> dict:
 
 
 def default_image_root(json_path: Path, images: list[dict]) -> Path:
-    """The json's folder, or its `images/` subfolder when that is where the files are."""
+    """The json's folder, or its `images/` subfolder when more of the files are there (every
+    record counts: a first record whose file is missing must not send the search astray)."""
     folder = json_path.parent
     sub = folder / "images"
-    if images and sub.is_dir():
-        first = images[0].get("file_name", "")
-        if not (folder / first).exists() and (sub / first).exists():
-            return sub
-    return folder
+    if not images or not sub.is_dir():
+        return folder
+    names = [img["file_name"] for img in images if isinstance(img.get("file_name"), str)]
+    found_in_sub = sum((sub / name).is_file() for name in names)
+    return sub if found_in_sub > sum((folder / name).is_file() for name in names) else folder
 
 
 def _unique_ids(path: Path, records: list[dict], kind: str) -> None:
@@ -136,21 +138,13 @@ def _looks_like_xyxy(boxes: list[tuple[list[float], dict]]) -> bool:
     return overflow >= 0.2 * len(boxes) and fits_xyxy >= 0.95 * len(boxes)
 
 
-def _image_size(path: Path, json_path: Path, img: dict) -> tuple[int, int]:
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise _fail(json_path, f"image id {img['id']} ({path}) cannot be read: {exc}",
-                    "replace the file with a valid image or remove the record") from None
-
-
 def load_coco(
     json_path: str | Path,
     image_root: str | Path | None = None,
     *,
     check_files: bool = True,
     skip_missing_images: bool = False,
+    max_image_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> CocoData:
     """Load and validate a COCO detection json.
 
@@ -159,6 +153,10 @@ def load_coco(
     `skip_missing_images`, which drops the record with a count), a bbox that is not 4 numbers,
     and an annotation set whose boxes look like xyxy written as xywh. Repairs (counted, logged):
     boxes clipped to the image, degenerate boxes dropped, crowd boxes left out of training.
+
+    With `check_files`, every image's header is read (`rcnnlab.data.images.image_size`: EXIF
+    rotation applied, more than `max_image_pixels` refused): where the json's width/height
+    differ from the file's, the file's size wins, with a warning naming the records.
     """
     json_path = Path(json_path)
     tree = read_json(json_path)
@@ -172,7 +170,7 @@ def load_coco(
     root = Path(image_root) if image_root else default_image_root(json_path, images)
     repairs: Counter = Counter()
 
-    kept_images = []
+    kept_images, resized = [], []
     for img in images:
         target = _check_file_name(json_path, root, img)
         if check_files and not target.is_file():
@@ -184,12 +182,24 @@ def load_coco(
                 "restore the file, fix data.*_images, or set data.skip_missing_images=true",
             )
         img = dict(img)
-        if not isinstance(img.get("width"), int) or not isinstance(img.get("height"), int):
-            if not target.is_file():
-                raise _fail(json_path, f"image id {img['id']} has no width/height and no file",
-                            "add width and height to the record")
-            img["width"], img["height"] = _image_size(target, json_path, img)
+        given = (img.get("width"), img.get("height"))
+        if check_files or target.is_file():
+            img["width"], img["height"] = image_size(
+                target, max_pixels=max_image_pixels,
+                what=f"{json_path}: image id {img['id']} ({img['file_name']}): ")
+            if given != (img["width"], img["height"]) and given != (None, None):
+                resized.append(f"{img['id']} ({given[0]}x{given[1]} -> "
+                               f"{img['width']}x{img['height']})")
+        elif not all(isinstance(v, int) and v > 0 for v in given):
+            raise _fail(json_path, f"image id {img['id']} has no width/height and no file",
+                        "add width and height to the record")
         kept_images.append(img)
+    if resized:
+        repairs["images whose json width/height differ from the file (the file's size is "
+                "used)"] += len(resized)
+        log.warning("%s: width/height differ from the image file for image ids %s%s",
+                    json_path, ", ".join(resized[:10]),
+                    f" and {len(resized) - 10} more" if len(resized) > 10 else "")
     by_id = {img["id"]: img for img in kept_images}
     all_image_ids = {img["id"] for img in images}
     cat_ids = {c["id"] for c in categories}
@@ -218,17 +228,26 @@ def load_coco(
                     "convert each bbox to [x1, y1, x2 - x1, y2 - y1]")
 
     per_image: dict[int, list[dict]] = {img["id"]: [] for img in kept_images}
+    not_finite = []
     for ann in anns:
         img = by_id.get(ann["image_id"])
         if img is None:
             continue
+        if not all(math.isfinite(v) for v in ann["bbox"]):
+            not_finite.append(ann["id"])  # clipping would make up a box out of nothing
+            continue
         fixed = _repair_box(ann, img, repairs)
         if fixed is not None:
             per_image[img["id"]].append(fixed)
+    if not_finite:
+        repairs["boxes dropped: NaN or infinite coordinates"] += len(not_finite)
+        log.warning("%s: annotation ids %s have a NaN or infinite bbox coordinate: dropped",
+                    json_path, ", ".join(map(str, not_finite[:10]))
+                    + (f" and {len(not_finite) - 10} more" if len(not_finite) > 10 else ""))
     for what, n in repairs.items():
         log.warning("%s: %d %s", json_path, n, what)
     return CocoData(json_path, root, kept_images, per_image,
-                    sorted(categories, key=lambda c: c["id"]), repairs)
+                    sorted(categories, key=lambda c: c["id"]), repairs, max_image_pixels)
 
 
 def _repair_box(ann: dict, img: dict, repairs: Counter) -> dict | None:
@@ -266,7 +285,8 @@ def subset(data: CocoData, image_ids: list[int]) -> CocoData:
     keep = set(image_ids)
     images = [img for img in data.images if img["id"] in keep]
     anns = {i: data.annotations[i] for i in (img["id"] for img in images)}
-    return CocoData(data.json_path, data.image_root, images, anns, data.categories, Counter())
+    return CocoData(data.json_path, data.image_root, images, anns, data.categories, Counter(),
+                    data.max_image_pixels)
 
 
 def holdout_split(data: CocoData, fraction: float, seed: int) -> tuple[CocoData, CocoData]:
@@ -313,15 +333,11 @@ class CocoDetection(torch.utils.data.Dataset):
         return len(self.data.images)
 
     def load_image(self, index: int) -> torch.Tensor:
-        """The image as a uint8 RGB CHW tensor."""
+        """The image as a uint8 RGB CHW tensor (`rcnnlab.data.images.read_image`)."""
         img = self.data.images[index]
-        path = self.data.image_root / img["file_name"]
-        try:
-            with Image.open(path) as im:
-                return F.pil_to_tensor(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as exc:
-            raise DatasetError(f"{self.data.json_path}: image id {img['id']} ({path}) cannot be "
-                               f"read: {exc}. Fix: replace the file or remove the record") from None
+        return read_image(self.data.image_root / img["file_name"],
+                          max_pixels=self.data.max_image_pixels,
+                          what=f"{self.data.json_path}: image id {img['id']}: ")
 
     def target(self, index: int, size: tuple[int, int]) -> dict:
         """The training target of one image (`size` is the loaded image's (h, w))."""

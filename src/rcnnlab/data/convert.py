@@ -29,8 +29,8 @@ from pathlib import Path
 
 import h5py
 import yaml
-from PIL import Image, UnidentifiedImageError
 
+from rcnnlab.data.images import image_size
 from rcnnlab.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
@@ -51,20 +51,6 @@ _WARNINGS = {
 
 def _error(path: Path, what: str, fix: str) -> DatasetError:
     return DatasetError(f"{path}: {what}. Fix: {fix}")
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the image header; the pixels are not decoded.
-
-    The stored size, not the EXIF-rotated one: the dataset loader does not apply EXIF
-    orientation either, so boxes and pixels stay in the same frame.
-    """
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, UnidentifiedImageError) as exc:
-        raise _error(path, f"cannot read the image header ({exc})",
-                     "replace the file with a valid image or remove it") from None
 
 
 class _Builder:
@@ -279,7 +265,7 @@ def yolo_to_coco(root: Path, split: str | None = None, *,
                    ("missing_label_files", "labels_without_image", "polygons_as_boxes"))
     image_paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     for image_id, image_path in enumerate(image_paths, 1):
-        width, height = _image_size(image_path)
+        width, height = image_size(image_path)
         image = out.add_image(image_id, image_path.name, width, height)
         label_path = labels_dir / (image_path.stem + ".txt")
         if not label_path.is_file():
@@ -352,7 +338,7 @@ def svhn_to_coco(mat_path: Path, image_dir: Path | None = None) -> tuple[dict, P
         numeric = all(Path(name).stem.isdigit() for _, name in kept)
         for i, name in kept:
             image = out.add_image(int(Path(name).stem) if numeric else i + 1, name,
-                                  *_image_size(image_dir / name))
+                                  *image_size(image_dir / name))
             try:
                 group = mat[bbox_refs[i]]
                 fields = [_mat_numbers(mat, group[key]) for key in _SVHN_FIELDS]
@@ -475,7 +461,7 @@ def voc_to_coco(annotations_dir: Path, image_dir: Path | None = None, *,
             out.counts["skipped_missing_images"] += 1
             continue
         if size is None:
-            size = _image_size(image_path)
+            size = image_size(image_path)
             out.counts["sizes_read_from_images"] += 1
         image = out.add_image(image_id, filename, *size)
         for name, difficult, xmin, ymin, xmax, ymax in objects:

@@ -84,7 +84,8 @@ def load_splits(cfg: DataConfig, need: tuple[str, ...] = SPLITS) -> dict[str, Co
         path = getattr(cfg, f"{split}_json")
         if split in wanted and path is not None:
             out[split] = load_coco(path, getattr(cfg, f"{split}_images"),
-                                   skip_missing_images=cfg.skip_missing_images)
+                                   skip_missing_images=cfg.skip_missing_images,
+                                   max_image_pixels=cfg.max_image_pixels)
     if cfg.valid_json is None and cfg.val_fraction > 0 and "train" in out:
         out["train"], out["valid"] = holdout_split(out["train"], cfg.val_fraction, cfg.split_seed)
         log.info("held out %d of %d training images as valid (data.val_fraction=%.2f)",

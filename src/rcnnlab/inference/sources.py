@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 
-from rcnnlab.errors import DatasetError, MissingFileError
+from rcnnlab.data.images import DEFAULT_MAX_PIXELS, read_image
+from rcnnlab.errors import MissingFileError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
@@ -40,21 +40,13 @@ def image_ids_for(files: Sequence[Path]) -> tuple[list[int], bool]:
 class ImageFiles(torch.utils.data.Dataset):
     """A list of image files as a dataset of (float image, {"image_id": id}) for detect_dataset."""
 
-    def __init__(self, files: Sequence[Path], image_ids: Sequence[int]):
-        self.files, self.image_ids = list(files), list(image_ids)
+    def __init__(self, files: Sequence[Path], image_ids: Sequence[int], *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.files, self.image_ids, self.max_pixels = list(files), list(image_ids), max_pixels
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, index: int):
-        return load_image(self.files[index]), {"image_id": self.image_ids[index]}
-
-
-def load_image(path: Path) -> torch.Tensor:
-    """An image file as a float RGB CHW tensor in [0, 1], with a clear error if unreadable."""
-    try:
-        with Image.open(path) as im:
-            return F.to_dtype(F.pil_to_tensor(im.convert("RGB")), torch.float32, scale=True)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise DatasetError(f"{path}: cannot read the image ({exc}). Fix: remove or replace "
-                         "it") from None
+        image = read_image(self.files[index], max_pixels=self.max_pixels)
+        return F.to_dtype(image, torch.float32, scale=True), {"image_id": self.image_ids[index]}

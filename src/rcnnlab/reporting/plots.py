@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rcnnlab.data.images import read_image
 from rcnnlab.methods.scale_weighting import ACTION_NAMES, IntervalRecord
 
 
@@ -395,12 +396,8 @@ def plot_detection_grid(panels: Sequence[GridPanel], out_png: Path, *, title: st
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import Rectangle
-    from PIL import Image
-
-    sizes = []
-    for panel in panels:
-        with Image.open(panel.image) as im:
-            sizes.append(im.size)
+    pictures = [read_image(panel.image).permute(1, 2, 0).numpy() for panel in panels]
+    sizes = [(p.shape[1], p.shape[0]) for p in pictures]
     aspect = float(np.median([h / w for w, h in sizes])) if sizes else 1.0
     # wide images (amounts, house numbers) get fewer, wider columns
     cols = cols or (3 if aspect < 0.5 else 4)
@@ -412,9 +409,8 @@ def plot_detection_grid(panels: Sequence[GridPanel], out_png: Path, *, title: st
     axes = fig.subplots(rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, panel, (w, h) in zip(axes.flat, panels, sizes, strict=False):
-        with Image.open(panel.image) as im:
-            ax.imshow(im.convert("RGB"))
+    for ax, panel, picture, (w, h) in zip(axes.flat, panels, pictures, sizes, strict=False):
+        ax.imshow(picture)
         # the bands, in image pixels: points per pixel as the panel's width scales the image
         px = 72 * min(panel_w, panel_w * aspect * w / h) / w
         ax.set_xlim(-0.5, w - 0.5)

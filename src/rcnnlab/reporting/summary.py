@@ -11,7 +11,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image  # noqa: E402
+
+from rcnnlab.data.images import read_image  # noqa: E402
 
 
 def plot_curves(rows: list[dict], out_png: Path) -> Path:
@@ -60,8 +61,7 @@ def plot_detections(
     for ax in axes.flat:
         ax.axis("off")
     for ax, path, image_id in zip(axes.flat, image_paths, image_ids, strict=False):
-        with Image.open(path) as im:
-            ax.imshow(im.convert("RGB"))
+        ax.imshow(read_image(path).permute(1, 2, 0).numpy())
         for det in detections.get(image_id, []):
             if det["score"] < threshold:
                 continue
