@@ -8,6 +8,7 @@ Unknown keys are errors, so a typo in a YAML file or an override never passes si
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -264,12 +265,35 @@ class Config(_Section):
 
 
 # ------------------------------------------------------------------------------------ loading
+def config_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """Every dotted key of the config (of `model`'s section), e.g. ``train.lr``."""
+    keys = []
+    for name, info in (model or Config).model_fields.items():
+        key = f"{prefix}{name}"
+        keys.append(key)
+        section = info.annotation
+        for arg in getattr(section, "__args__", ()):  # SynthConfig | None
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                section = arg
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            keys += config_keys(section, f"{key}.")
+    return keys
+
+
 def problems(exc: ValidationError, section: str = "") -> str:
-    """A validation error in one line: "key.path: what is wrong; ..." (keys under `section`)."""
+    """A validation error in one line: "key.path: what is wrong; ..." (keys under `section`);
+    an unknown key gets the closest known one as a "did you mean"."""
     parts = []
     for err in exc.errors():
         loc = ".".join([*([section] if section else []), *(str(p) for p in err["loc"])])
-        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+        text = f"{loc}: {err['msg'].removeprefix('Value error, ')}"
+        if err["type"] == "extra_forbidden":  # the closest key of the same section
+            parent, _, leaf = loc.rpartition(".")
+            siblings = {k.rpartition(".")[2]: k for k in config_keys()
+                        if k.rpartition(".")[0] == parent}
+            close = difflib.get_close_matches(leaf, list(siblings), n=1, cutoff=0.6)
+            text += f" (did you mean {siblings[close[0]]}?)" if close else ""
+        parts.append(text)
     return "; ".join(parts)
 
 

@@ -192,7 +192,7 @@ def _yolo_box(values: list[float], kpt_values: int) -> tuple[tuple[float, ...], 
 def _yolo_labels(label_path: Path, classes: dict[int, str], kpt_values: int,
                  counts: Counter) -> list[tuple[int, tuple[float, ...]]]:
     """(class, normalised cx cy w h) of every line of a label file; errors name the line."""
-    boxes = []
+    boxes, kinds = [], {}  # kinds: first line number of each line kind (box / polygon)
     for number, line in enumerate(label_path.read_text().splitlines(), 1):
         columns = line.split()
         if not columns:
@@ -214,6 +214,13 @@ def _yolo_labels(label_path: Path, classes: dict[int, str], kpt_values: int,
             raise _error(label_path, f"{where}: {len(columns)} columns; {box}",
                          "re-export the labels in YOLO format")
         (cx, cy, w, h), polygon = box
+        kinds.setdefault(polygon, number)
+        if len(kinds) == 2:  # a detection file has boxes, a segmentation file polygons
+            first = kinds[not polygon]
+            raise _error(label_path, f"{where}: a {'polygon' if polygon else 'box'} among the "
+                         f"{'box' if polygon else 'polygon'} lines (the first at line {first}); "
+                         "two lines merged by a missing line break read as a polygon",
+                         "put each object on its own line (class cx cy w h)")
         # Ultralytics' own check: normalised values outside [0, 1] are pixels or a broken export.
         if not all(0.0 <= v <= 1.0 for v in (cx, cy, w, h)):
             raise _error(label_path, f"{where}: box values outside [0, 1]",
@@ -322,7 +329,15 @@ def svhn_to_coco(mat_path: Path, image_dir: Path | None = None) -> tuple[dict, P
     if not image_dir.is_dir():
         raise _error(image_dir, "image folder not found", "pass image_dir= (the PNGs' folder)")
     present = {p.name for p in image_dir.iterdir()}
+    try:
+        return _svhn_entries(mat_path, image_dir, present, fix)
+    except OSError as exc:  # h5py's error for a truncated or damaged file
+        raise _error(mat_path, f"cannot be read ({exc}): truncated or damaged", fix) from None
 
+
+def _svhn_entries(mat_path: Path, image_dir: Path, present: set[str],
+                  fix: str) -> tuple[dict, Path]:
+    """The entries of the .mat whose image is present, as a COCO dict (see svhn_to_coco)."""
     out = _Builder("svhn", mat_path, image_dir, ("skipped_missing_images",))
     with h5py.File(mat_path, "r") as mat:
         try:

@@ -41,4 +41,5 @@ def _write_csv(path: Path, header: list[str], rows) -> Path:
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(rows)
-    return write_atomic(path, buffer.getvalue())
+    # a file name that is no valid UTF-8 is written as the bytes the file system holds
+    return write_atomic(path, buffer.getvalue(), errors="surrogateescape")

@@ -35,12 +35,16 @@ from rcnnlab.errors import RunError
 Row = dict[str, float | None]
 
 
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file, fsync and an atomic rename."""
+def write_atomic(path: str | Path, text: str, *, errors: str = "strict") -> Path:
+    """Write `text` (UTF-8) to `path` through a temporary file, fsync and an atomic rename.
+
+    `errors="surrogateescape"` writes file names the file system gave as undecodable bytes
+    back as those bytes, instead of failing.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as fh:
+    with tmp.open("w", newline="", encoding="utf-8", errors=errors) as fh:
         fh.write(text)
         fh.flush()
         os.fsync(fh.fileno())
