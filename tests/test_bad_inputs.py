@@ -217,7 +217,7 @@ CASES += [
         t, lambda p: Image.new("RGB", (90, 50)).save(p))),
          ("width/height differ from the image file for image ids 1 (60x40 -> 90x50)",),
          "warning"),
-    Case("stats: more pixels than data.max_image_pixels (a decompression bomb)", lambda t: [
+    Case("train: more pixels than data.max_image_pixels (a decompression bomb)", lambda t: [
         "train", *_train(t, "data.max_image_pixels=1000")[1:]],
          ("60 x 40 = 2,400 pixels, more than data.max_image_pixels = 1,000", "Fix:")),
     Case("train: a float image", lambda t: _train(t, ann=_image_file(t, lambda p: Image.fromarray(
@@ -313,15 +313,74 @@ CASES += [
          ("no 'model' entry", "Fix: pass a foreign weights file as model.weights")),
 ]
 
+CASES += [
+    Case("convert: a VOC xml that is not XML", lambda t: _voc(t, "<annotation><object>"),
+         ("a.xml", "Fix:")),
+    Case("convert: a VOC object without a bndbox", lambda t: _voc(
+        t, "<annotation><filename>a.png</filename><size><width>60</width><height>40</height>"
+           "</size><object><name>0</name></object></annotation>"), ("a.xml", "Fix:")),
+    Case("convert: a VOC box with text for a number", lambda t: _voc(
+        t, "<annotation><filename>a.png</filename><size><width>60</width><height>40</height>"
+           "</size><object><name>0</name><bndbox><xmin>five</xmin><ymin>5</ymin><xmax>20</xmax>"
+           "<ymax>30</ymax></bndbox></object></annotation>"), ("a.xml", "Fix:")),
+    Case("convert: a data.yaml that is not YAML", lambda t: _yolo(
+        t, "0 0.5 0.5 0.1 0.2\n", data_yaml="names: [0, 1"), ("data.yaml", "Fix:")),
+    Case("convert: a data.yaml without names", lambda t: _yolo(
+        t, "0 0.5 0.5 0.1 0.2\n", data_yaml="nc: 2\n"), ("data.yaml", "names", "Fix:")),
+    Case("show: a json that does not exist", lambda t: ["data", "show", str(t / "no.json"),
+                                                         "--out", str(t / "g.png")],
+         ("no.json: file not found", "Fix:")),
+    Case("split: a fraction above 1", lambda t: ["data", "split", str(_coco(t)), "--out",
+                                                  str(t / "s"), "--fraction", "1.5"],
+         ("fraction 1.5 (--fraction, data.val_fraction) must lie between 0 and 1", "Fix:")),
+    Case("train: resuming with data whose classes changed", lambda t: [
+        *_train(t, "name=done", ann=_three_classes(t, _trained(t))), "--resume"],
+         ("last.pt: cannot resume: the checkpoint's categories differ", "Fix:")),
+    Case("train: resuming with a config whose model changed", lambda t: [
+        *(_train(t, "name=done", "model.residual_fpn=true") if _trained(t) else []), "--resume"],
+         ("last.pt: its weights do not fit the model", "Fix: resume with the config the run "
+          "was trained with")),
+    Case("evaluate: a checkpoint whose weights were edited", lambda t: [
+        "evaluate", str(_edited(_trained(t))), "--split", "valid", "--device", "cpu"],
+         ("best.pt: its weights do not fit the model", "Fix:")),
+]
 
-def _yolo(tmp: Path, label: str) -> list[str]:
+
+def _voc(tmp: Path, xml: str) -> list[str]:
+    folder = tmp / "voc"
+    folder.mkdir()
+    Image.new("RGB", (60, 40)).save(folder / "a.png")
+    (folder / "a.xml").write_text(xml)
+    return ["data", "convert", str(folder), "--from", "voc", "--out", str(tmp / "o.json")]
+
+
+def _three_classes(tmp: Path, run: Path) -> Path:
+    """The run's data with a third class: the model it builds has another box predictor."""
+    return write_coco(tmp / "three", categories=[{"id": 0, "name": "0"}, {"id": 1, "name": "1"},
+                                                  {"id": 2, "name": "2"}])
+
+
+def _edited(run: Path) -> Path:
+    """The run with a best.pt whose box predictor was cut to another class count."""
+    import torch
+
+    path = run / "checkpoints" / "best.pt"
+    state = torch.load(path, weights_only=True)
+    for key in ("roi_heads.box_predictor.cls_score.weight",
+                "roi_heads.box_predictor.cls_score.bias"):
+        state["model"][key] = state["model"][key][:2]
+    torch.save(state, path)
+    return run
+
+
+def _yolo(tmp: Path, label: str, data_yaml: str = "names: ['0', '1']\nnc: 2\n") -> list[str]:
     """A one-image YOLO dataset (data.yaml, images/, labels/) with the given label file."""
     root = tmp / "yolo"
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     Image.new("RGB", (60, 40)).save(root / "images" / "a.png")
     (root / "labels" / "a.txt").write_text(label)
-    (root / "data.yaml").write_text("names: ['0', '1']\nnc: 2\n")
+    (root / "data.yaml").write_text(data_yaml)
     return ["data", "convert", str(root), "--from", "yolo", "--out", str(tmp / "o.json")]
 
 

@@ -94,12 +94,12 @@ def _yolo_split(folder: Path, labels: dict[str, str | None], size=(100, 50)) -> 
 def test_yolo_polygon_clipping_negatives_and_dict_names(tmp_path):
     (tmp_path / "data.yaml").write_text("nc: 2\nnames: {0: cat, 1: dog}\n")
     _yolo_split(tmp_path / "train", {
-        "a": "1 0.1 0.2 0.5 0.2 0.3 0.6\n"  # polygon (3 points) -> its bounding box
-             "0 0.05 0.5 0.2 0.4\n"  # pokes out on the left: clipped
+        "a": "1 0.1 0.2 0.5 0.2 0.3 0.6\n",  # polygon (3 points) -> its bounding box
+        "b": "0 0.05 0.5 0.2 0.4\n"  # pokes out on the left: clipped
              "\n"
              "0 0.5 0.5 0.005 0.5",  # 0.5 px wide: dropped (no newline at the end, as Roboflow)
-        "b": "",  # empty label file: a negative
-        "c": None,  # no label file: a negative
+        "c": "",  # empty label file: a negative
+        "d": None,  # no label file: a negative
     })
     (tmp_path / "train" / "labels" / "orphan.txt").write_text("0 0.5 0.5 0.1 0.1\n")
 
@@ -107,16 +107,21 @@ def test_yolo_polygon_clipping_negatives_and_dict_names(tmp_path):
     assert image_root == tmp_path / "train" / "images"
     assert coco["categories"] == [{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}]
     assert [(img["id"], img["file_name"]) for img in coco["images"]] == [
-        (1, "a.png"), (2, "b.png"), (3, "c.png")]
+        (1, "a.png"), (2, "b.png"), (3, "c.png"), (4, "d.png")]
     boxes = [(a["image_id"], a["category_id"], a["bbox"]) for a in coco["annotations"]]
     assert boxes == [(1, 1, pytest.approx([10, 10, 40, 20])),  # x 0.1..0.5, y 0.2..0.6
-                     (1, 0, pytest.approx([0, 15, 15, 20]))]  # x -5..15 clipped to 0..15
+                     (2, 0, pytest.approx([0, 15, 15, 20]))]  # x -5..15 clipped to 0..15
     info = coco["info"]
     assert info["polygons_as_boxes"] == 1 and info["boxes_clipped"] == 1
     assert info["boxes_dropped_degenerate"] == 1
     assert info["negative_images"] == 2 and info["missing_label_files"] == 1
     assert info["labels_without_image"] == 1
     _loads_without_repairs(coco, image_root, tmp_path / "train.json")
+    # a file mixing boxes and polygons is what a missing line break makes: refused
+    (tmp_path / "train" / "labels" / "a.txt").write_text("0 0.5 0.5 0.1 0.2\n"
+                                                         "1 0.1 0.2 0.5 0.2 0.3 0.6\n")
+    with pytest.raises(DatasetError, match=r"a\.txt: line 2 .*a polygon among the box lines"):
+        yolo_to_coco(tmp_path, "train")
 
 
 def test_yolo_ultralytics_layout_and_names_argument(tmp_path):

@@ -65,8 +65,10 @@ def _user_errors(func):
         try:
             return func(*args, **kwargs)
         except UserError as exc:  # anything else is a bug: its traceback is shown
-            # the message is text, not markup: "[x, y, w, h]" must print as written
-            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False,
+            # one line (a YAML parser's message spans several), and text, not markup:
+            # "[x, y, w, h]" must print as written
+            message = " ".join(str(exc).split())
+            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
                               soft_wrap=True)
             raise typer.Exit(2) from None
 

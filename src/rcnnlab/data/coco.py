@@ -20,7 +20,7 @@ import torch
 from torchvision import tv_tensors
 
 from rcnnlab.data.images import DEFAULT_MAX_PIXELS, image_size, read_image
-from rcnnlab.errors import DatasetError
+from rcnnlab.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +295,9 @@ def holdout_split(data: CocoData, fraction: float, seed: int) -> tuple[CocoData,
     Images are shuffled with `seed`; first, for each class (rarest first) one image holding it is
     moved to valid if valid has none yet; then valid is filled up to `fraction` of the images.
     """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"the held-out fraction {fraction:g} (--fraction, data.val_fraction) "
+                          "must lie between 0 and 1. Fix: e.g. 0.1 to hold out a tenth")
     ids = [img["id"] for img in data.images]
     rng = random.Random(seed)
     rng.shuffle(ids)

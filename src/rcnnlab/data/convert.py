@@ -12,7 +12,9 @@ clipped to their image and boxes under 1 px (after clipping) are dropped, the sa
 Format decisions (the why is at each converter):
 
 - YOLO: category id = YOLO class index (0..nc-1, names from data.yaml); a polygon line (class +
-  three or more x y points) becomes its polygon's bounding box.
+  three or more x y points) becomes its polygon's bounding box. A label file mixing box and
+  polygon lines is refused (as Ultralytics reads such a file, every line becomes points): it is
+  what two box lines merged by a missing line break look like.
 - SVHN: category id = digit + 1 with names "0".."9"; SVHN's label 10 is digit 0.
 - VOC: pixel indices are 1-based and inclusive, so ``xmin..xmax`` becomes
   ``x = xmin - 1, w = xmax - xmin + 1``; ``difficult`` objects become ``iscrowd = 1``.
@@ -145,7 +147,8 @@ def _yolo_yaml(yaml_path: Path) -> dict:
     try:
         spec = yaml.safe_load(yaml_path.read_text())
     except yaml.YAMLError as exc:
-        raise _error(yaml_path, f"malformed YAML ({exc})", "repair the file") from None
+        raise _error(yaml_path, f"malformed YAML ({' '.join(str(exc).split())})",
+                     "repair the file (a YAML mapping with names: and the split folders)") from None
     if not isinstance(spec, dict):
         raise _error(yaml_path, "not a YAML mapping", "give the dataset's data.yaml")
     return spec

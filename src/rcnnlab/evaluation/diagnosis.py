@@ -61,6 +61,7 @@ from rcnnlab.evaluation.errors import (
     box_iou,
     xyxy,
 )
+from rcnnlab.runs.rundir import write_atomic
 
 # ----------------------------------------------------------------------------- rule constants
 MIN_LOSS = 0.01
@@ -480,8 +481,8 @@ class Diagnosis:
         """Write ``diagnosis.md`` and ``diagnosis.json`` into ``folder``."""
         folder = Path(folder)
         paths = {"md": folder / "diagnosis.md", "json": folder / "diagnosis.json"}
-        paths["md"].write_text(self.to_markdown())
-        paths["json"].write_text(json.dumps(self.to_dict(), indent=2))
+        write_atomic(paths["md"], self.to_markdown())
+        write_atomic(paths["json"], json.dumps(self.to_dict(), indent=2))
         return paths
 
 

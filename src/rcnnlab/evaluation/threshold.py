@@ -15,6 +15,7 @@ running the detector (measured on 2 CPU cores: ~0.9 s for 46 thresholds on 100 i
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from os import PathLike
@@ -28,6 +29,7 @@ from rcnnlab.evaluation.sequence import (
     numbers_from_detections,
     sequence_accuracy,
 )
+from rcnnlab.runs.rundir import write_atomic
 
 
 def default_thresholds() -> list[float]:
@@ -80,10 +82,11 @@ class SweepResult:
 
     def to_csv(self, path: str | PathLike[str]) -> None:
         """Write the rows as CSV with a header; None is written as an empty cell."""
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=[fld.name for fld in fields(SweepRow)])
-            writer.writeheader()
-            writer.writerows(asdict(row) for row in self.rows)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=[fld.name for fld in fields(SweepRow)])
+        writer.writeheader()
+        writer.writerows(asdict(row) for row in self.rows)
+        write_atomic(path, buffer.getvalue())
 
 
 def _best_threshold(rows: Sequence[SweepRow]) -> float:

@@ -54,7 +54,7 @@ from rcnnlab.reporting.plots import (
 )
 from rcnnlab.runs.checkpoint import Checkpoint
 from rcnnlab.runs.environment import environment_rows
-from rcnnlab.runs.rundir import RunDir, read_csv_rows
+from rcnnlab.runs.rundir import RunDir, read_csv_rows, write_atomic
 
 FIGURES_DIR = "figures"
 PR_IOUS = (0.5, 0.75)
@@ -84,9 +84,9 @@ def write_record(run_dir: str | Path, *, best: Checkpoint, model_info: dict,
     figures = _figures(ctx, run.root / FIGURES_DIR, grid_images)
     blocks = _blocks(ctx, figures)
     md = run.root / "report.md"
-    md.write_text(render_markdown(blocks, run.root))
+    write_atomic(md, render_markdown(blocks, run.root))
     page = run.root / "report.html"
-    page.write_text(render_html(blocks, f"rcnnlab run record: {cfg.name}"))
+    write_atomic(page, render_html(blocks, f"rcnnlab run record: {cfg.name}"))
     return {"markdown": md, "html": page, **{f.path.stem: f.path for f in figures.values()}}
 
 

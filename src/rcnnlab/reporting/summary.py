@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from rcnnlab.data.images import read_image  # noqa: E402
+from rcnnlab.runs.rundir import write_atomic  # noqa: E402
 
 
 def plot_curves(rows: list[dict], out_png: Path) -> Path:
@@ -90,5 +91,5 @@ def write_summary(path: Path, title: str, facts: dict[str, str], figures: list[P
     for fig in figures:
         lines.append(f"![{fig.stem}]({fig.relative_to(path.parent).as_posix()})")
         lines.append("")
-    path.write_text("\n".join(lines))
+    write_atomic(path, "\n".join(lines))
     return path

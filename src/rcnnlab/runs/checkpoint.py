@@ -150,8 +150,22 @@ def load_detector(path: str | Path, which: str = "best",
     # come from the checkpoint: nothing is fetched.
     model = build_model(ckpt.config.model, num_classes=len(ckpt.categories) + 1,
                         load_weights=False)
-    model.load_state_dict(ckpt.model)
+    load_fitting(model, ckpt.model, ckpt.path, "Fix: use a checkpoint as rcnnlab train wrote it "
+                 "(its config, categories and weights belong together)")
     return model.to(device).eval(), ckpt
+
+
+def load_fitting(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path | None,
+                 fix: str) -> None:
+    """`model.load_state_dict(state)`, or one line naming the file, the first tensor that does
+    not fit and the fix (torch's own message lists every tensor over several lines)."""
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 else lines[0] if lines else "unknown cause"
+        first = first if len(first) <= 160 else first[:160] + " ..."  # key lists run long
+        raise RunError(f"{path}: its weights do not fit the model ({first}). {fix}") from None
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:

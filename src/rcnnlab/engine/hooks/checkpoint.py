@@ -10,7 +10,7 @@ import torch
 from rcnnlab.config import Config
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.errors import RunError
-from rcnnlab.runs.checkpoint import Checkpoint, rng_state, set_rng_state
+from rcnnlab.runs.checkpoint import Checkpoint, load_fitting, rng_state, set_rng_state
 from rcnnlab.runs.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,9 @@ class Checkpointer(HookBase):
             raise RunError(f"{path}: cannot resume: the checkpoint's categories differ from "
                              "the data's. Fix: resume with the data it was trained on")
         loop, resume = self.loop, ckpt.resume
-        loop.model.load_state_dict(ckpt.model)
+        load_fitting(loop.model, ckpt.model, path,
+                     "Fix: resume with the config the run was trained with (its config.yaml), "
+                     "or start a new run")
         loop.optimizer.load_state_dict(resume["optimizer"])
         loop.scheduler.load_state_dict(resume["scheduler"])
         loop.epoch, loop.iteration = ckpt.epoch, ckpt.iteration
