@@ -167,6 +167,13 @@ CASES += [
     Case("stats: an image id that is a string", lambda t: _stats(_coco(t, images=[
         {"id": "one", "file_name": "a.png", "width": 60, "height": 40}], annotations=[])),
          ("image record #0 has id 'one'", "Fix:")),
+    Case("stats: image records that are not objects", lambda t: _stats(_raw_json(
+        t, '{"images": [1, 2], "categories": []}')), ("images record #0 is 1, not an object",)),
+    Case("stats: annotations that are a string", lambda t: _stats(_raw_json(
+        t, '{"images": [], "annotations": "none", "categories": []}')),
+         ("'annotations' is a str, not a list",)),
+    Case("stats: iscrowd that is not 0 or 1", lambda t: _stats(_coco(t, annotations=_ann(
+        [5, 5, 10, 20], iscrowd="yes"))), ("annotation id 1 has iscrowd 'yes'", "Fix:")),
     Case("stats: an annotation of an unknown image", lambda t: _stats(_coco(t, annotations=[
         {"id": 1, "image_id": 9, "category_id": 0, "bbox": [5, 5, 10, 20]}])),
          ("annotation id 1 refers to unknown image id 9", "Fix:")),

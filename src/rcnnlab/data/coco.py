@@ -84,6 +84,19 @@ def read_json(path: str | Path) -> dict:
         if not isinstance(tree.get(key), list):
             raise _fail(path, f"no '{key}' list", f"add the '{key}' list of a COCO detection file")
     tree.setdefault("annotations", [])
+    for key in ("images", "annotations", "categories"):
+        records = tree[key]
+        if not isinstance(records, list):
+            raise _fail(path, f"'{key}' is a {type(records).__name__}, not a list",
+                        f"make '{key}' a list of records")
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise _fail(path, f"{key} record #{i} is {record!r}, not an object",
+                            f"make every '{key}' entry an object with an id")
+    for ann in tree["annotations"]:
+        if ann.get("iscrowd", 0) not in (0, 1):  # "yes" would silently read as a crowd box
+            raise _fail(path, f"annotation id {ann.get('id')} has iscrowd {ann['iscrowd']!r}",
+                        "give iscrowd as 0 or 1")
     return tree
 
 
