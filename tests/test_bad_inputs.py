@@ -334,6 +334,11 @@ CASES += [
         t, "0 0.5 0.5 0.1 0.2\n", data_yaml="names: [0, 1"), ("data.yaml", "Fix:")),
     Case("convert: a data.yaml without names", lambda t: _yolo(
         t, "0 0.5 0.5 0.1 0.2\n", data_yaml="nc: 2\n"), ("data.yaml", "names", "Fix:")),
+    Case("convert: a data.yaml kpt_shape that is not two numbers", lambda t: _yolo(
+        t, "0 0.5 0.5 0.1 0.2\n", data_yaml="names: ['0']\nkpt_shape: [x, 3]\n"),
+         ("kpt_shape is ['x', 3]", "Fix:")),
+    Case("split: --out is a file", lambda t: ["data", "split", str(_coco(t)), "--out",
+                                              str(_coco(t))], ("a file, not a folder", "Fix:")),
     Case("show: a json that does not exist", lambda t: ["data", "show", str(t / "no.json"),
                                                          "--out", str(t / "g.png")],
          ("no.json: file not found", "Fix:")),

@@ -132,6 +132,9 @@ def data_split(
     """Deterministic train/valid split of a COCO json, every class in valid where possible."""
     from rcnnlab.data.coco import holdout_split, load_coco, read_json
 
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: a file, not a folder. Fix: give the folder that "
+                          "train.json and valid.json go into")
     data = load_coco(json_path, images)
     tree = read_json(json_path)
     train, valid = holdout_split(data, fraction, seed)

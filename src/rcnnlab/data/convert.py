@@ -174,6 +174,16 @@ def _yolo_names(spec: dict, yaml_path: Path) -> dict[int, str]:
     return classes
 
 
+def _keypoint_values(spec: dict, yaml_path: Path) -> int:
+    """Numbers per label line that data.yaml's ``kpt_shape: [points, 2 or 3]`` adds."""
+    shape = spec["kpt_shape"]
+    if (not isinstance(shape, list) or len(shape) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)):
+        raise _error(yaml_path, f"kpt_shape is {shape!r}",
+                     "give kpt_shape as [number of keypoints, 2 or 3], e.g. [17, 3]")
+    return math.prod(shape)
+
+
 def _yolo_box(values: list[float], kpt_values: int) -> tuple[tuple[float, ...], bool] | str:
     """Normalised (cx, cy, w, h) of a label line's numbers, and whether it was a polygon.
 
@@ -269,7 +279,7 @@ def yolo_to_coco(root: Path, split: str | None = None, *,
     else:
         raise _error(root, "no data.yaml here or in the parent folder, and no names given",
                      "pass names=[...] (class names in class-index order) or add data.yaml")
-    kpt_values = math.prod(spec["kpt_shape"]) if "kpt_shape" in spec else 0
+    kpt_values = _keypoint_values(spec, yaml_path) if "kpt_shape" in spec else 0
 
     out = _Builder("yolo", root, images_dir,
                    ("missing_label_files", "labels_without_image", "polygons_as_boxes"))
