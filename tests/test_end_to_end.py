@@ -105,12 +105,12 @@ def test_predict_on_a_folder_enumerates_non_numeric_names(synth_dir, tmp_path):
 
 
 def test_resume_reaches_the_same_weights(synth_dir, tmp_path):
-    # Multi-scale, repeat-factor sampling, policy gradient and RLO on: their draws and state
-    # must resume exactly too.
+    # Multi-scale, repeat-factor sampling, policy gradient, RLO and the weight average on:
+    # their draws and state must resume exactly too.
     common = ["train.epochs=2", "train.iters_per_epoch=2", "augment.no_aug_epochs=0",
               "augment.multiscale_sizes=[48,96]", "data.repeat_factor_threshold=0.5",
               "train.roi_loss=policy_gradient", "train.scale_weighting=rlo",
-              "train.scale_interval=1"]
+              "train.scale_interval=1", "train.ema_decay=0.9", "train.ema_warmup=2"]
     whole = tiny_config(synth_dir, tmp_path / "a", *common)
     api.train(whole, reporter=ProgressReporter(quiet=True))
     # The same run interrupted after epoch 1: a 1-epoch schedule would differ, so stop it by
@@ -132,6 +132,14 @@ def test_resume_reaches_the_same_weights(synth_dir, tmp_path):
     assert a["epoch"] == b["epoch"] == 2 and a["iteration"] == b["iteration"] == 4
     for key, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][key]), key
+    ema_a, ema_b = a["resume"]["hooks"]["ema"], b["resume"]["hooks"]["ema"]
+    assert ema_a["updates"] == ema_b["updates"] == 4
+    for key, tensor in ema_a["weights"].items():
+        assert torch.equal(tensor, ema_b["weights"][key]), key
+    # best.pt holds the average (what validation scored), not the last step's weights
+    best_weights = load_checkpoint(whole.run_dir / "checkpoints" / "best.pt")["model"]
+    assert not torch.equal(best_weights["roi_heads.box_predictor.cls_score.weight"],
+                           a["model"]["roi_heads.box_predictor.cls_score.weight"])
     rows = list(csv.DictReader((broken.run_dir / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     # best.pt keeps the weights and what inference needs, not AdamW's two moments per weight;

@@ -183,3 +183,30 @@ def test_a_diverged_loss_is_a_user_error_naming_the_fix(grad_clip, fix):
     with pytest.raises(TrainingDiverged, match=expected):
         loop.train()
     assert torch.equal(model.w, torch.ones(1))  # no step was taken on it
+
+
+def test_the_weight_average_follows_a_hand_computed_decay_sequence():
+    from types import SimpleNamespace
+
+    from rcnnlab.engine.hooks.ema import WeightAverage, ema_decay
+
+    assert ema_decay(1, 0.9, 2) == pytest.approx(0.9 * (1 - math.exp(-0.5)))
+    assert ema_decay(10_000, 0.9, 2) == pytest.approx(0.9)
+    model = nn.BatchNorm1d(1)  # a float weight and an integer batch counter
+    hook = WeightAverage(model, decay=0.9, warmup=2)
+    hook.loop = SimpleNamespace(model=model)
+    expected = 1.0  # the weight starts at 1
+    for step, value in enumerate([3.0, 5.0, -1.0], 1):
+        with torch.no_grad():
+            model.weight.fill_(value)
+        model.num_batches_tracked.fill_(step)
+        hook.after_step()
+        d = 0.9 * (1 - math.exp(-step / 2))
+        expected = d * expected + (1 - d) * value
+        assert hook.average.weight.item() == pytest.approx(expected, rel=1e-6)
+        assert hook.average.num_batches_tracked.item() == step  # copied, not averaged
+    state = hook.state_dict()
+    again = WeightAverage(nn.BatchNorm1d(1), decay=0.9, warmup=2)
+    again.load_state_dict(state)
+    assert again.updates == 3 and again.average.weight.item() == pytest.approx(expected)
+    assert not any(p.requires_grad for p in hook.average.parameters())

@@ -138,6 +138,10 @@ class TrainConfig(_Section):
     milestones: list[int] = [8, 11]  # multistep: epochs at which LR is multiplied by gamma
     gamma: float = 0.1
     grad_clip: float | None = 10.0  # max global grad norm (None = off)
+    # moving average of the weights for validation, best.pt and prediction (None = off):
+    # ema = d * ema + (1 - d) * weights after each step, d = ema_decay * (1 - exp(-step / warmup))
+    ema_decay: float | None = Field(None, gt=0, lt=1)
+    ema_warmup: PositiveInt = 2000  # iterations over which d ramps up (YOLOX's 2000)
     finetune_from: str | None = None  # start from another checkpoint's weights (not its state)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

@@ -77,6 +77,8 @@ class TrainLoop:
         self.targets: list[dict[str, Tensor]] = []  # the current step's batch, as loaded
         self.outputs: dict[str, Tensor] = {}  # and what the model returned for it
         self.loss = math.nan
+        # what validation scores and best.pt keeps: the model, or a hook's average of it
+        self.eval_model: nn.Module = model
 
     @property
     def lr(self) -> float:

@@ -26,6 +26,7 @@ from rcnnlab.data.samplers import RepeatFactorSampler, repeat_factors
 from rcnnlab.data.transforms import to_model_input
 from rcnnlab.engine.hooks.augmentation import AugmentationSchedule
 from rcnnlab.engine.hooks.checkpoint import Checkpointer
+from rcnnlab.engine.hooks.ema import WeightAverage
 from rcnnlab.engine.hooks.evaluation import PeriodicValidation
 from rcnnlab.engine.hooks.metrics import MetricsWriter
 from rcnnlab.engine.hooks.policy_gradient import PolicyGradientState
@@ -182,6 +183,8 @@ def train(cfg: Config, splits: dict[str, CocoData],
                                        method=t.scale_weighting, interval=t.scale_interval,
                                        seed=t.seed)
         hooks.append(ScaleWeighting(weighting, run, writer))
+    if t.ema_decay is not None:
+        hooks.append(WeightAverage(model, decay=t.ema_decay, warmup=t.ema_warmup))
     hooks += [
         *extra_hooks,
         Throughput(),

@@ -417,6 +417,9 @@ def _training_section(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]
         ["optimizer", f"{t.optimizer}, lr {t.lr:g} (backbone x {t.backbone_lr_mult:g}), "
                       f"weight decay {t.weight_decay:g}"],
         ["schedule", f"{t.schedule}, warm-up {t.warmup_iters} iterations"],
+        ["weights evaluated", "the last step's" if t.ema_decay is None else
+         f"their moving average (EMA, decay {t.ema_decay:g}, warm-up {t.ema_warmup} "
+         "iterations): validation, best.pt and this record score it"],
     ]
     out = [("h", 2, "Training"), ("table", ["", ""], rows)]
     out += [("figure", figures[k]) for k in ("losses", "validation", "learning_rate")

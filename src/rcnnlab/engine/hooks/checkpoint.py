@@ -47,7 +47,9 @@ class Checkpointer(HookBase):
         if ap is not None and ap > self.best_map:
             self.best_map, self.best_epoch = ap, self.loop.epoch
             state.best_map, state.best_epoch = self.best_map, self.best_epoch
-            state.weights_only().save(self.run.best_pt)
+            best = state.weights_only()
+            best.model = self.loop.eval_model.state_dict()  # the weights validation scored
+            best.save(self.run.best_pt)
         state.save(self.run.last_pt)
 
     def resume(self) -> None:

@@ -32,7 +32,7 @@ class PeriodicValidation(HookBase):
         if loop.epoch != loop.epochs and loop.epoch % self.period:
             return
         start = time.perf_counter()
-        loop.row.update({f"val_{k}": v for k, v in self.evaluate(loop.model).items()})
+        loop.row.update({f"val_{k}": v for k, v in self.evaluate(loop.eval_model).items()})
         loop.row.update(self.validation_loss())
         loop.row["val_seconds"] = time.perf_counter() - start
 
@@ -43,7 +43,7 @@ class PeriodicValidation(HookBase):
         The RPN and RoI samplers draw from a seeded fork of the random state, so validating
         never changes the training run's random stream.
         """
-        model, device = self.loop.model, self.loop.device
+        model, device = self.loop.eval_model, self.loop.device
         sums, n = dict.fromkeys(RAW_LOSSES, 0.0), 0
         cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
