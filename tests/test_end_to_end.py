@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -454,3 +455,25 @@ def test_a_run_folder_is_never_mixed_with_another_run(synth_dir, tmp_path):
     assert [r["epoch"] for r in csv.DictReader((run / "metrics.csv").open())] == ["1"]
     assert not (run / "eval_test.json").exists()
     assert not list(run.rglob("*.tmp"))
+
+
+def test_channels_last_trains_and_its_checkpoint_predicts(synth_dir, tmp_path):
+    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=2",
+                      "train.channels_last=true")
+    layouts = []
+
+    class Layout(HookBase):
+        def before_train(self):
+            weight = self.loop.model.backbone.body.conv1.weight
+            layouts.append(weight.is_contiguous(memory_format=torch.channels_last)
+                           and not weight.is_contiguous())
+
+    run = api.train(cfg, reporter=ProgressReporter(quiet=True), extra_hooks=[Layout()]).run_dir
+    assert layouts == [True]  # the backbone trained in NHWC
+    row = next(csv.DictReader((run / "metrics.csv").open()))
+    assert all(math.isfinite(float(row[k])) for k in ("loss", "loss_cls", "loss_anchor"))
+    model, _ = load_detector(run)  # the checkpoint loads into an ordinary model
+    assert model.backbone.body.conv1.weight.is_contiguous()
+    paths = api.predict(run, synth_dir / "test" / "annotations.json", tmp_path / "pred",
+                        device="cpu")
+    assert isinstance(json.loads(paths["json"].read_text()), list)

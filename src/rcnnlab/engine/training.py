@@ -158,6 +158,8 @@ def train(cfg: Config, splits: dict[str, CocoData],
     pg_generator = torch.Generator().manual_seed(t.seed + 1)
     cfg, model = build_detector(cfg, train_data, pg_generator)
     model.to(device)
+    if t.channels_last:  # convolutions run in NHWC, which oneDNN and cuDNN often prefer
+        model.backbone.to(memory_format=torch.channels_last)
     train_set = CocoDetection(train_data)
     valid_set = CocoDetection(valid_data, transforms=to_model_input())
     generator = torch.Generator().manual_seed(t.seed)
