@@ -92,6 +92,8 @@ CASES = [
     Case("train: a renamed key",
          lambda t: _train(t, "train.objective=policy_gradient"),
          ("train.objective is now train.roi_loss", "Fix:")),
+    Case("train: fp16 mixed precision on the CPU", lambda t: _train(t, "train.amp=fp16"),
+         ("train.amp=fp16 on cpu: fp16 autocast needs CUDA", "Fix: train.amp=bf16")),
     Case("train: --resume with nothing to resume",
          lambda t: [*_train(t), "--resume"],
          ("nothing to resume", "no checkpoints/last.pt", "Fix:")),

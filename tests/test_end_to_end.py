@@ -477,3 +477,16 @@ def test_channels_last_trains_and_its_checkpoint_predicts(synth_dir, tmp_path):
     paths = api.predict(run, synth_dir / "test" / "annotations.json", tmp_path / "pred",
                         device="cpu")
     assert isinstance(json.loads(paths["json"].read_text()), list)
+
+
+def test_bf16_autocast_trains_with_finite_losses_and_its_checkpoint_predicts(synth_dir, tmp_path):
+    cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=2",
+                      "train.amp=bf16")
+    run = api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
+    row = next(csv.DictReader((run / "metrics.csv").open()))
+    assert all(math.isfinite(float(row[k])) for k in ("loss", "loss_cls", "loss_bbox",
+                                                       "loss_anchor"))
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["resume"]["precision"] == {}
+    paths = api.predict(run, synth_dir / "test" / "annotations.json", tmp_path / "pred",
+                        device="cpu")
+    assert isinstance(json.loads(paths["json"].read_text()), list)

@@ -210,3 +210,30 @@ def test_the_weight_average_follows_a_hand_computed_decay_sequence():
     again.load_state_dict(state)
     assert again.updates == 3 and again.average.weight.item() == pytest.approx(expected)
     assert not any(p.requires_grad for p in hook.average.parameters())
+
+
+def test_mixed_precision_steps_and_keeps_the_scalers_state():
+    from rcnnlab.engine.precision import MixedPrecision
+    from rcnnlab.errors import ConfigError
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ConfigError, match="fp16 autocast needs CUDA. Fix: train.amp=bf16"):
+        MixedPrecision("fp16", cpu)
+    with MixedPrecision("bf16", cpu).autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with MixedPrecision("off", cpu).autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    # fp16's scaler (CUDA in practice; its CPU twin here): an overflowing step is skipped and
+    # the scale halves, and that state survives a save and a load
+    amp = MixedPrecision("off", cpu)
+    amp.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = model.weight.detach().clone()
+    amp.backward(model(torch.tensor([[float("inf")]])).sum())
+    amp.step(optimizer, model.parameters(), grad_clip=None)
+    assert torch.equal(model.weight, before) and amp.scaler.get_scale() == 512.0
+    resumed = MixedPrecision("off", cpu)
+    resumed.scaler = torch.amp.GradScaler("cpu")
+    resumed.load_state_dict(amp.state_dict())
+    assert resumed.scaler.get_scale() == 512.0

@@ -143,6 +143,7 @@ class TrainConfig(_Section):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     ema_warmup: PositiveInt = 2000  # iterations over which d ramps up (YOLOX's 2000)
     channels_last: bool = False  # the backbone's tensors in NHWC memory order (CPU and CUDA)
+    amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision of the training step
     finetune_from: str | None = None  # start from another checkpoint's weights (not its state)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

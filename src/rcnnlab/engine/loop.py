@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from rcnnlab.engine.precision import MixedPrecision
 from rcnnlab.errors import TrainingDiverged
 from rcnnlab.models.heads import total_loss
 
@@ -61,12 +62,13 @@ class TrainLoop:
     def __init__(self, model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, *, epochs: int,
                  iters_per_epoch: int, device: torch.device, grad_clip: float | None,
-                 hooks: Sequence[HookBase]):
+                 hooks: Sequence[HookBase], precision: MixedPrecision | None = None):
         self.model, self.loader = model, loader
         self.optimizer, self.scheduler = optimizer, scheduler
         self.epochs, self.iters_per_epoch = epochs, iters_per_epoch
         self.device, self.grad_clip = device, grad_clip
         self.hooks = list(hooks)
+        self.precision = precision or MixedPrecision("off", device)  # train.amp
         for hook in self.hooks:
             hook.loop = self
         self.epoch = 0  # epochs completed
@@ -123,7 +125,8 @@ class TrainLoop:
         images = [img.to(self.device) for img in images]
         targets = [{"boxes": t["boxes"].as_subclass(Tensor).to(self.device),
                     "labels": t["labels"].to(self.device)} for t in targets]
-        self.outputs = self.model(images, targets)
+        with self.precision.autocast():
+            self.outputs = self.model(images, targets)
         loss = total_loss(self.outputs)
         for hook in self.hooks:
             loss = hook.adjust_loss(self.outputs, loss)
@@ -136,10 +139,8 @@ class TrainLoop:
                 f"the loss became {self.loss} at iteration {self.iteration} ({parts}). "
                 f"Fix: lower train.lr, raise train.warmup_iters, or {clip}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
+        self.precision.backward(loss)
+        self.precision.step(self.optimizer, self.model.parameters(), self.grad_clip)
         self.scheduler.step()
         self.iteration += 1
         self.images_seen += len(images)

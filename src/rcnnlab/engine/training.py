@@ -36,6 +36,7 @@ from rcnnlab.engine.hooks.step_losses import StepLosses
 from rcnnlab.engine.hooks.throughput import Throughput
 from rcnnlab.engine.loop import HookBase, TrainLoop
 from rcnnlab.engine.optim import build_optimizer, build_scheduler
+from rcnnlab.engine.precision import MixedPrecision
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.errors import ConfigError
 from rcnnlab.methods.scale_weighting import ScaleLossWeighting
@@ -198,7 +199,7 @@ def train(cfg: Config, splits: dict[str, CocoData],
     ]
     loop = TrainLoop(model, loader, optimizer, scheduler, epochs=t.epochs,
                      iters_per_epoch=iters_per_epoch, device=device, grad_clip=t.grad_clip,
-                     hooks=hooks)
+                     hooks=hooks, precision=MixedPrecision(t.amp, device))
 
     run.root.mkdir(parents=True, exist_ok=True)
     run.write_config(cfg)

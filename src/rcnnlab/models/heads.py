@@ -122,9 +122,10 @@ class LevelLossRPN(RegionProposalNetwork):
         per_level = torch.tensor(self._step["anchors_per_level"], device=objectness.device)
         level_of = torch.arange(len(per_level), device=objectness.device).repeat_interleave(
             per_level).repeat(len(sampled_pos))
-        zeros = objectness.new_zeros(len(per_level))
-        self._step["level_losses"] = (zeros.index_add(0, level_of[sampled], obj_rows)
-                                      .index_add(0, level_of[pos], box_rows))
+        # in float32 whatever autocast made of the rows (mixed precision mixes their types)
+        zeros = objectness.new_zeros(len(per_level), dtype=torch.float32)
+        self._step["level_losses"] = (zeros.index_add(0, level_of[sampled], obj_rows.float())
+                                      .index_add(0, level_of[pos], box_rows.float()))
         return obj_rows.sum(), box_rows.sum()
 
 
@@ -176,8 +177,9 @@ class LossRoIHeads(RoIHeads):
                   if name in features]
         level_of = torch.tensor(pooled, device=labels_cat.device)[
             self.box_roi_pool.map_levels(proposals)]
-        zeros = class_logits.new_zeros(len(names))
-        levels = zeros.index_add(0, level_of, cls_rows).index_add(0, level_of[pos], box_rows)
+        zeros = class_logits.new_zeros(len(names), dtype=torch.float32)
+        levels = zeros.index_add(0, level_of, cls_rows.float()).index_add(
+            0, level_of[pos], box_rows.float())
         return [], {"loss_classifier": cls_rows.sum(), "loss_box_reg": box_rows.sum(),
                     "roi_level_losses": levels, **figures}
 

@@ -37,6 +37,7 @@ class Checkpointer(HookBase):
             train_seconds=loop.train_seconds, images_seen=loop.images_seen,
             resume={"optimizer": loop.optimizer.state_dict(),
                     "scheduler": loop.scheduler.state_dict(),
+                    "precision": loop.precision.state_dict(),
                     "rng": rng_state(self.generator),
                     "hooks": {h.name: h.state_dict() for h in loop.hooks if h.name}})
 
@@ -71,6 +72,7 @@ class Checkpointer(HookBase):
                      "or start a new run")
         loop.optimizer.load_state_dict(resume["optimizer"])
         loop.scheduler.load_state_dict(resume["scheduler"])
+        loop.precision.load_state_dict(resume.get("precision", {}))
         loop.epoch, loop.iteration = ckpt.epoch, ckpt.iteration
         loop.train_seconds, loop.images_seen = ckpt.train_seconds, ckpt.images_seen
         self.best_map, self.best_epoch, self.threshold = (ckpt.best_map, ckpt.best_epoch,
