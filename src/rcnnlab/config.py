@@ -10,12 +10,14 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
 
 from rcnnlab.errors import ConfigError
+
+S = TypeVar("S", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -301,6 +303,18 @@ def problems(exc: ValidationError, section: str = "") -> str:
             text += f" (did you mean {siblings[close[0]]}?)" if close else ""
         parts.append(text)
     return "; ".join(parts)
+
+
+def section_with(section_type: type[S], section: S | None, options: dict[str, Any],
+                 key: str) -> S:
+    """A config section (`section`, or the defaults) with keyword `options` applied and
+    validated, for components built from their section or its fields given in Python; bad
+    options are a ConfigError naming `key.<field>`."""
+    try:
+        return section_type.model_validate({**(section.model_dump() if section else {}),
+                                            **options})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid {key} options: {problems(exc, key)}") from None
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -16,7 +16,7 @@ import torch
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
-from rcnnlab.config import AugmentConfig
+from rcnnlab.config import AugmentConfig, section_with
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def build_train_transforms(cfg: AugmentConfig | None = None, *, digit_classes: b
     Multi-scale training and `no_aug_epochs` are the training loop's (the model's transform,
     the augmentation schedule).
     """
-    c = AugmentConfig.model_validate({**(cfg.model_dump() if cfg else {}), **options})
+    c = section_with(AugmentConfig, cfg, options, "augment")
     if not c.enabled:
         return to_model_input()
     if c.flip_prob > 0 and digit_classes:

@@ -21,11 +21,10 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pydantic import ValidationError
 from torch import Tensor, nn
 from torchvision.ops import clip_boxes_to_image
 
-from rcnnlab.config import EvalConfig, problems
+from rcnnlab.config import EvalConfig, section_with
 from rcnnlab.errors import ConfigError
 from rcnnlab.inference.nms import Detections, hflip_boxes, merge_detections, scale_boxes, suppress
 
@@ -78,14 +77,6 @@ def _map_back(boxes: Tensor, seen: Tensor, original: Tensor, flip: bool) -> Tens
     return clip_boxes_to_image(boxes, (h, w))
 
 
-def _eval_config(cfg: EvalConfig | None, options: dict[str, Any]) -> EvalConfig:
-    """The section with `options` applied, validated (unknown or ill-typed options are errors)."""
-    try:
-        return EvalConfig.model_validate({**(cfg.model_dump() if cfg else {}), **options})
-    except ValidationError as exc:
-        raise ConfigError(f"invalid inference options: {problems(exc, 'eval')}") from None
-
-
 class Predictor:
     """The detector with the box head's NMS choice and test-time augmentation.
 
@@ -110,7 +101,7 @@ class Predictor:
 
     def __init__(self, model: nn.Module, cfg: EvalConfig | None = None, *,
                  digit_classes: bool = False, **options: Any) -> None:
-        c = _eval_config(cfg, options)
+        c = section_with(EvalConfig, cfg, options, "eval")
         if c.tta_hflip and digit_classes:
             raise ConfigError(
                 "eval.tta_hflip=true on a digit dataset: a mirrored digit is not a digit, so the "

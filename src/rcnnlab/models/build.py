@@ -51,7 +51,6 @@ from urllib.parse import urlparse
 
 import torch
 import torchvision
-from pydantic import ValidationError
 from torch import nn
 from torchvision.models import MobileNet_V3_Large_Weights, WeightsEnum, mobilenet_v3_large
 from torchvision.models.detection import (
@@ -74,7 +73,7 @@ from torchvision.models.resnet import ResNet18_Weights, ResNet34_Weights, ResNet
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
-from rcnnlab.config import ARCHS, ModelConfig, problems
+from rcnnlab.config import ARCHS, ModelConfig, section_with
 from rcnnlab.errors import ConfigError, DownloadError, MissingFileError, RunError
 from rcnnlab.models.heads import RoIClassifierLoss, install_heads
 from rcnnlab.models.resfpn import ResidualFPNBackbone
@@ -345,13 +344,10 @@ def build_model(
 
 def _model_config(cfg: ModelConfig | None, options: dict[str, Any]) -> ModelConfig:
     """The section with `options` applied, validated (unknown or ill-typed options are errors)."""
-    tree = {**(cfg.model_dump() if cfg is not None else {}), **options}
-    if tree.get("arch", "resnet18_fpn") not in ARCHS:
-        raise ConfigError(f"unknown arch {tree['arch']!r}; choose one of {', '.join(ARCHS)}")
-    try:
-        return ModelConfig.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(f"invalid model options: {problems(exc, 'model')}") from None
+    arch = options.get("arch", cfg.arch if cfg is not None else "resnet18_fpn")
+    if arch not in ARCHS:
+        raise ConfigError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return section_with(ModelConfig, cfg, options, "model")
 
 
 def _is_legacy_r50(weights: str, arch: str) -> bool:
