@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -123,6 +123,14 @@ class LoadedRun:
     cfg: Config
     device: torch.device
     overrides: list[str]
+    loaded_splits: dict[str, CocoData] = field(default_factory=dict, repr=False)
+
+    def config_splits(self, names: Sequence[str]) -> dict[str, CocoData]:
+        """The run config's splits among `names` (those it has), each read once per run."""
+        missing = [n for n in names if n not in self.loaded_splits]
+        if missing:
+            self.loaded_splits.update(load_splits(self.cfg.data, need=tuple(missing)))
+        return {n: self.loaded_splits[n] for n in names if n in self.loaded_splits}
 
     @property
     def folder(self) -> RunDir | None:
@@ -141,7 +149,7 @@ class LoadedRun:
                              skip_missing_images=self.cfg.data.skip_missing_images,
                              max_image_pixels=self.cfg.data.max_image_pixels)
         else:
-            splits = load_splits(self.cfg.data, need=(split,))
+            splits = self.config_splits((split,))
             if split not in splits:
                 raise MissingFileError(f"the run's config has no {split} split "
                                         f"(data.{split}_json). Fix: pass --data PATH.json")
@@ -316,7 +324,7 @@ def report_loaded(loaded: LoadedRun, *, split: str | None = None,
                   evaluated: dict[str, EvalResult] | None = None) -> dict[str, Path]:
     """`report` on a run folder already loaded (`load_run`)."""
     run_dir = RunDir(loaded.path)
-    present = load_splits(loaded.cfg.data, need=SPLITS)
+    present = loaded.config_splits(SPLITS)
     split = split or ("test" if "test" in present else "valid")
     if split not in present:
         raise MissingFileError(f"{run_dir.root}: the run's config has no {split} split "
@@ -327,7 +335,8 @@ def report_loaded(loaded: LoadedRun, *, split: str | None = None,
             results[name], _ = loaded.evaluate(name, present[name], loaded.threshold())
     last = Checkpoint.load(run_dir.last_pt) if run_dir.last_pt.is_file() else None
     return write_record(run_dir.root, best=loaded.ckpt, last=last,
-                        model_info=describe_model(loaded.model), results=results, split=split)
+                        model_info=describe_model(loaded.model), splits=present,
+                        results=results, split=split)
 
 
 def diagnose(run: str | Path, split: str = "valid", *, device: str = "cpu",

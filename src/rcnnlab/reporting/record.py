@@ -29,7 +29,6 @@ from rcnnlab import __version__
 from rcnnlab.config import Config
 from rcnnlab.data.categories import digit_names
 from rcnnlab.data.coco import CocoData
-from rcnnlab.data.splits import SPLITS, load_splits
 from rcnnlab.data.stats import DatasetStats, compute_stats
 from rcnnlab.errors import MissingFileError
 from rcnnlab.evaluation.coco import STAT_NAMES, precision_curves
@@ -62,12 +61,13 @@ MATCH_IOU = 0.5  # confusion matrix and detection grid
 
 
 def write_record(run_dir: str | Path, *, best: Checkpoint, model_info: dict,
-                 results: Mapping[str, EvalResult], split: str,
+                 splits: Mapping[str, CocoData], results: Mapping[str, EvalResult], split: str,
                  last: Checkpoint | None = None, grid_images: int = 12) -> dict[str, Path]:
     """Write `report.md`, `report.html` and the figures (`figures/*.png`) of a run folder.
 
-    `best` is the run's best checkpoint and `model_info` its `describe_model`; `results` holds
-    its evaluation of the valid split and of `split`, the split the precision-recall curves,
+    `best` is the run's best checkpoint and `model_info` its `describe_model`; `splits` are
+    the splits of its config (their statistics are reported); `results` holds its evaluation
+    of the valid split and of `split`, the split the precision-recall curves,
     confusion matrix and detection grid are drawn on; `last` (the training totals) defaults
     to `best`. Returns the paths written: "markdown", "html" and one per figure (by file stem).
     """
@@ -76,7 +76,6 @@ def write_record(run_dir: str | Path, *, best: Checkpoint, model_info: dict,
         raise MissingFileError(f"{run.root}: not a run folder. Fix: give the folder rcnnlab "
                                 "train wrote (runs/<name>)")
     cfg = best.config
-    splits = load_splits(cfg.data, need=SPLITS)
     sweep = read_csv_rows(run.threshold_sweep_csv) if run.threshold_sweep_csv.is_file() else []
     stats = {s: compute_stats(d) for s, d in splits.items()}
     ctx = _Context(run.root, cfg, best, last or best, model_info, stats, split, dict(results),
