@@ -47,3 +47,13 @@ def write_coco(folder: Path, *, images=None, annotations=None, categories=None,
 def tiny_coco(tmp_path: Path) -> Path:
     """Two 60x40 images, one with two boxes (category ids 0 and 1), one negative."""
     return write_coco(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory) -> Path:
+    """A generated house-number set: 8 train, 4 valid, 4 test images."""
+    from rcnnlab.data.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    generate_dataset(out, n_train=8, n_valid=4, n_test=4, seed=3)
+    return out

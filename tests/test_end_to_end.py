@@ -14,36 +14,13 @@ from typer.testing import CliRunner
 
 from rcnnlab import api
 from rcnnlab.cli import app
-from rcnnlab.config import load_config
-from rcnnlab.data.synth import generate_dataset
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.runs.checkpoint import load_checkpoint, load_detector
+from tests.tiny import TINY, tiny_config
+
 
 # A small, fast model: R18-FPN at native size with small budgets.
-TINY = [
-    "model.arch=resnet18_fpn", "model.native_size=true", "model.min_size=64",
-    "model.max_size=256", "model.rpn_pre_nms_top_n_train=200",
-    "model.rpn_post_nms_top_n_train=100", "model.rpn_pre_nms_top_n_test=100",
-    "model.rpn_post_nms_top_n_test=50", "model.box_batch_size_per_image=32",
-    "model.rpn_batch_size_per_image=64", "train.batch_size=2", "train.warmup_iters=2",
-    "train.threads=2", "eval.batch_size=4", "train.record=false",
-]
-
-
-@pytest.fixture(scope="module")
-def synth_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("synth")
-    generate_dataset(out, n_train=8, n_valid=4, n_test=4, seed=3)
-    return out
-
-
-def tiny_config(synth_dir: Path, run_root: Path, *extra: str):
-    data = [f"data.{s}_json={synth_dir / s / 'annotations.json'}" for s in ("train", "valid",
-                                                                           "test")]
-    return load_config(None, [*TINY, *data, f"out_dir={run_root}", "name=tiny", *extra])
-
-
 def test_two_iterations_write_every_output(synth_dir, tmp_path):
     cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=2",
                       "train.record=true")

@@ -128,6 +128,9 @@ class TrainConfig(_Section):
     epochs: PositiveInt = 12  # passes over the training split
     batch_size: PositiveInt = 4  # images per iteration
     iters_per_epoch: PositiveInt | None = None  # cap iterations per epoch (smoke tests, budgets)
+    # minutes of wall time for training and validation: the epochs, their length and the LR
+    # schedule are fitted to the speed measured over the first iterations (epochs is ignored)
+    time_budget: float | None = Field(None, gt=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = Field(1e-3, gt=0)  # peak LR of the head (backbone: lr * backbone_lr_mult)
     backbone_lr_mult: float = 0.5  # layer-wise LR: the backbone learns at this share of lr
@@ -195,7 +198,7 @@ class EvalConfig(_Section):
     def inference_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of inference.predictor.Predictor (and of detect_dataset)."""
         return self.model_dump(include={"nms", "nms_iou", "soft_nms_sigma", "tta_scales",
-                                        "tta_hflip", "tta_merge", "tta_iou"})
+                                        "tta_hflip", "tta_merge", "tta_iou", "amp"})
 
     def with_overrides(self, overrides: list[str]) -> EvalConfig:
         """A copy with `eval.key=value` overrides applied; any other key is a ConfigError.
@@ -243,6 +246,8 @@ class EvalConfig(_Section):
     tta_hflip: bool = False  # TTA: also the mirrored image (refused on digit classes)
     tta_merge: Literal["nms", "wbf"] = "nms"  # TTA passes merged by NMS or weighted box fusion
     tta_iou: float = Field(0.55, gt=0, le=1)  # IoU at which TTA boxes merge
+    # the backbone in bf16 (CPU, CUDA) or fp16 (CUDA) during inference; the heads stay float32
+    amp: Literal["off", "bf16", "fp16"] = "off"
 
 
 class Config(_Section):

@@ -45,7 +45,24 @@ def _fused_ok(model: torch.nn.Module) -> bool:
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig,
                     iters_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     """The warm-up + cosine / multistep / constant schedule, stepped once per iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(
-        schedule=cfg.schedule, total_iters=iters_per_epoch * cfg.epochs,
-        warmup_iters=cfg.warmup_iters, warmup_factor=cfg.warmup_factor, eta_min=cfg.eta_min,
-        milestones=[m * iters_per_epoch for m in cfg.milestones], gamma=cfg.gamma))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, schedule_factor(cfg, iters_per_epoch * cfg.epochs, iters_per_epoch))
+
+
+def schedule_factor(cfg: TrainConfig, total_iters: int, iters_per_epoch: int):
+    """The LR multiplier at each iteration for a run of `total_iters` iterations; multistep
+    milestones (given in epochs of `cfg.epochs`) keep their share of the run."""
+    share = total_iters / max(iters_per_epoch * cfg.epochs, 1)
+    return lr_factor(
+        schedule=cfg.schedule, total_iters=total_iters, warmup_iters=cfg.warmup_iters,
+        warmup_factor=cfg.warmup_factor, eta_min=cfg.eta_min,
+        milestones=[round(m * iters_per_epoch * share) for m in cfg.milestones],
+        gamma=cfg.gamma)
+
+
+def refit_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: TrainConfig,
+                    total_iters: int, iters_per_epoch: int) -> None:
+    """Make `scheduler` (built by `build_scheduler`) end at `total_iters` instead; it takes
+    effect from the next step (used by `train.time_budget`)."""
+    factor = schedule_factor(cfg, total_iters, iters_per_epoch)
+    scheduler.lr_lambdas = [factor] * len(scheduler.lr_lambdas)

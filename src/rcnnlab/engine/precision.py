@@ -13,9 +13,7 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor
 
-from rcnnlab.errors import ConfigError
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+from rcnnlab.models.precision import DTYPES, check_amp
 
 
 class MixedPrecision:
@@ -24,11 +22,7 @@ class MixedPrecision:
     the float32 step: autocast disabled, plain backward, clip, optimizer step."""
 
     def __init__(self, mode: str, device: torch.device):
-        if mode not in ("off", *DTYPES):
-            raise ConfigError(f"train.amp={mode!r}: use off, bf16 or fp16")
-        if mode == "fp16" and device.type != "cuda":
-            raise ConfigError(f"train.amp=fp16 on {device}: fp16 autocast needs CUDA. Fix: "
-                              "train.amp=bf16 on the CPU (or train.amp=off)")
+        check_amp(mode, device, "train.amp")
         self.mode, self.device = mode, device
         self.scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
 

@@ -34,6 +34,7 @@ from rcnnlab.engine.hooks.progress import Progress
 from rcnnlab.engine.hooks.scale_weighting import ScaleWeighting
 from rcnnlab.engine.hooks.step_losses import StepLosses
 from rcnnlab.engine.hooks.throughput import Throughput
+from rcnnlab.engine.hooks.time_budget import TimeBudget
 from rcnnlab.engine.loop import HookBase, TrainLoop
 from rcnnlab.engine.optim import build_optimizer, build_scheduler
 from rcnnlab.engine.precision import MixedPrecision
@@ -175,7 +176,7 @@ def train(cfg: Config, splits: dict[str, CocoData],
     writer = MetricsWriter(run)
     checkpointer = Checkpointer(run, cfg, train_data.categories, generator)
     hooks: list[HookBase] = [
-        AugmentationSchedule(cfg.augment, train_set, epochs=t.epochs,
+        AugmentationSchedule(cfg.augment, train_set,
                              digit_classes=digit_names(train_data.categories) is not None),
         StepLosses(),
     ]
@@ -193,6 +194,11 @@ def train(cfg: Config, splits: dict[str, CocoData],
         Throughput(),
         PeriodicValidation(lambda m: evaluate(m, valid_data), valid_set, period=t.eval_every,
                            batch_size=cfg.eval.batch_size, seed=t.seed),
+    ]
+    if t.time_budget is not None:
+        hooks.append(TimeBudget(t.time_budget, t, full_epoch=iters_per_epoch,
+                                valid_images=len(valid_set), run=run))
+    hooks += [
         writer,
         checkpointer,
         Progress(reporter or ProgressReporter(log_every=t.log_every)),

@@ -27,6 +27,7 @@ from torchvision.ops import clip_boxes_to_image
 from rcnnlab.config import EvalConfig, section_with
 from rcnnlab.errors import ConfigError
 from rcnnlab.inference.nms import Detections, hflip_boxes, merge_detections, scale_boxes, suppress
+from rcnnlab.models.precision import with_autocast_backbone
 
 # The box head's output cap while Soft-NMS runs: no cap, so that Soft-NMS sees every candidate
 # above the score threshold (at most proposals x classes) rather than the best 100 after
@@ -95,6 +96,8 @@ class Predictor:
         tta_hflip: add a pass on the mirrored image for every scale.
         tta_merge: how the passes merge: ``"nms"`` or ``"wbf"`` (weighted boxes fusion).
         tta_iou: the IoU threshold of that merge.
+        amp: ``"off"``, or ``"bf16"`` / ``"fp16"`` (CUDA only): the backbone runs under
+            autocast in that precision, the heads in float32 (`models.precision`).
         digit_classes: the classes are digits, which a mirror changes (a mirrored 2 is no
             digit): ``tta_hflip`` is then refused.
     """
@@ -108,7 +111,8 @@ class Predictor:
                 "flipped pass would add wrong detections. Fix: set eval.tta_hflip=false "
                 "(eval.tta_scales still gives test-time augmentation)"
             )
-        self.model = model
+        self.model = with_autocast_backbone(model, c.amp)
+        self.amp = c.amp
         self.nms, self.nms_iou, self.soft_nms_sigma = c.nms, c.nms_iou, c.soft_nms_sigma
         self.tta_scales, self.tta_hflip = [float(s) for s in c.tta_scales], c.tta_hflip
         self.tta_merge, self.tta_iou = c.tta_merge, c.tta_iou

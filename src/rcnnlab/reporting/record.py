@@ -420,6 +420,10 @@ def _training_section(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]
          f"their moving average (EMA, decay {t.ema_decay:g}, warm-up {t.ema_warmup} "
          "iterations): validation, best.pt and this record score it"],
     ]
+    budget = RunDir(ctx.run_dir).read_time_budget()
+    if budget is not None:  # train.epochs did not apply
+        rows[0] = ["epochs", f"{last.epoch} of {budget['epochs']} (chosen by the time budget)"]
+        rows.insert(1, ["time budget", _time_budget(budget)])
     out = [("h", 2, "Training"), ("table", ["", ""], rows)]
     out += [("figure", figures[k]) for k in ("losses", "validation", "learning_rate")
             if k in figures]
@@ -427,6 +431,19 @@ def _training_section(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]
         out.append(("figure", _Figure(ctx.run_dir / "scale_weights.png",
                                       "Multi-scale loss weighting over training.")))
     return out
+
+
+def _time_budget(plan: dict) -> str:
+    """What train.time_budget chose, from time_budget.json."""
+    text = (f"{plan['budget_minutes']:g} min: {plan['epochs']} epochs of "
+            f"{plan['iters_per_epoch']} iterations (a full pass is {plan['full_epoch']}), fitted "
+            f"to {plan['seconds_per_iteration']:.3f} s an iteration and "
+            f"{plan['val_seconds']:.1f} s a validation "
+            f"({'estimated' if plan.get('estimated_validation') else 'measured'})")
+    if plan.get("took_minutes") is not None:
+        text += (f"; training and validation took {plan['took_minutes']:.2f} min "
+                 f"({100 * plan['took_minutes'] / plan['budget_minutes']:.1f}%)")
+    return text
 
 
 def _evaluation_section(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]:

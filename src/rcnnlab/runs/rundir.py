@@ -7,6 +7,7 @@
       scale_weights.csv    AVW / RLO: one row per weighting interval
       tb/                  TensorBoard events
       checkpoints/         last.pt (resumable) and best.pt (weights of the best validation mAP)
+      time_budget.json     with train.time_budget: the epochs it chose, and why
       threshold_sweep.csv  written by `tune`
       eval_<split>.json    written by `evaluate`
       report.md / report.html / figures/   the run record
@@ -132,6 +133,11 @@ class RunDir:
         return self.root / "scale_weights.png"
 
     @property
+    def time_budget_json(self) -> Path:
+        """What `train.time_budget` chose, and why."""
+        return self.root / "time_budget.json"
+
+    @property
     def threshold_sweep_csv(self) -> Path:
         """The threshold sweep of `tune`."""
         return self.root / "threshold_sweep.csv"
@@ -198,6 +204,7 @@ class RunDir:
         """Delete what a training run and the commands after it wrote here."""
         for path in [self.config_yaml, self.environment_json, self.metrics_csv,
                      self.scale_weights_csv, self.scale_weights_png, self.threshold_sweep_csv,
+                     self.time_budget_json,
                      *self.root.glob("eval_*.json"), *self.root.glob("report.*"),
                      *self.root.glob("diagnosis.*")]:
             path.unlink(missing_ok=True)
@@ -224,6 +231,16 @@ class RunDir:
         if not self.environment_json.is_file():
             return None
         return json.loads(self.environment_json.read_text())
+
+    def write_time_budget(self, plan: dict[str, Any]) -> Path:
+        """Write `time_budget.json`."""
+        return write_atomic(self.time_budget_json, json.dumps(plan, indent=1))
+
+    def read_time_budget(self) -> dict[str, Any] | None:
+        """`time_budget.json`, or None when the run had no time budget."""
+        if not self.time_budget_json.is_file():
+            return None
+        return json.loads(self.time_budget_json.read_text())
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         """Append one epoch to metrics.csv."""

@@ -15,16 +15,16 @@ log = logging.getLogger(__name__)
 
 class AugmentationSchedule(HookBase):
     """Sets the training set's transforms and the model's multi-scale draw each epoch; logs
-    `augment` (1 or 0) in the epoch's metrics."""
+    `augment` (1 or 0) in the epoch's metrics. The tail is counted from the loop's epochs (which
+    `train.time_budget` may set)."""
 
-    def __init__(self, cfg: AugmentConfig, dataset: CocoDetection, *, epochs: int,
-                 digit_classes: bool):
-        self.cfg, self.dataset, self.epochs = cfg, dataset, epochs
+    def __init__(self, cfg: AugmentConfig, dataset: CocoDetection, *, digit_classes: bool):
+        self.cfg, self.dataset = cfg, dataset
         self.digit_classes = digit_classes
 
     def augmenting(self, epoch: int) -> bool:
         """Augmentation runs (when enabled) except in the last `no_aug_epochs` epochs."""
-        return self.cfg.enabled and epoch < self.epochs - self.cfg.no_aug_epochs
+        return self.cfg.enabled and epoch < self.loop.epochs - self.cfg.no_aug_epochs
 
     def before_epoch(self) -> None:
         """Choose this epoch's transforms and whether batches draw a short side."""
