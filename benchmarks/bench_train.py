@@ -6,6 +6,14 @@ memory of the process. Nothing is asserted; the figures go into the README.
 
     python benchmarks/bench_train.py                       # configs/base.yaml
     python benchmarks/bench_train.py --variant "800px=model.native_size=false model.min_size=800"
+    # fp32 vs bf16 (training and inference) on the ORAND images at their native size:
+    python benchmarks/bench_train.py --config configs/orand.yaml \
+        --data ../shared/data/orand-car-a/instances_train.json \
+        --variant "bf16=train.amp=bf16 eval.amp=bf16"
+
+Each variant's training step is the engine's own (`TrainLoop`: train.amp, the channels-last
+backbone and the gradient clip as configured) and inference goes through `Predictor` with the
+config's eval options (eval.amp included).
 """
 
 from __future__ import annotations
@@ -22,7 +30,9 @@ from rcnnlab.config import load_config
 from rcnnlab.data.coco import CocoDetection, collate, load_coco
 from rcnnlab.data.synth import generate_dataset
 from rcnnlab.data.transforms import build_train_transforms, to_model_input
-from rcnnlab.engine.optim import build_optimizer
+from rcnnlab.engine.loop import HookBase, TrainLoop
+from rcnnlab.engine.optim import build_optimizer, build_scheduler
+from rcnnlab.engine.precision import MixedPrecision
 from rcnnlab.inference.detect import detect_dataset
 from rcnnlab.inference.predictor import Predictor
 from rcnnlab.models.build import build_model
@@ -32,38 +42,47 @@ from rcnnlab.runs.environment import machine_description
 REPO = Path(__file__).resolve().parents[1]
 
 
+class _Timer(HookBase):
+    """Starts the clock after `warmup` steps and counts the images after it."""
+
+    def __init__(self, warmup: int, device: torch.device):
+        self.warmup, self.device, self.start, self.seen = warmup, device, 0.0, 0
+
+    def after_step(self) -> None:
+        if self.loop.iteration == self.warmup:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.start, self.seen = time.perf_counter(), 0
+        elif self.loop.iteration > self.warmup:
+            self.seen += len(self.loop.targets)
+
+
 def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> dict:
     """Time `iters` training iterations after `warmup`, then batched inference."""
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes=len(data.categories) + 1).to(device)
+    if cfg.train.channels_last:
+        model.backbone.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.train)
     train_set = CocoDetection(data, build_train_transforms(cfg.augment, digit_classes=True))
     loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
                         collate_fn=collate, num_workers=cfg.data.workers, drop_last=True)
-    model.train()
-    seen, start, it = 0, 0.0, 0
-    while it < warmup + iters:
-        for images, targets in loader:
-            if it == warmup:
-                start, seen = time.perf_counter(), 0
-            images = [i.to(device) for i in images]
-            targets = [{"boxes": t["boxes"].as_subclass(torch.Tensor).to(device),
-                        "labels": t["labels"].to(device)} for t in targets]
-            loss = sum(model(images, targets).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(images)
-            it += 1
-            if it >= warmup + iters:
-                break
+    timer = _Timer(warmup, device)
+    steps = warmup + iters
+    loop = TrainLoop(model, loader, optimizer, build_scheduler(optimizer, cfg.train, steps),
+                     epochs=-(-steps // len(loader)), iters_per_epoch=min(steps, len(loader)),
+                     device=device, grad_clip=cfg.train.grad_clip, hooks=[timer],
+                     precision=MixedPrecision(cfg.train.amp, device))
+    while loop.iteration < steps:
+        loop.train_one_epoch()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    train_ips = seen / (time.perf_counter() - start)
+    train_ips = timer.seen / (time.perf_counter() - timer.start)
 
     test_set = CocoDetection(data, to_model_input())
     subset = torch.utils.data.Subset(test_set, range(min(infer_images, len(test_set))))
-    predictor = Predictor(model)
+    model.eval()
+    predictor = Predictor(model, cfg.eval)
     detect_dataset(predictor, torch.utils.data.Subset(test_set, range(cfg.eval.batch_size)),
                    data.category_ids, device=device, batch_size=cfg.eval.batch_size)  # warm-up
     start = time.perf_counter()
@@ -80,6 +99,8 @@ def main() -> None:
                         help='"label=key=value key=value" (repeatable); the config itself is '
                         "always measured first as 'default'")
     parser.add_argument("--images", type=int, default=256, help="generated training images")
+    parser.add_argument("--data", default=None,
+                        help="a COCO json to measure on instead of generated images")
     parser.add_argument("--iters", type=int, default=20, help="timed training iterations")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--infer-images", type=int, default=128)
@@ -91,14 +112,20 @@ def main() -> None:
     device = resolve_device(args.device)
 
     with tempfile.TemporaryDirectory() as tmp:
-        generate_dataset(Path(tmp), n_train=args.images, n_valid=0, n_test=0, seed=0, workers=2)
-        data = load_coco(Path(tmp) / "train" / "annotations.json")
+        if args.data:
+            data = load_coco(args.data)
+            source = f"{len(data.images)} images of {Path(args.data).name}"
+        else:
+            generate_dataset(Path(tmp), n_train=args.images, n_valid=0, n_test=0, seed=0,
+                             workers=2)
+            data = load_coco(Path(tmp) / "train" / "annotations.json")
+            source = f"{args.images} generated images"
         variants = [("default", [])]
         for spec in args.variant:
             label, _, rest = spec.partition("=")
             variants.append((label, rest.split()))
         print(f"{machine_description()}, device {device}; config {Path(args.config).name}; "
-              f"{args.images} generated images, {args.warmup}+{args.iters} training iterations")
+              f"{source}, {args.warmup}+{args.iters} training iterations")
         print(f"{'variant':<14}{'arch':<36}{'train img/s':>12}{'infer img/s':>12}"
               f"{'peak MB*':>10}")
         for label, overrides in variants:

@@ -87,7 +87,7 @@ def test_plan_follows_a_slowdown_and_never_overruns(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="rcnnlab.engine.hooks.time_budget"):
         elapsed, loop, lrs, _ = simulate(monkeypatch, slow_from_epoch=2, slowdown=1.8)
     assert elapsed <= 600 * 1.01 and elapsed >= 0.95 * 600
-    assert "more epochs of" in caplog.text
+    assert "more epoch(s) of" in caplog.text
     assert lrs[-1] == pytest.approx(0.01, abs=0.02)
 
 

@@ -55,6 +55,7 @@ from rcnnlab.reporting.predictions import write_id_map, write_predictions
 from rcnnlab.reporting.record import write_record
 from rcnnlab.runs.checkpoint import Checkpoint, load_detector
 from rcnnlab.runs.device import resolve_device
+from rcnnlab.runs.distributed import barrier, close_distributed, init_distributed
 from rcnnlab.runs.rundir import RunDir, read_csv_rows
 
 __all__ = ["EvalResult", "LoadedRun", "TrainResult", "diagnose", "evaluate", "load_run",
@@ -80,9 +81,16 @@ def train(cfg: Config, *, resume: bool = False, exist_ok: bool = False,
 
     A run folder that holds a run already is refused unless `resume`, or `exist_ok` (the old
     run's outputs are deleted first). `extra_hooks` are training-time features of your own
-    (`rcnnlab.engine.loop.HookBase`)."""
-    RunDir(cfg.run_dir).prepare(resume=resume, exist_ok=exist_ok)
-    ensure_synth(cfg.data)
+    (`rcnnlab.engine.loop.HookBase`).
+
+    Under `torchrun` every process calls this: rank 0 prepares the run folder and, after
+    training, writes the record; every rank returns the training's figures (`validation` is
+    rank 0's)."""
+    here, _ = init_distributed(resolve_device(cfg.train.device))
+    if here.is_main:
+        RunDir(cfg.run_dir).prepare(resume=resume, exist_ok=exist_ok)
+        ensure_synth(cfg.data)
+    barrier()
     splits = load_splits(cfg.data, need=("train", "valid"))
     require_boxes(splits["train"], "training")
     require_boxes(splits["valid"], "validation")
@@ -97,6 +105,11 @@ def train(cfg: Config, *, resume: bool = False, exist_ok: bool = False,
 
     fit = train_run(cfg, splits, evaluate, resume=resume, reporter=reporter,
                     extra_hooks=extra_hooks)
+    if here.distributed:  # the rest is rank 0's alone, without the process group
+        barrier()
+        close_distributed()
+        if not here.is_main:
+            return TrainResult(**{f.name: getattr(fit, f.name) for f in fields(fit)})
     run = RunDir(fit.run_dir)
     if run.scale_weights_csv.is_file():
         model = build_model(fit.config.model, num_classes=len(splits["train"].categories) + 1,

@@ -238,11 +238,16 @@ def train(
         help="Start over in a run folder that holds a run (its outputs are deleted first).")]
     = False,
 ):
-    """Train a detector; writes runs/<name>/ (config, metrics.csv, TensorBoard, checkpoints)."""
+    """Train a detector; writes runs/<name>/ (config, metrics.csv, TensorBoard, checkpoints).
+
+    On several GPUs or machines: torchrun --nproc_per_node N -m rcnnlab train ..."""
     from rcnnlab import api
+    from rcnnlab.runs.distributed import env_rank
 
     cfg = load_config(config, overrides)
     result = api.train(cfg, resume=resume, exist_ok=exist_ok)
+    if env_rank() != 0:  # under torchrun rank 0 reports for all
+        return
     console.print(f"[bold]done[/]: {result.epochs} epochs, {result.iterations} iterations, "
                   f"{result.train_images_per_s:.2f} img/s, best val mAP {result.best_map:.4f} "
                   f"(epoch {result.best_epoch}) -> {result.run_dir}")

@@ -126,7 +126,7 @@ class TrainConfig(_Section):
     """Optimisation, schedule, checkpoints and budgets of one run."""
 
     epochs: PositiveInt = 12  # passes over the training split
-    batch_size: PositiveInt = 4  # images per iteration
+    batch_size: PositiveInt = 4  # images per iteration (per process under torchrun)
     iters_per_epoch: PositiveInt | None = None  # cap iterations per epoch (smoke tests, budgets)
     # minutes of wall time for training and validation: the epochs, their length and the LR
     # schedule are fitted to the speed measured over the first iterations (epochs is ignored)
@@ -149,6 +149,7 @@ class TrainConfig(_Section):
     ema_warmup: PositiveInt = 2000  # iterations over which d ramps up (YOLOX's 2000)
     channels_last: bool = False  # the backbone's tensors in NHWC memory order (CPU and CUDA)
     amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision of the training step
+    sync_bn: bool = False  # torchrun: BatchNorm statistics over all processes (SyncBatchNorm)
     finetune_from: str | None = None  # start from another checkpoint's weights (not its state)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N

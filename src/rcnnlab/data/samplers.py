@@ -94,3 +94,31 @@ class RepeatFactorSampler(torch.utils.data.Sampler[int]):
             draws.append(self._draw(generator))
             drawn += len(draws[-1])
         yield from torch.cat(draws)[: self._length].tolist()
+
+
+class ShardedSampler(torch.utils.data.Sampler[int]):
+    """Rank `rank`'s share of each epoch of `sampler`, for data-parallel training.
+
+    Every rank holds an identically seeded `sampler` (a shuffle or a
+    :class:`RepeatFactorSampler`), so every rank draws the same epoch; the epoch is padded by
+    its own first indices to a multiple of `world_size` (as torch's ``DistributedSampler``
+    pads) and rank r takes indices r, r + world_size, ... Together the ranks see the epoch
+    once, and the i-th batch of all ranks together is the i-th batch of one process with a
+    `world_size` times larger batch, in a different order. The sampler's state stays its
+    generator's, saved and restored for resuming as in a single process.
+    """
+
+    def __init__(self, sampler: torch.utils.data.Sampler[int], rank: int, world_size: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.sampler, self.rank, self.world_size = sampler, rank, world_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.sampler) / self.world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(self.sampler)
+        total = len(self) * self.world_size
+        while len(indices) < total:
+            indices += indices[: total - len(indices)]
+        yield from indices[self.rank:total:self.world_size]

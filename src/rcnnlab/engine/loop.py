@@ -27,6 +27,9 @@ class HookBase:
     write the loop's state through `self.loop`."""
 
     name = ""  # key of the hook's state in last.pt; "" = the hook keeps none
+    # under data-parallel training: whether each rank's state differs (a random stream of its
+    # own), so that last.pt keeps every rank's rather than rank 0's alone
+    per_rank = False
     loop: TrainLoop  # set by TrainLoop
 
     def before_train(self) -> None:
@@ -62,8 +65,12 @@ class TrainLoop:
     def __init__(self, model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer,
                  scheduler: torch.optim.lr_scheduler.LRScheduler, *, epochs: int,
                  iters_per_epoch: int, device: torch.device, grad_clip: float | None,
-                 hooks: Sequence[HookBase], precision: MixedPrecision | None = None):
+                 hooks: Sequence[HookBase], precision: MixedPrecision | None = None,
+                 forward: nn.Module | None = None, world_size: int = 1):
         self.model, self.loader = model, loader
+        # what a step calls: the model, or its DistributedDataParallel wrapper under torchrun
+        self.forward = forward if forward is not None else model
+        self.world_size = world_size  # processes training together; images_seen counts all
         self.optimizer, self.scheduler = optimizer, scheduler
         self.epochs, self.iters_per_epoch = epochs, iters_per_epoch
         self.device, self.grad_clip = device, grad_clip
@@ -73,7 +80,7 @@ class TrainLoop:
             hook.loop = self
         self.epoch = 0  # epochs completed
         self.iteration = 0  # optimizer steps taken
-        self.images_seen = 0
+        self.images_seen = 0  # by every process together
         self.train_seconds = 0.0  # in training steps, validation excluded
         self.row: dict[str, Any] = {}  # the current epoch's metrics, filled by the hooks
         self.targets: list[dict[str, Tensor]] = []  # the current step's batch, as loaded
@@ -126,7 +133,7 @@ class TrainLoop:
         targets = [{"boxes": t["boxes"].as_subclass(Tensor).to(self.device),
                     "labels": t["labels"].to(self.device)} for t in targets]
         with self.precision.autocast():
-            self.outputs = self.model(images, targets)
+            self.outputs = self.forward(images, targets)
         loss = total_loss(self.outputs)
         for hook in self.hooks:
             loss = hook.adjust_loss(self.outputs, loss)
@@ -143,5 +150,5 @@ class TrainLoop:
         self.precision.step(self.optimizer, self.model.parameters(), self.grad_clip)
         self.scheduler.step()
         self.iteration += 1
-        self.images_seen += len(images)
+        self.images_seen += len(images) * self.world_size
         self._call("after_step")

@@ -50,6 +50,14 @@ class ProgressReporter:
         self._progress.start()
         self._task = self._progress.add_task(self._header, total=iters, stats="")
 
+    def replan(self, epoch: int, epochs: int, iters: int) -> None:
+        """The epochs or this epoch's iterations changed (`train.time_budget`)."""
+        self._total = iters
+        self._header = (f"epoch {epoch}/{epochs}"
+                        + (" (no aug)" if self._header.endswith("(no aug)") else ""))
+        if self._progress is not None:
+            self._progress.update(self._task, total=iters, description=self._header)
+
     def step(self, loss: float, lr: float) -> None:
         """Advance by one iteration."""
         self._i += 1

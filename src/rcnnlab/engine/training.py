@@ -7,6 +7,7 @@ metrics come from the evaluation pipeline, one layer up, as the function `evalua
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from rcnnlab.config import Config
 from rcnnlab.data.categories import digit_names
 from rcnnlab.data.coco import CocoData, CocoDetection, collate
-from rcnnlab.data.samplers import RepeatFactorSampler, repeat_factors
+from rcnnlab.data.samplers import RepeatFactorSampler, ShardedSampler, repeat_factors
 from rcnnlab.data.transforms import to_model_input
 from rcnnlab.engine.hooks.augmentation import AugmentationSchedule
 from rcnnlab.engine.hooks.checkpoint import Checkpointer
@@ -46,6 +47,7 @@ from rcnnlab.models.build import build_model, describe_model, load_weights_file
 from rcnnlab.models.heads import RoIClassifierLoss
 from rcnnlab.models.losses import class_counts, inverse_frequency_weights
 from rcnnlab.runs.device import peak_memory_mb, resolve_device
+from rcnnlab.runs.distributed import World, init_distributed
 from rcnnlab.runs.environment import environment_rows
 from rcnnlab.runs.rundir import RunDir
 
@@ -116,16 +118,31 @@ def classifier_loss(cfg: Config, train: CocoData,
         pg_nms_iou=cfg.model.box_nms_thresh, generator=generator)
 
 
-def train_sampler(cfg: Config, dataset: CocoDetection, generator: torch.Generator):
-    """Shuffling, or repeat-factor sampling when `data.repeat_factor_threshold` is set."""
+def train_sampler(cfg: Config, dataset: CocoDetection, generator: torch.Generator,
+                  world: World | None = None):
+    """Shuffling, or repeat-factor sampling when `data.repeat_factor_threshold` is set; under
+    data-parallel training, this rank's shard of it (every rank's `generator` is seeded alike)."""
     threshold = cfg.data.repeat_factor_threshold
     if threshold is None:
-        return RandomSampler(dataset, generator=generator)
-    factors = repeat_factors(dataset.data, threshold)
-    log.info("repeat-factor sampling (t=%g): %d of %d images repeated, factors up to %.2f, "
-             "%d samples an epoch", threshold, int((factors > 1).sum()), len(factors),
-             float(factors.max()), round(float(factors.sum())))
-    return RepeatFactorSampler(factors, generator=generator)
+        sampler = RandomSampler(dataset, generator=generator)
+    else:
+        factors = repeat_factors(dataset.data, threshold)
+        log.info("repeat-factor sampling (t=%g): %d of %d images repeated, factors up to "
+                 "%.2f, %d samples an epoch", threshold, int((factors > 1).sum()),
+                 len(factors), float(factors.max()), round(float(factors.sum())))
+        sampler = RepeatFactorSampler(factors, generator=generator)
+    if world is not None and world.distributed:
+        return ShardedSampler(sampler, world.rank, world.size)
+    return sampler
+
+
+def _seed_worker(rank_offset: int, worker_id: int) -> None:
+    """A loader worker's random streams, offset by its rank (torch seeds every rank's workers
+    from the same shared generator)."""
+    seed = (torch.initial_seed() + rank_offset) % 2**63
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
 
 
 def build_detector(cfg: Config, train_data: CocoData,
@@ -153,28 +170,45 @@ def train(cfg: Config, splits: dict[str, CocoData],
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
-    seed_everything(t.seed)
+    world, device = init_distributed(resolve_device(t.device))
+    if t.sync_bn and device.type != "cuda":
+        raise ConfigError(f"train.sync_bn=true on {device}: torch's SyncBatchNorm runs on GPUs "
+                          "only. Fix: train.sync_bn=false (on the CPU the processes keep their "
+                          "own BatchNorm statistics), or train on CUDA")
+    main = world.is_main
+    seed_everything(t.seed)  # every rank builds the same initial model
     train_data, valid_data = splits["train"], splits["valid"]
     # the policy gradient's actions: a stream of their own, saved in last.pt
-    pg_generator = torch.Generator().manual_seed(t.seed + 1)
+    pg_generator = torch.Generator().manual_seed(world.seed(t.seed + 1))
     cfg, model = build_detector(cfg, train_data, pg_generator)
+    if t.sync_bn and world.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if t.channels_last:  # convolutions run in NHWC, which oneDNN and cuDNN often prefer
         model.backbone.to(memory_format=torch.channels_last)
+    forward = model
+    if world.distributed:
+        # each rank augments and samples its own way; the shuffle below stays shared
+        seed_everything(world.seed(t.seed))
+        forward = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     train_set = CocoDetection(train_data)
     valid_set = CocoDetection(valid_data, transforms=to_model_input())
     generator = torch.Generator().manual_seed(t.seed)
     loader = DataLoader(train_set, batch_size=t.batch_size, collate_fn=collate,
-                        sampler=train_sampler(cfg, train_set, generator),
-                        num_workers=cfg.data.workers, generator=generator)
+                        sampler=train_sampler(cfg, train_set, generator, world),
+                        num_workers=cfg.data.workers, generator=generator,
+                        worker_init_fn=(functools.partial(_seed_worker, world.seed(0))
+                                        if world.distributed else None))
     iters_per_epoch = min(len(loader), t.iters_per_epoch or len(loader))
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, iters_per_epoch)
 
+    # Rank 0 alone validates, writes the run folder and reports; every rank checkpoints its
+    # random state through rank 0 (a collective), so the checkpoint hook runs everywhere.
     run = RunDir(cfg.run_dir)
-    writer = MetricsWriter(run)
-    checkpointer = Checkpointer(run, cfg, train_data.categories, generator)
+    writer = MetricsWriter(run) if main else None
+    checkpointer = Checkpointer(run, cfg, train_data.categories, generator, main=main)
     hooks: list[HookBase] = [
         AugmentationSchedule(cfg.augment, train_set,
                              digit_classes=digit_names(train_data.categories) is not None),
@@ -186,31 +220,35 @@ def train(cfg: Config, splits: dict[str, CocoData],
         weighting = ScaleLossWeighting(num_levels=len(model.rpn.anchor_generator.sizes),
                                        method=t.scale_weighting, interval=t.scale_interval,
                                        seed=t.seed)
-        hooks.append(ScaleWeighting(weighting, run, writer))
-    if t.ema_decay is not None:
+        hooks.append(ScaleWeighting(weighting, run if main else None, writer))
+    if t.ema_decay is not None and main:
         hooks.append(WeightAverage(model, decay=t.ema_decay, warmup=t.ema_warmup))
-    hooks += [
-        *extra_hooks,
-        Throughput(),
-        PeriodicValidation(lambda m: evaluate(m, valid_data), valid_set, period=t.eval_every,
-                           batch_size=cfg.eval.batch_size, seed=t.seed),
-    ]
+    hooks += [*extra_hooks, Throughput()]
+    if main:
+        hooks.append(PeriodicValidation(lambda m: evaluate(m, valid_data), valid_set,
+                                        period=t.eval_every, batch_size=cfg.eval.batch_size,
+                                        seed=t.seed))
     if t.time_budget is not None:
         hooks.append(TimeBudget(t.time_budget, t, full_epoch=iters_per_epoch,
-                                valid_images=len(valid_set), run=run))
-    hooks += [
-        writer,
-        checkpointer,
-        Progress(reporter or ProgressReporter(log_every=t.log_every)),
-    ]
+                                valid_images=len(valid_set), run=run if main else None))
+    if main:
+        hooks += [writer, checkpointer,
+                  Progress(reporter or ProgressReporter(log_every=t.log_every))]
+    else:
+        hooks.append(checkpointer)
     loop = TrainLoop(model, loader, optimizer, scheduler, epochs=t.epochs,
                      iters_per_epoch=iters_per_epoch, device=device, grad_clip=t.grad_clip,
-                     hooks=hooks, precision=MixedPrecision(t.amp, device))
+                     hooks=hooks, precision=MixedPrecision(t.amp, device), forward=forward,
+                     world_size=world.size)
 
-    run.root.mkdir(parents=True, exist_ok=True)
-    run.write_config(cfg)
-    # the run record names this machine even when it is rewritten on another one
-    run.write_environment(environment_rows(f"{device} (train.device: {t.device})"))
+    if main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.write_config(cfg)
+        # the run record names this machine even when it is rewritten on another one
+        where = f"{device} (train.device: {t.device})"
+        if world.distributed:
+            where += f", {world.size} processes ({torch.distributed.get_backend()})"
+        run.write_environment(environment_rows(where))
     if resume:
         checkpointer.resume()
     loop.train()

@@ -80,13 +80,22 @@ def init_distributed(device: torch.device) -> tuple[World, torch.device]:
                               "--nproc_per_node at most the number of GPUs")
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_initialized():
+        return world(), device
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     here = world()
-    if here.is_main:
+    if not here.is_main:  # one process reports; the others speak only of trouble
+        logging.getLogger("rcnnlab").setLevel(logging.WARNING)
+    else:
         log.info("data-parallel training: %d processes (%s), this is rank 0 on %s", here.size,
                  dist.get_backend(), device)
     return here, device
+
+
+def env_rank() -> int:
+    """This process's rank as torchrun set it (0 without torchrun), before or after the
+    process group exists."""
+    return int(os.environ.get("RANK", 0))
 
 
 def close_distributed() -> None:

@@ -14,6 +14,7 @@ class PolicyGradientState(HookBase):
     """Saves and restores the generator the RoI head samples its actions from."""
 
     name = "policy_gradient"
+    per_rank = True  # each rank samples its own actions
 
     def __init__(self, generator: torch.Generator):
         self.generator = generator

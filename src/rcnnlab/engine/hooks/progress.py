@@ -17,10 +17,15 @@ class Progress(HookBase):
         loop = self.loop
         self.reporter.start_epoch(loop.epoch + 1, loop.epochs, loop.iters_per_epoch,
                                   bool(loop.row.get("augment", 0)))
+        self.plan = (loop.epochs, loop.iters_per_epoch)
 
     def after_step(self) -> None:
-        """Advance by one step."""
-        self.reporter.step(self.loop.loss, self.loop.lr)
+        """Advance by one step (re-labelled when a hook changed the epochs' plan)."""
+        loop = self.loop
+        if (loop.epochs, loop.iters_per_epoch) != self.plan:
+            self.plan = (loop.epochs, loop.iters_per_epoch)
+            self.reporter.replan(loop.epoch + 1, *self.plan)
+        self.reporter.step(loop.loss, loop.lr)
 
     def after_epoch(self) -> None:
         """Close the bar with the epoch's summary line."""

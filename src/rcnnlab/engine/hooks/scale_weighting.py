@@ -10,28 +10,33 @@ from rcnnlab.engine.hooks.metrics import MetricsWriter
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.methods.scale_weighting import ScaleLossWeighting
 from rcnnlab.models.heads import level_losses
+from rcnnlab.runs.distributed import all_reduce_mean
 from rcnnlab.runs.rundir import RunDir, append_csv_row
 
 
 class ScaleWeighting(HookBase):
     """Weights the step's per-level losses; logs each interval to `scale_weights.csv` and
-    TensorBoard, and the current weights (`w_level<i>`) in the epoch's metrics."""
+    TensorBoard, and the current weights (`w_level<i>`) in the epoch's metrics. Under
+    data-parallel training every rank updates the weights from the levels' losses averaged over
+    the ranks, so all ranks keep the same weights; only rank 0 (given `run` and `writer`)
+    writes."""
 
     name = "scale_weighting"
 
-    def __init__(self, weighting: ScaleLossWeighting, run: RunDir, writer: MetricsWriter):
+    def __init__(self, weighting: ScaleLossWeighting, run: RunDir | None,
+                 writer: MetricsWriter | None):
         self.weighting, self.run, self.writer = weighting, run, writer
 
     def adjust_loss(self, outputs: dict[str, Tensor], loss: Tensor) -> Tensor:
         """The weighted sum of the levels' losses (which sum to `loss` unweighted)."""
         levels = level_losses(outputs)
         weighted = self.weighting.weighted_total(list(levels))
-        record = self.weighting.update(levels.detach().tolist())
-        if record is not None:
+        record = self.weighting.update(all_reduce_mean(levels.detach().tolist()))
+        if record is not None and self.run is not None:
             for i, w in enumerate(record.weights):
                 self.writer.scalar(f"scale_weighting/w_level{i}", w, record.iteration)
-            for a, p in enumerate(record.probabilities or []):
-                self.writer.scalar(f"scale_weighting/p_action{a}", p, record.iteration)
+            for a, prob in enumerate(record.probabilities or []):
+                self.writer.scalar(f"scale_weighting/p_action{a}", prob, record.iteration)
             append_csv_row(self.run.scale_weights_csv, record.as_row())
         return weighted
 

@@ -5,6 +5,7 @@ loss is logged under one name: a group of one loss (`loss_cls`, `loss_bbox`) sta
 from __future__ import annotations
 
 from rcnnlab.engine.loop import HookBase
+from rcnnlab.runs.distributed import all_reduce_mean
 
 # The four losses of torchvision's Faster R-CNN, in the order its forward returns them.
 RAW_LOSSES = ("loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg")
@@ -44,7 +45,9 @@ class StepLosses(HookBase):
         self.steps += 1
 
     def after_epoch(self) -> None:
-        """Write the total, the groups and the other means into the row."""
-        means = {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+        """Write the total, the groups and the other means (over every rank) into the row."""
+        keys = list(self.sums)
+        means = dict(zip(keys, all_reduce_mean([self.sums[k] / max(self.steps, 1)
+                                                for k in keys]), strict=True))
         self.loop.row.update(grouped(means))
         self.loop.row.update({k: v for k, v in means.items() if k not in _GROUP_NAMED})

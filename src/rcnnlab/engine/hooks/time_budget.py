@@ -109,7 +109,7 @@ class TimeBudget(HookBase):
         self.plan = new
         self._apply(new["epochs"], new["iters_per_epoch"], in_epoch=0)
         log.info("time budget: %.1f of %s left; %.3f s an iteration, validation %.1f s, "
-                 "%.1f s other per epoch -> %d more epochs of %d iterations",
+                 "%.1f s other per epoch -> %d more epoch(s) of %d iterations",
                  (self.budget - self.elapsed()) / 60, _minutes(self.budget), s_iter, val_s,
                  other, new["epochs"] - loop.epoch, new["iters_per_epoch"])
         self._write()

@@ -1,0 +1,231 @@
+"""Data-parallel training over torch.distributed, on the CPU with gloo.
+
+Two processes with batch b take the step one process takes with batch 2b; rank 0 alone writes;
+a two-process run resumes to the weights of an uninterrupted one; and `torchrun -m rcnnlab
+train` runs end to end. The model has FrozenBatchNorm (as with pretrained weights) and the
+RPN's and box head's anchor / RoI samplers are made deterministic (first k by index), so that
+the only difference between the runs is how the batch is split across processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+from torchvision.models.detection import _utils as det_utils
+
+from rcnnlab import api
+from rcnnlab.config import Config
+from rcnnlab.data.samplers import RepeatFactorSampler, ShardedSampler
+from rcnnlab.engine.loop import HookBase
+from rcnnlab.engine.progress import ProgressReporter
+from rcnnlab.models.build import build_model
+from rcnnlab.runs.checkpoint import load_checkpoint
+from tests.conftest import write_coco
+from tests.tiny import TINY, tiny_config
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(),
+                                reason="this torch build has no torch.distributed")
+
+
+# ------------------------------------------------------------------------------ the sampler
+def test_shards_partition_an_epoch_and_batches_add_up():
+    base = torch.utils.data.RandomSampler(range(10), generator=torch.Generator().manual_seed(0))
+    epoch = list(base)
+    for r in range(3):
+        assert len(ShardedSampler(base, r, 3)) == 4  # ceil(10 / 3)
+    # every rank's generator, seeded alike, draws the same epoch: the ranks' indices,
+    # interleaved, are the one-process epoch (padded by its first indices to 12)
+    ranks = [list(ShardedSampler(torch.utils.data.RandomSampler(
+        range(10), generator=torch.Generator().manual_seed(0)), r, 3)) for r in range(3)]
+    assert [ranks[i % 3][i // 3] for i in range(12)] == epoch + epoch[:2]
+
+
+def test_repeat_factor_sampling_shards_like_any_other():
+    factors = torch.tensor([1.0, 2.5, 1.0, 1.0])
+    full = list(RepeatFactorSampler(factors, generator=torch.Generator().manual_seed(4)))
+    shards = [list(ShardedSampler(RepeatFactorSampler(
+        factors, generator=torch.Generator().manual_seed(4)), r, 2)) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(full + full[: len(shards[0]) * 2 - len(full)])
+    with pytest.raises(ValueError, match="rank 2 is not in 0..1"):
+        ShardedSampler(RepeatFactorSampler(factors), 2, 2)
+
+
+# ------------------------------------------------------------------------------ runs
+def _first_k(self, matched_idxs):
+    """BalancedPositiveNegativeSampler without chance: the first positives and negatives."""
+    pos_masks, neg_masks = [], []
+    for matched in matched_idxs:
+        positive = torch.where(matched >= 1)[0]
+        negative = torch.where(matched == 0)[0]
+        num_pos = min(positive.numel(), int(self.batch_size_per_image * self.positive_fraction))
+        num_neg = min(negative.numel(), self.batch_size_per_image - num_pos)
+        pos = torch.zeros_like(matched, dtype=torch.uint8)
+        neg = torch.zeros_like(matched, dtype=torch.uint8)
+        pos[positive[:num_pos]] = 1
+        neg[negative[:num_neg]] = 1
+        pos_masks.append(pos)
+        neg_masks.append(neg)
+    return pos_masks, neg_masks
+
+
+class StopBefore(HookBase):
+    """Interrupts training as Ctrl-C would, before epoch `epoch` (1-based)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def before_epoch(self) -> None:
+        if self.loop.epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, cfg: Config, folders: list[str],
+            stop_before: int | None, resume: bool, deterministic: bool) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank))
+    os.chdir(folders[rank])  # the run folder is relative: a rank that wrote would show
+    if deterministic:
+        det_utils.BalancedPositiveNegativeSampler.__call__ = _first_k
+    hooks = [StopBefore(stop_before)] if stop_before else []
+    try:
+        api.train(cfg, resume=resume, reporter=ProgressReporter(quiet=True), extra_hooks=hooks)
+    except KeyboardInterrupt:
+        from rcnnlab.runs.distributed import close_distributed
+        close_distributed()
+
+
+def run_ddp(cfg: Config, folders: list[Path], *, stop_before: int | None = None,
+            resume: bool = False, deterministic: bool = False) -> None:
+    """Train `cfg` on two gloo processes, rank r working in folders[r]."""
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+    mp.spawn(_worker, args=(2, _free_port(), cfg, [str(f) for f in folders], stop_before,
+                            resume, deterministic), nprocs=2, join=True)
+
+
+@pytest.fixture(scope="module")
+def noise_coco(tmp_path_factory) -> dict[str, Path]:
+    """8 training and 2 validation images of one size (random noise, two boxes each) and the
+    weights of a 3-class detector, whose loading freezes BatchNorm."""
+    root = tmp_path_factory.mktemp("noise")
+    rng = np.random.default_rng(0)
+    paths = {}
+    for split, n in (("train", 8), ("valid", 2)):
+        folder = root / split
+        folder.mkdir()
+        images, annotations = [], []
+        for i in range(n):
+            name = f"{i}.png"
+            Image.fromarray(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8)).save(
+                folder / name)
+            images.append({"id": i + 1, "file_name": name, "width": 128, "height": 96})
+            for k in range(2):
+                x, y = int(rng.integers(4, 80)), int(rng.integers(4, 40))
+                annotations.append({"id": 2 * i + k + 1, "image_id": i + 1, "category_id": k,
+                                    "bbox": [x, y, 30, 40]})
+        paths[split] = write_coco(folder, images=images, annotations=annotations,
+                                  make_files=False)
+    torch.manual_seed(0)
+    paths["weights"] = root / "r18.pt"
+    torch.save(build_model(arch="resnet18_fpn", num_classes=3).state_dict(), paths["weights"])
+    return paths
+
+
+def noise_config(paths: dict[str, Path], out_dir: str, *extra: str) -> Config:
+    from rcnnlab.config import load_config
+
+    return load_config(None, [
+        *TINY, f"data.train_json={paths['train']}", f"data.valid_json={paths['valid']}",
+        f"model.weights={paths['weights']}", "augment.enabled=false", "train.optimizer=sgd",
+        "train.lr=0.02", "train.warmup_iters=0", "train.threads=1", f"out_dir={out_dir}",
+        "name=run", *extra])
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(folder / "checkpoints" / "last.pt")["model"]
+
+
+def test_two_processes_step_like_one_with_twice_the_batch(noise_coco, tmp_path, monkeypatch):
+    monkeypatch.setattr(det_utils.BalancedPositiveNegativeSampler, "__call__", _first_k)
+    one = "train.epochs=1", "train.iters_per_epoch=1"
+    api.train(noise_config(noise_coco, str(tmp_path / "b4"), *one, "train.batch_size=4"),
+              reporter=ProgressReporter(quiet=True))
+    api.train(noise_config(noise_coco, str(tmp_path / "b2"), *one, "train.batch_size=2"),
+              reporter=ProgressReporter(quiet=True))
+    run_ddp(noise_config(noise_coco, "runs", *one, "train.batch_size=2"),
+            [tmp_path / "rank0", tmp_path / "rank1"], deterministic=True)
+
+    ddp = _weights(tmp_path / "rank0" / "runs" / "run")
+    b4, b2 = _weights(tmp_path / "b4" / "run"), _weights(tmp_path / "b2" / "run")
+    init = torch.load(noise_coco["weights"], weights_only=True)
+    moved = max((b4[k] - init[k]).abs().max().item() for k in init if k in b4
+                and b4[k].is_floating_point())
+    assert moved > 1e-3  # the step did something
+    worst = max((ddp[k] - b4[k]).abs().max().item() for k in b4 if b4[k].is_floating_point())
+    assert worst < 1e-5 * max(moved, 1.0), worst
+    # ...and the comparison can tell batches apart: one process with batch 2 lands elsewhere
+    assert max((b2[k] - b4[k]).abs().max().item() for k in b4
+               if b4[k].is_floating_point()) > 100 * worst
+    # rank 0 alone wrote: rank 1's folder is empty
+    assert not any((tmp_path / "rank1").iterdir())
+    written = {p.name for p in (tmp_path / "rank0" / "runs" / "run").iterdir()}
+    assert {"config.yaml", "metrics.csv", "checkpoints", "environment.json"} <= written
+    ckpt = load_checkpoint(tmp_path / "rank0" / "runs" / "run" / "checkpoints" / "last.pt")
+    assert ckpt["images_seen"] == 4 and ckpt["iteration"] == 1
+    assert len(ckpt["resume"]["ranks"]) == 2  # each rank's random state
+
+
+def test_a_two_process_run_resumes_to_the_same_weights(noise_coco, tmp_path):
+    # random sampling, the policy gradient's own stream and per-rank seeds all in play
+    two = ("train.epochs=2", "train.iters_per_epoch=2", "train.batch_size=2",
+           "train.roi_loss=policy_gradient", "train.pg_samples=2")
+    cfg = noise_config(noise_coco, "runs", *two)
+    whole = [tmp_path / "a0", tmp_path / "a1"]
+    run_ddp(cfg, whole)
+    broken = [tmp_path / "b0", tmp_path / "b1"]
+    run_ddp(cfg, broken, stop_before=2)
+    assert load_checkpoint(broken[0] / "runs" / "run" / "checkpoints" / "last.pt")[
+        "epoch"] == 1
+    shutil.rmtree(broken[1])  # another machine: rank 1 gets last.pt from rank 0
+    run_ddp(cfg, broken, resume=True)
+    a, b = _weights(whole[0] / "runs" / "run"), _weights(broken[0] / "runs" / "run")
+    for key, tensor in a.items():
+        assert torch.equal(tensor, b[key]), key
+    assert not any(broken[1].iterdir())
+
+
+def test_torchrun_trains_end_to_end(synth_dir, tmp_path):
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this python")
+    cfg = tiny_config(synth_dir, tmp_path)
+    overrides = [f"data.{s}_json={synth_dir / s / 'annotations.json'}"
+                 for s in ("train", "valid", "test")]
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m",
+           "rcnnlab", "train", *TINY, *overrides, f"out_dir={tmp_path}", "name=tr",
+           "train.epochs=1", "train.iters_per_epoch=1", "train.threads=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done:") == 1, done.stdout  # rank 0 reports
+    assert "data-parallel training: 2 processes (gloo)" in done.stdout + done.stderr
+    ckpt = load_checkpoint(tmp_path / "tr" / "checkpoints" / "last.pt")
+    assert ckpt["images_seen"] == 4 and cfg.train.batch_size == 2
+    env_rows = (tmp_path / "tr" / "environment.json").read_text()
+    assert "2 processes (gloo)" in env_rows
