@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> str:
     """Run (or continue, or report) a study and return its Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", choices=sorted(STUDIES), default="augment")
-    parser.add_argument("--config", default="configs/orand.yaml")
+    parser.add_argument("--config", default="orand")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--epochs", type=int, default=3, help="the equal budget, in epochs")
     parser.add_argument("--extra-epochs", type=int, default=1,

@@ -95,7 +95,7 @@ def train_speed(variant: str, args, device: torch.device, world: tuple[int, int]
     model = build_model(arch="fasterrcnn_resnet50_fpn_v2", num_classes=91, min_size=args.size,
                         max_size=args.size * 1333 // 800).to(device)
     if channels_last:
-        model.backbone.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)
     forward = model
     if size > 1:
         forward = torch.nn.parallel.DistributedDataParallel(
@@ -173,7 +173,7 @@ def main() -> None:
     device = resolve_device(args.device)
     torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"{machine_description()}; {name}; torch {torch.__version__}")
+    print(f"{machine_description()}; {name}")
     print(f"fasterrcnn_resnet50_fpn_v2 at {args.size} px, batch {args.batch}, "
           f"{args.warmup}+{args.iters} iterations")
     print(f"{'variant':<14}{'train img/s':>12}{'peak MB':>10}{'infer img/s':>13}")
@@ -182,7 +182,8 @@ def main() -> None:
         ips, mem, model = train_speed(variant, args, device)
         single[variant] = ips
         infer = "" if ema else f"{infer_speed(model, amp, args, device):>13.2f}"
-        print(f"{variant:<14}{ips:>12.2f}{mem:>10.0f}{infer}", flush=True)
+        mem_text = f"{mem:>10.0f}" if device.type == "cuda" else f"{'n/a':>10}"
+        print(f"{variant:<14}{ips:>12.2f}{mem_text}{infer}", flush=True)
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -194,8 +195,9 @@ def main() -> None:
             port = s.getsockname()[1]
         mp.spawn(_ddp_worker, args=(args.ddp, port, args, out), nprocs=args.ddp, join=True)
         total, mem = out.get()
-        print(f"bf16+cl on {args.ddp} processes: {total:.2f} img/s in all, peak {mem:.0f} MB "
-              f"on rank 0, scaling efficiency {total / (args.ddp * single['bf16+cl']):.0%} "
+        peak = f", peak {mem:.0f} MB on rank 0" if device.type == "cuda" else ""
+        print(f"bf16+cl on {args.ddp} processes: {total:.2f} img/s in all{peak}, scaling "
+              f"{total / (args.ddp * single['bf16+cl']):.0%} "
               f"of {args.ddp} x one process")
 
 

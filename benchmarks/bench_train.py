@@ -4,10 +4,10 @@ Prints one row per variant: train img/s (forward + backward + optimizer step, au
 data loading included), inference img/s (batched, as `rcnnlab predict` runs it) and the peak
 memory of the process. Nothing is asserted; the figures go into the README.
 
-    python benchmarks/bench_train.py                       # configs/base.yaml
+    python benchmarks/bench_train.py                       # -c base
     python benchmarks/bench_train.py --variant "800px=model.native_size=false model.min_size=800"
     # fp32 vs bf16 (training and inference) on the ORAND images at their native size:
-    python benchmarks/bench_train.py --config configs/orand.yaml \
+    python benchmarks/bench_train.py --config orand \
         --data ../shared/data/orand-car-a/instances_train.json \
         --variant "bf16=train.amp=bf16 eval.amp=bf16"
 
@@ -39,8 +39,6 @@ from rcnnlab.models.build import build_model
 from rcnnlab.runs.device import peak_memory_mb, resolve_device
 from rcnnlab.runs.environment import machine_description
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 class _Timer(HookBase):
     """Starts the clock after `warmup` steps and counts the images after it."""
@@ -62,7 +60,7 @@ def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> di
     torch.manual_seed(0)
     model = build_model(cfg.model, num_classes=len(data.categories) + 1).to(device)
     if cfg.train.channels_last:
-        model.backbone.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg.train)
     train_set = CocoDetection(data, build_train_transforms(cfg.augment, digit_classes=True))
     loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
@@ -94,7 +92,7 @@ def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "base.yaml"))
+    parser.add_argument("--config", default="base", help="a built-in recipe or a YAML file")
     parser.add_argument("--variant", action="append", default=[],
                         help='"label=key=value key=value" (repeatable); the config itself is '
                         "always measured first as 'default'")

@@ -1,13 +1,10 @@
 """Config files: `base:` inheritance, dotted overrides, clear errors."""
 
-from pathlib import Path
 
 import pytest
 
-from rcnnlab.config import ConfigError, apply_overrides, load_config
+from rcnnlab.config import BUILTIN_CONFIGS, ConfigError, apply_overrides, load_config
 from rcnnlab.runs.rundir import RunDir
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_base_chain_and_overrides(tmp_path):
@@ -52,9 +49,32 @@ def test_saved_config_round_trips(tmp_path):
     assert load_config(run.config_yaml) == cfg == run.read_config()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(BUILTIN_CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_load(path):
     load_config(path)
+
+
+def test_built_in_recipes_load_by_name_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("orand", "orand.yaml", "configs/orand.yaml"):
+        cfg = load_config(name)
+        assert cfg.name == "orand" and cfg.model.arch == "resnet18_fpn"  # base.yaml applied
+    assert load_config("demo").name == "demo"
+    # a file of that name in the working folder wins over the recipe
+    (tmp_path / "orand").write_text("name: mine\n")
+    assert load_config("orand").name == "mine"
+    with pytest.raises(ConfigError, match="nope: config file not found. Fix: give a path to a "
+                                          "YAML file, or one of the built-in recipes: base, "
+                                          "demo, orand"):
+        load_config("nope")
+
+
+def test_built_in_recipes_are_listed_with_a_line_each():
+    from rcnnlab.config import builtin_configs
+
+    recipes = builtin_configs()
+    assert set(recipes) == {"base", "demo", "orand"}
+    assert recipes["orand"][1].startswith("ORAND-CAR-A handwritten cheque amounts")
 
 
 @pytest.mark.parametrize("item", ["train.objective=policy_gradient", "train.cls_loss=focal"])

@@ -441,12 +441,15 @@ def test_channels_last_trains_and_its_checkpoint_predicts(synth_dir, tmp_path):
 
     class Layout(HookBase):
         def before_train(self):
-            weight = self.loop.model.backbone.body.conv1.weight
-            layouts.append(weight.is_contiguous(memory_format=torch.channels_last)
-                           and not weight.is_contiguous())
+            model = self.loop.model
+            rpn_conv = next(m for m in model.rpn.head.modules()
+                            if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+            for weight in (model.backbone.body.conv1.weight, rpn_conv.weight):
+                layouts.append(weight.is_contiguous(memory_format=torch.channels_last)
+                               and not weight.is_contiguous())
 
     run = api.train(cfg, reporter=ProgressReporter(quiet=True), extra_hooks=[Layout()]).run_dir
-    assert layouts == [True]  # the backbone trained in NHWC
+    assert layouts == [True, True]  # the backbone and the RPN head trained in NHWC
     row = next(csv.DictReader((run / "metrics.csv").open()))
     assert all(math.isfinite(float(row[k])) for k in ("loss", "loss_cls", "loss_anchor"))
     model, _ = load_detector(run)  # the checkpoint loads into an ordinary model

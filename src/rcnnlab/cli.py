@@ -29,14 +29,46 @@ app = typer.Typer(
     no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Make and prepare datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from rcnnlab import __version__
+
+        print(f"rcnnlab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")]
+        = False) -> None:
+    """Train, tune, evaluate and predict with Faster R-CNN detectors on COCO-format data."""
+
+
+@app.command("configs")
+def configs_command() -> None:
+    """List the built-in recipes that -c NAME finds (a path to a YAML file works too)."""
+    from rcnnlab.config import builtin_configs
+
+    table = Table(title="built-in configs (-c NAME)")
+    table.add_column("name")
+    table.add_column("what it is")
+    folder = None
+    for name, (path, description) in builtin_configs().items():
+        table.add_row(name, description)
+        folder = path.parent
+    console.print(table)
+    console.print(f"in {folder}")
 console = Console()
 err_console = Console(stderr=True)
 
 OverridesArg = Annotated[list[str] | None, typer.Argument(
     help="Config overrides as dotted key=value, e.g. train.epochs=3 model.arch=resnet34_fpn",
     show_default=False)]
-ConfigOpt = Annotated[Path | None, typer.Option(
-    "--config", "-c", help="YAML config (see configs/); overrides apply on top.")]
+ConfigOpt = Annotated[str | None, typer.Option(
+    "--config", "-c", help="YAML config file, or a built-in recipe (orand, demo, base: see "
+    "`rcnnlab configs`); overrides apply on top.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 EvalOverridesArg = Annotated[list[str] | None, typer.Argument(
     help="Inference options of this call as eval.key=value, e.g. eval.nms=gaussian "
@@ -410,7 +442,7 @@ def compare(
 @app.command()
 @_user_errors
 def demo(
-    config: ConfigOpt = Path("configs/demo.yaml"),
+    config: ConfigOpt = "demo",
     overrides: OverridesArg = None,
 ):
     """Generate house numbers, train the CPU default, tune, evaluate on test, write outputs."""

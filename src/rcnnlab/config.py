@@ -147,7 +147,7 @@ class TrainConfig(_Section):
     # ema = d * ema + (1 - d) * weights after each step, d = ema_decay * (1 - exp(-step / warmup))
     ema_decay: float | None = Field(None, gt=0, lt=1)
     ema_warmup: PositiveInt = 2000  # iterations over which d ramps up (YOLOX's 2000)
-    channels_last: bool = False  # the backbone's tensors in NHWC memory order (CPU and CUDA)
+    channels_last: bool = False  # convolution weights in NHWC memory order (CPU and CUDA)
     amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision of the training step
     sync_bn: bool = False  # torchrun: BatchNorm statistics over all processes (SyncBatchNorm)
     finetune_from: str | None = None  # start from another checkpoint's weights (not its state)
@@ -334,6 +334,36 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+# The recipes shipped in the package: `-c orand` finds configs/orand.yaml here.
+BUILTIN_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def builtin_configs() -> dict[str, tuple[Path, str]]:
+    """The built-in recipes: name -> (file, the first line of its leading comment)."""
+    out = {}
+    for path in sorted(BUILTIN_CONFIGS.glob("*.yaml")):
+        first = path.read_text().splitlines()[0]
+        out[path.stem] = (path, first.lstrip("#").strip() if first.startswith("#") else "")
+    return out
+
+
+def config_path(name: str | Path) -> Path:
+    """A config file: `name` itself when it is a file, else the built-in recipe of that name
+    (`orand`, `orand.yaml`); a ConfigError lists the recipes when it is neither."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    builtin = BUILTIN_CONFIGS / (path.name if path.suffix in (".yaml", ".yml")
+                                 else f"{path.name}.yaml")
+    if len(path.parts) <= 1 and builtin.is_file():
+        return builtin
+    if len(path.parts) > 1 and path.parts[0] == "configs" and builtin.is_file():
+        return builtin  # the repo's old configs/ folder: the recipes moved into the package
+    raise ConfigError(f"{name}: config file not found. Fix: give a path to a YAML file, or "
+                      f"one of the built-in recipes: {', '.join(builtin_configs())} "
+                      "(rcnnlab configs lists them)")
+
+
 def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     """Read a YAML config, resolving its `base:` chain (paths relative to the file)."""
     path = Path(path).resolve()
@@ -341,7 +371,8 @@ def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         chain = " -> ".join(map(str, _seen))
         raise ConfigError(f"{path}: `base:` chain loops back to itself ({chain})")
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; give a path to a YAML file in configs/")
+        raise ConfigError(f"{path}: config file not found (a `base:` names a file relative to "
+                          "the config that names it)")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
@@ -380,8 +411,9 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a validated Config from an optional YAML file and dotted overrides."""
-    tree = read_yaml_tree(path) if path is not None else {}
+    """Build a validated Config from an optional YAML file (or built-in recipe name: `orand`,
+    `demo`, `base`) and dotted overrides."""
+    tree = read_yaml_tree(config_path(path)) if path is not None else {}
     tree = apply_overrides(tree, overrides or [])
     try:
         return Config.model_validate(tree)

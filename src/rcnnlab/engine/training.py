@@ -185,7 +185,9 @@ def train(cfg: Config, splits: dict[str, CocoData],
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if t.channels_last:  # convolutions run in NHWC, which oneDNN and cuDNN often prefer
-        model.backbone.to(memory_format=torch.channels_last)
+        # the whole model, not only the backbone: the RPN head's convolutions see NHWC
+        # features, and DDP's gradient buckets must have the layout of the gradients
+        model.to(memory_format=torch.channels_last)
     forward = model
     if world.distributed:
         # each rank augments and samples its own way; the shuffle below stays shared
