@@ -229,3 +229,34 @@ def test_torchrun_trains_end_to_end(synth_dir, tmp_path):
     assert ckpt["images_seen"] == 4 and cfg.train.batch_size == 2
     env_rows = (tmp_path / "tr" / "environment.json").read_text()
     assert "2 processes (gloo)" in env_rows
+
+
+def test_two_nodes_over_a_rendezvous_endpoint(synth_dir, tmp_path):
+    """Two 'machines' (two torchrun launches, one process each, --nnodes 2 and a c10d
+    rendezvous), each in its own folder: the second never sees the run folder."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed beside this python")
+    overrides = [f"data.{s}_json={synth_dir / s / 'annotations.json'}"
+                 for s in ("train", "valid", "test")]
+    endpoint = f"127.0.0.1:{_free_port()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = []
+    for node in range(2):
+        folder = tmp_path / f"node{node}"
+        folder.mkdir()
+        cmd = [torchrun, "--nnodes", "2", "--nproc_per_node", "1", "--rdzv_backend", "c10d",
+               "--rdzv_id", "rcnnlab-test", "--rdzv_endpoint", endpoint, "-m", "rcnnlab",
+               "train", *TINY, *overrides, "out_dir=runs", "name=mn", "train.epochs=1",
+               "train.iters_per_epoch=1", "train.threads=1"]
+        nodes.append(subprocess.Popen(cmd, cwd=folder, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    outputs = [p.communicate(timeout=300)[0] for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], outputs
+    written = [folder for folder in (tmp_path / "node0", tmp_path / "node1")
+               if (folder / "runs" / "mn" / "checkpoints" / "last.pt").is_file()]
+    assert len(written) == 1  # whichever node got rank 0 wrote the run; the other nothing
+    other = ({tmp_path / "node0", tmp_path / "node1"} - set(written)).pop()
+    assert not any(other.iterdir())
+    assert load_checkpoint(written[0] / "runs" / "mn" / "checkpoints" / "last.pt")[
+        "images_seen"] == 4
