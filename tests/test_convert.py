@@ -293,3 +293,50 @@ def test_voc_malformed_xml_and_bad_box(voc):
     (voc / "b.xml").write_text(_voc_xml("b.png", [("cat", 0, 20, 5, 10, 15)], size=(50, 40)))
     with pytest.raises(DatasetError, match=r"b\.xml: object 1 \(cat\): xmax < xmin"):
         voc_to_coco(voc)
+
+
+# ------------------------------------------------------------------ YOLO data.yaml, no conversion
+def test_a_data_yaml_is_read_where_a_coco_json_is(tmp_path):
+    root = shared_path("number-extraction-yolo")
+    for split, key, n in (("valid", None, 63), ("test", None, 13), ("train", "val", 63)):
+        ref = root / "data.yaml" if key is None else f"{root / 'data.yaml'}:{key}"
+        data = load_coco(ref, split=split)
+        coco, _ = yolo_to_coco(root, "valid" if key else split)
+        assert len(data.images) == n == len(coco["images"])
+        assert sum(map(len, data.annotations.values())) == len(coco["annotations"])
+        assert [c["name"] for c in data.categories] == [str(d) for d in range(10)]
+    # Roboflow's "../train/images" names a folder this sample does not have: one clear error
+    with pytest.raises(DatasetError, match=r"data.yaml: the train images folder "
+                                           r"'../train/images' .* does not exist"):
+        load_coco(root / "data.yaml", split="train")
+    # the key form reads without a role (stats, show); a bare yaml there says how
+    assert len(load_coco(f"{root / 'data.yaml'}:test").images) == 13
+    with pytest.raises(DatasetError, match="a YAML file where a COCO json is read. Fix: give "
+                                           "data.yaml:val"):
+        load_coco(root / "data.yaml")
+
+
+def test_data_yolo_fills_the_splits_it_names_and_training_runs_on_them(tmp_path):
+    from rcnnlab import api
+    from rcnnlab.config import load_config
+    from rcnnlab.data.splits import load_splits
+    from rcnnlab.engine.progress import ProgressReporter
+    from tests.tiny import TINY
+
+    for split in ("train", "val"):  # the Ultralytics layout: images/<split>, labels/<split>
+        folder = tmp_path / "ds" / "images" / split
+        labels = tmp_path / "ds" / "labels" / split
+        folder.mkdir(parents=True)
+        labels.mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (96, 64), (40 * i, 90, 160)).save(folder / f"{i}.png")
+            (labels / f"{i}.txt").write_text("1 0.3 0.5 0.2 0.5\n2 0.6 0.5 0.2 0.5\n")
+    (tmp_path / "ds" / "data.yaml").write_text(
+        "path: .\ntrain: images/train\nval: images/val\nnames: ['0', '1', '2']\n")
+    cfg = load_config(None, [*TINY, f"data.yolo={tmp_path / 'ds' / 'data.yaml'}",
+                             "train.epochs=1", "train.iters_per_epoch=1",
+                             f"out_dir={tmp_path / 'runs'}"])
+    splits = load_splits(cfg.data, need=("train", "valid"))
+    assert [len(splits[s].images) for s in ("train", "valid")] == [4, 4]
+    fit = api.train(cfg, reporter=ProgressReporter(quiet=True))
+    assert fit.iterations == 1 and (fit.run_dir / "checkpoints" / "best.pt").is_file()

@@ -160,7 +160,7 @@ class LoadedRun:
         if json_path is not None:
             data = load_coco(json_path, images,
                              skip_missing_images=self.cfg.data.skip_missing_images,
-                             max_image_pixels=self.cfg.data.max_image_pixels)
+                             max_image_pixels=self.cfg.data.max_image_pixels, split=split)
         else:
             splits = self.config_splits((split,))
             if split not in splits:

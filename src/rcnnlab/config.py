@@ -38,7 +38,9 @@ class SynthConfig(_Section):
 class DataConfig(_Section):
     """Where the COCO splits live; a split's image root defaults to its json's folder."""
 
-    train_json: str | None = None  # COCO json of the training split
+    # a YOLO dataset's data.yaml: its train / val / test folders fill the unset *_json below
+    yolo: str | None = None
+    train_json: str | None = None  # COCO json of the training split (or a YOLO data.yaml)
     train_images: str | None = None  # image folder (default: the json's folder, or its images/)
     valid_json: str | None = None  # COCO json of the validation split
     valid_images: str | None = None

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torchvision import tv_tensors
 
+from rcnnlab.data.convert import yaml_reference, yolo_yaml_split
 from rcnnlab.data.images import DEFAULT_MAX_PIXELS, image_size, read_image
 from rcnnlab.errors import ConfigError, DatasetError
 
@@ -67,6 +68,10 @@ def read_json(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise _fail(path, "file not found", "check the path (data.*_json in the config)")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        raise _fail(path, "a YAML file where a COCO json is read",
+                    f"give {path.name}:val (or :train, :test) to read one of a YOLO data.yaml's "
+                    "splits, or set data.yolo / data.*_json to it in a config")
     try:
         tree = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
@@ -158,8 +163,12 @@ def load_coco(
     check_files: bool = True,
     skip_missing_images: bool = False,
     max_image_pixels: int = DEFAULT_MAX_PIXELS,
+    split: str | None = None,
 ) -> CocoData:
-    """Load and validate a COCO detection json.
+    """Load and validate a COCO detection json, or a split of a YOLO dataset through its
+    data.yaml: `path/data.yaml` reads the entry of `split` ("train", "valid" = `val:`, "test"),
+    `path/data.yaml:KEY` the entry KEY (`rcnnlab.data.convert.yolo_yaml_split`: converted in
+    memory, then checked as a COCO file is).
 
     Errors (one clear message each): malformed JSON, duplicate ids, an annotation whose image or
     category id is unknown, a file_name that escapes the image root, a missing image file (unless
@@ -171,8 +180,14 @@ def load_coco(
     rotation applied, more than `max_image_pixels` refused): where the json's width/height
     differ from the file's, the file's size wins, with a warning naming the records.
     """
-    json_path = Path(json_path)
-    tree = read_json(json_path)
+    reference = yaml_reference(json_path)
+    if reference is not None and reference[0].is_file() and (split or reference[1]):
+        json_path, key = reference
+        tree, yolo_images = yolo_yaml_split(json_path, split or key, key)
+        image_root = image_root or yolo_images
+    else:
+        json_path = Path(json_path)
+        tree = read_json(json_path)
     images, categories, anns = tree["images"], tree["categories"], tree["annotations"]
     if not categories:
         raise _fail(json_path, "the 'categories' list is empty",

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -280,8 +281,15 @@ def yolo_to_coco(root: Path, split: str | None = None, *,
         raise _error(root, "no data.yaml here or in the parent folder, and no names given",
                      "pass names=[...] (class names in class-index order) or add data.yaml")
     kpt_values = _keypoint_values(spec, yaml_path) if "kpt_shape" in spec else 0
+    return _yolo_split(root, images_dir, labels_dir, classes, kpt_values, split=split,
+                       data_yaml=yaml_path)
 
-    out = _Builder("yolo", root, images_dir,
+
+def _yolo_split(source: Path, images_dir: Path, labels_dir: Path, classes: dict[int, str],
+                kpt_values: int, *, split: str | None,
+                data_yaml: Path | None) -> tuple[dict, Path]:
+    """The COCO dict of one split's images and labels folders (see `yolo_to_coco`)."""
+    out = _Builder("yolo", source, images_dir,
                    ("missing_label_files", "labels_without_image", "polygons_as_boxes"))
     image_paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     for image_id, image_path in enumerate(image_paths, 1):
@@ -298,8 +306,83 @@ def yolo_to_coco(root: Path, split: str | None = None, *,
     out.counts["labels_without_image"] = sum(p.stem not in stems
                                              for p in labels_dir.glob("*.txt"))
     categories = [{"id": i, "name": n} for i, n in sorted(classes.items())]
-    coco = out.finish(categories, split=split, data_yaml=str(yaml_path) if yaml_path else None)
+    coco = out.finish(categories, split=split, data_yaml=str(data_yaml) if data_yaml else None)
     return coco, images_dir
+
+
+# The data.yaml key of each split rcnnlab names (Ultralytics writes val, Roboflow valid).
+YAML_SPLIT_KEYS = {"train": ("train",), "valid": ("val", "valid"), "test": ("test",)}
+
+
+def yaml_reference(path: str | Path) -> tuple[Path, str | None] | None:
+    """A data.yaml given where a COCO json is read: ``data.yaml`` (the split of the role it is
+    given for) or ``data.yaml:KEY`` (the folder of that key, e.g. ``data.yaml:val``); None for
+    anything else."""
+    text = str(path)
+    match = re.fullmatch(r"(.+\.ya?ml):(\w+)", text, flags=re.IGNORECASE)
+    if match:
+        return Path(match.group(1)), match.group(2)
+    if text.lower().endswith((".yaml", ".yml")):
+        return Path(text), None
+    return None
+
+
+def yolo_yaml_splits(yaml_path: Path) -> list[str]:
+    """The splits ("train", "valid", "test") a data.yaml names."""
+    spec = _yolo_yaml(Path(yaml_path))
+    return [split for split, keys in YAML_SPLIT_KEYS.items() if any(spec.get(k) for k in keys)]
+
+
+def yolo_yaml_split(yaml_path: Path, split: str, key: str | None = None) -> tuple[dict, Path]:
+    """One split of a YOLO dataset, read through its data.yaml as Ultralytics reads it.
+
+    ``split`` is "train", "valid" (the yaml's ``val:``, or ``valid:``) or "test", the role the
+    images play; ``key`` names the yaml entry to read instead (``data.yaml:val``). The entry is
+    an images folder, relative to the yaml's ``path:`` (itself relative to the yaml's folder) or
+    to the yaml's folder. A relative entry that starts with ``../`` and does not exist is tried
+    without it, as Ultralytics does for Roboflow's exports. The labels are in the folder of the
+    same path with ``images`` replaced by ``labels``. Returns (coco dict, images folder).
+    """
+    yaml_path = Path(yaml_path)
+    spec = _yolo_yaml(yaml_path)
+    keys = (key,) if key is not None else YAML_SPLIT_KEYS.get(split)
+    if keys is None:
+        raise ConfigError(f"{yaml_path}: no split {split!r}: use train, valid or test")
+    entry = next((spec[k] for k in keys if spec.get(k)), None)
+    if entry is None:
+        given = [k for k in ("train", "val", "valid", "test") if spec.get(k)]
+        raise _error(yaml_path, f"no {' or '.join(keys)}: entry for the {split} split "
+                     f"(it names {', '.join(given) or 'no split'})",
+                     f"add `{keys[0]}: <images folder>` to the yaml, or give the {split} split "
+                     "another way (data.val_fraction holds valid out of train)")
+    if not isinstance(entry, str):
+        raise _error(yaml_path, f"{keys[0]}: is {entry!r}; only one images folder per split "
+                     "is read", "give a single folder (merge the folders, or convert with "
+                     "rcnnlab data convert)")
+    base = yaml_path.parent
+    if spec.get("path"):
+        base = (base / str(spec["path"])).resolve()
+    images_dir = base / entry
+    if not images_dir.is_dir() and entry.startswith("../") and (base / entry[3:]).is_dir():
+        images_dir = base / entry[3:]
+    if not images_dir.is_dir():
+        raise _error(yaml_path, f"the {split} images folder {entry!r} ({images_dir}) does not "
+                     "exist", "correct the entry (relative to the yaml's folder or its path:)")
+    images_dir = images_dir.resolve()
+    parts = list(images_dir.parts)
+    if "images" not in parts:
+        raise _error(yaml_path, f"{images_dir}: no 'images' folder in the path, so no "
+                     "'labels' folder beside it", "keep the YOLO layout: .../images and "
+                     ".../labels")
+    i = len(parts) - 1 - parts[::-1].index("images")
+    labels_dir = Path(*parts[:i], "labels", *parts[i + 1:])
+    if not labels_dir.is_dir():
+        raise _error(labels_dir, "labels folder not found (every image would be a negative)",
+                     "put the YOLO .txt files in a labels/ folder beside images/")
+    classes = _yolo_names(spec, yaml_path)
+    kpt_values = _keypoint_values(spec, yaml_path) if "kpt_shape" in spec else 0
+    return _yolo_split(yaml_path, images_dir, labels_dir, classes, kpt_values, split=split,
+                       data_yaml=yaml_path)
 
 
 # --------------------------------------------------------------------------------------- SVHN

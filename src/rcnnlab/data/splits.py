@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rcnnlab.config import DataConfig
 from rcnnlab.data.coco import CocoData, holdout_split, load_coco
+from rcnnlab.data.convert import yolo_yaml_splits
 from rcnnlab.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,19 @@ def with_synth_paths(cfg: DataConfig) -> DataConfig:
         return cfg
     return cfg.model_copy(update={f"{split}_json": str(synth_json(cfg.synth.out_dir, split))
                                   for split in SPLITS if getattr(cfg, f"{split}_json") is None})
+
+
+def with_yolo_paths(cfg: DataConfig) -> DataConfig:
+    """The data section with each unset split json pointing at `data.yolo` (a data.yaml) when
+    the yaml names that split; a copy."""
+    if cfg.yolo is None:
+        return cfg
+    path = Path(cfg.yolo)
+    if not path.is_file():
+        raise DatasetError(f"{path}: data.yolo names no file. Fix: give the YOLO dataset's "
+                           "data.yaml")
+    return cfg.model_copy(update={f"{split}_json": str(path) for split in yolo_yaml_splits(path)
+                                  if getattr(cfg, f"{split}_json") is None})
 
 
 def ensure_synth(cfg: DataConfig, progress=None) -> bool:
@@ -75,7 +89,7 @@ def load_splits(cfg: DataConfig, need: tuple[str, ...] = SPLITS) -> dict[str, Co
     (deterministically, every class represented where possible). Generated data is read where
     `ensure_synth` wrote it, never generated here.
     """
-    cfg = with_synth_paths(cfg)
+    cfg = with_yolo_paths(with_synth_paths(cfg))
     out: dict[str, CocoData] = {}
     wanted = set(need)
     if "valid" in wanted and cfg.valid_json is None and cfg.val_fraction > 0:
@@ -85,7 +99,7 @@ def load_splits(cfg: DataConfig, need: tuple[str, ...] = SPLITS) -> dict[str, Co
         if split in wanted and path is not None:
             out[split] = load_coco(path, getattr(cfg, f"{split}_images"),
                                    skip_missing_images=cfg.skip_missing_images,
-                                   max_image_pixels=cfg.max_image_pixels)
+                                   max_image_pixels=cfg.max_image_pixels, split=split)
     if cfg.valid_json is None and cfg.val_fraction > 0 and "train" in out:
         out["train"], out["valid"] = holdout_split(out["train"], cfg.val_fraction, cfg.split_seed)
         log.info("held out %d of %d training images as valid (data.val_fraction=%.2f)",
