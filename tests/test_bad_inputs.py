@@ -132,6 +132,12 @@ def _raw_json(tmp: Path, text: str | bytes) -> Path:
     return path
 
 
+def _text_file(tmp: Path) -> Path:
+    path = tmp / "notes.txt"
+    path.write_text("not an image")
+    return path
+
+
 def _ann(bbox, **extra) -> list[dict]:
     return [{"id": 1, "image_id": 1, "category_id": 0, "bbox": bbox, **extra}]
 
@@ -310,7 +316,14 @@ CASES += [
          ("no image files",)),
     Case("predict: a source that does not exist", lambda t: [
         "predict", str(_trained(t)), str(t / "nowhere"), "--out", str(t / "o"),
-        "--device", "cpu"], ("not a folder of images",)),
+        "--device", "cpu"],
+         ("nowhere: no such file, folder or pattern", "Fix: give an image, a folder, a glob")),
+    Case("predict: a text file as the source", lambda t: [
+        "predict", str(_trained(t)), str(_text_file(t)), "--out",
+        str(t / "o"), "--device", "cpu"], ("not an image", "or a video", "Fix:")),
+    Case("predict: a glob that matches no image", lambda t: [
+        "predict", str(_trained(t)), str(t / "*.jpg"), "--out", str(t / "o"), "--device",
+        "cpu"], ("*.jpg: the pattern matches no image files", "Fix:")),
     Case("predict: a corrupt image among the files", lambda t: [
         "predict", str(_trained(t)), str(_folder(t, b"garbage")), "--out", str(t / "o"),
         "--device", "cpu"], ("bad.png: cannot be read as an image", "Fix:")),

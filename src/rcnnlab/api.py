@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from rcnnlab.config import Config
-from rcnnlab.data.categories import digit_names
-from rcnnlab.data.coco import CocoData, CocoDetection, load_coco, require_boxes
+from rcnnlab.data.coco import CocoData, load_coco, require_boxes
 from rcnnlab.data.splits import SPLITS, ensure_synth, load_splits
-from rcnnlab.data.transforms import to_model_input
+from rcnnlab.detector import Detector, Result
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.engine.training import FitResult
@@ -46,8 +45,7 @@ from rcnnlab.evaluation.pipeline import (
     validation_row,
 )
 from rcnnlab.evaluation.threshold import SweepResult
-from rcnnlab.inference.detect import detect_dataset
-from rcnnlab.inference.sources import ImageFiles, image_ids_for, list_images
+from rcnnlab.inference.sources import Source, coco_images
 from rcnnlab.methods.scale_weighting import IntervalRecord
 from rcnnlab.models.build import build_model, describe_model
 from rcnnlab.reporting.plots import plot_scale_weights
@@ -285,36 +283,69 @@ def tune_loaded(loaded: LoadedRun, data: CocoData,
 def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
             images: str | None = None, threshold: float | None = None,
             batch_size: int | None = None, device: str = "auto",
-            overrides: list[str] | None = None) -> dict[str, Path]:
-    """Detect on a folder of images or a COCO json; write pred.json and pred.csv into `out_dir`.
+            overrides: list[str] | None = None, save_images: bool = False,
+            progress: Callable[[int], None] | None = None,
+            on_total: Callable[[int], None] | None = None) -> dict[str, Path]:
+    """Detect on an image, a folder, a glob, a video or a COCO json; write pred.json and (digit
+    classes) pred.csv into `out_dir`, and with `save_images` each image with its boxes and the
+    number read into `out_dir/images/`.
 
-    Image ids come from the json, else from numeric file stems, else they are enumerated and
-    the mapping is written to `image_ids.csv` beside the outputs. `overrides` are `eval.*`
-    items (inference options) for this call only.
+    Image ids come from the json, else from numeric file stems, else they are enumerated (a
+    video's frames 1..N) and the mapping is written to `image_ids.csv` beside the outputs.
+    `overrides` are `eval.*` items (inference options) for this call only. `on_total` is told
+    the number of images, `progress` each image done.
     """
-    loaded = load_run(run, device=device, overrides=overrides)
-    source, out_dir = Path(source), Path(out_dir)
+    det = Detector.load(run, device=device, overrides=overrides or ())
+    out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
-    if source.is_file():
-        data = load_coco(source, images, skip_missing_images=loaded.cfg.data.skip_missing_images,
-                         max_image_pixels=loaded.cfg.data.max_image_pixels)
-        dataset = CocoDetection(data, transforms=to_model_input())
+    max_pixels = det.cfg.data.max_image_pixels
+    if Path(source).is_file() and Path(source).suffix.lower() == ".json":
+        data = load_coco(source, images, skip_missing_images=det.cfg.data.skip_missing_images,
+                         max_image_pixels=max_pixels)
         image_ids = [img["id"] for img in data.images]
+        items = coco_images(data)
+        total = len(image_ids)
     else:
-        files = list_images(source)
-        image_ids, enumerated = image_ids_for(files)
-        dataset = ImageFiles(files, image_ids, max_pixels=loaded.cfg.data.max_image_pixels)
-        if enumerated:
-            paths["ids"] = write_id_map(out_dir, files, image_ids)
+        src = Source(source, max_pixels=max_pixels)
+        image_ids, total, items = src.image_ids, len(src), iter(src)
+        if src.enumerated:
+            paths["ids"] = write_id_map(out_dir, src.files, image_ids)
             log.info("file names are not numeric: image ids 1..%d, mapping in %s",
-                     len(files), paths["ids"])
-    categories = loaded.ckpt.categories
-    dets = detect_dataset(predictor_for(loaded.model, loaded.cfg.eval, categories), dataset,
-                          loaded.ckpt.category_ids, device=loaded.device,
-                          batch_size=batch_size or loaded.cfg.eval.batch_size)
-    paths.update(write_predictions(out_dir, dets, image_ids, digit_names(categories),
-                                   loaded.threshold(threshold)))
+                     len(image_ids), paths["ids"])
+    if on_total:
+        on_total(total)
+    threshold = det.threshold if threshold is None else threshold
+    detections: list[dict] = []
+    seen: list[int] = []
+    folder = out_dir / "images"
+    written: set[str] = set()
+    for result in det.detect_images(items, threshold=threshold, batch_size=batch_size,
+                                    keep_images=save_images):
+        detections += result.to_coco()
+        seen.append(result.image_id)
+        if save_images:
+            name = _image_name(result, written)
+            folder.mkdir(parents=True, exist_ok=True)
+            result.plot().save(folder / name)
+        if progress:
+            progress(1)
+    if save_images and seen:
+        paths["images"] = folder
+    paths.update(write_predictions(out_dir, detections, image_ids or seen,
+                                   det.digits, threshold))
     return paths
+
+
+def _image_name(result: Result, taken: set[str]) -> str:
+    """A PNG name for a result's drawing: its file's stem (a video frame: stem_frame), made
+    unique with the image id when two sources share a stem."""
+    stem = result.source.replace("#", "_").rsplit("/", 1)[-1]
+    stem = stem.rsplit(".", 1)[0] if "#" not in result.source else stem.replace(".", "_")
+    name = f"{stem}.png"
+    if name in taken:
+        name = f"{stem}_{result.image_id}.png"
+    taken.add(name)
+    return name
 
 
 # ------------------------------------------------------------------------------ records

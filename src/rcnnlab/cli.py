@@ -7,6 +7,7 @@ the user's input end in one red line naming the file, the record and the fix (ex
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -33,7 +34,7 @@ app.add_typer(data_app, name="data")
 
 def _version(value: bool) -> None:
     if value:
-        from rcnnlab import __version__
+        from rcnnlab.version import __version__
 
         print(f"rcnnlab {__version__}")
         raise typer.Exit()
@@ -338,11 +339,17 @@ def evaluate(
 @_user_errors
 def predict(
     run: Annotated[Path, typer.Argument(help="Run folder (or checkpoint).")],
-    source: Annotated[Path, typer.Argument(help="A folder of images or a COCO json.")],
-    out: Annotated[Path, typer.Option(help="Folder for pred.json and pred.csv.")] = Path("."),
+    source: Annotated[str, typer.Argument(
+        help="An image, a folder, a glob ('photos/*.jpg', quoted), a video (each frame an "
+        "image) or a COCO json.")],
+    out: Annotated[Path, typer.Option(help="Folder for pred.json, pred.csv, images/.")]
+    = Path("."),
+    save_images: Annotated[bool, typer.Option(
+        "--save-images", help="Also write each image with its boxes, classes, scores and the "
+        "number read to OUT/images/.")] = False,
     images: Annotated[Path | None, typer.Option(help="Image folder of a json source.")] = None,
     threshold: Annotated[float | None, typer.Option(
-        help="Threshold of pred.csv (default: the tuned one).")] = None,
+        help="Threshold of pred.csv and the drawings (default: the tuned one).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
     device: DeviceOpt = "auto",
     overrides: EvalOverridesArg = None,
@@ -350,10 +357,34 @@ def predict(
     """Write pred.json (COCO results) and pred.csv (image_id,pred_label) for new images."""
     from rcnnlab import api
 
-    paths = api.predict(run, source, out, images=images and str(images), threshold=threshold,
-                        batch_size=batch_size, device=device, overrides=overrides)
+    with _progress("predicting") as (advance, set_total):
+        paths = api.predict(run, source, out, images=images and str(images),
+                            threshold=threshold, batch_size=batch_size, device=device,
+                            overrides=overrides, save_images=save_images, progress=advance,
+                            on_total=set_total)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
+
+
+@contextlib.contextmanager
+def _progress(description: str):
+    """A progress bar with ETA on a terminal (silent elsewhere): yields (advance(n),
+    set_total(n))."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                  console=err_console, disable=not err_console.is_terminal,
+                  transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield (lambda n=1: bar.advance(task, n)), (lambda n: bar.update(task, total=n))
 
 
 # ---------------------------------------------------------------------------------- records

@@ -1,9 +1,18 @@
-"""Images to predict on that come without annotations: a folder of image files, their ids."""
+"""Images to predict on that come without annotations: an image file, a folder, a glob, a video
+file (each frame an image), and their ids.
+
+Video is decoded with PyAV (the `video` extra): FFmpeg's own decoders behind a small, well-kept
+Python API, with wheels that bundle FFmpeg (so nothing else to install), and the library
+torchvision's own video reading was built on. OpenCV would add a 60+ MB dependency for one
+function.
+"""
 
 from __future__ import annotations
 
+import glob
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -13,6 +22,7 @@ from rcnnlab.data.images import DEFAULT_MAX_PIXELS, read_image
 from rcnnlab.errors import MissingFileError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -37,16 +47,95 @@ def image_ids_for(files: Sequence[Path]) -> tuple[list[int], bool]:
     return list(range(1, len(files) + 1)), True
 
 
-class ImageFiles(torch.utils.data.Dataset):
-    """A list of image files as a dataset of (float image, {"image_id": id}) for detect_dataset."""
+@dataclass
+class SourceImage:
+    """One image of a source: float CHW in [0, 1], its name (a file name, or `<video>#<frame>`)
+    and its image id."""
 
-    def __init__(self, files: Sequence[Path], image_ids: Sequence[int], *,
-                 max_pixels: int = DEFAULT_MAX_PIXELS):
-        self.files, self.image_ids, self.max_pixels = list(files), list(image_ids), max_pixels
+    image: torch.Tensor
+    name: str
+    image_id: int
+
+
+class Source:
+    """An image, a folder, a glob or a video, as `SourceImage`s in order.
+
+    `files` are the image files (empty for a video), `image_ids` their ids (numeric stems, else
+    1..N; `enumerated` says which), `len()` the number of images (a video's frame count as its
+    container states it, which may be an estimate).
+    """
+
+    def __init__(self, source: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.source, self.max_pixels = str(source), max_pixels
+        path = Path(source)
+        self.video: Path | None = None
+        self.files: list[Path] = []
+        if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES:
+            self.video = path
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise MissingFileError(
+                    f"{path}: not an image ({', '.join(sorted(IMAGE_SUFFIXES))}) or a video "
+                    f"({', '.join(sorted(VIDEO_SUFFIXES))}). Fix: give an image, a folder, a "
+                    "glob such as 'photos/*.jpg', a video or a COCO json")
+            self.files = [path]
+        elif path.is_dir():
+            self.files = list_images(path)
+        elif glob.has_magic(self.source):
+            self.files = sorted((Path(p) for p in glob.glob(self.source, recursive=True)
+                                 if Path(p).suffix.lower() in IMAGE_SUFFIXES),
+                                key=lambda p: str(p))
+            if not self.files:
+                raise MissingFileError(f"{self.source}: the pattern matches no image files. "
+                                       "Fix: check the pattern (quote it so the shell leaves "
+                                       "it to rcnnlab)")
+        else:
+            raise MissingFileError(f"{path}: no such file, folder or pattern. Fix: give an "
+                                   "image, a folder, a glob such as 'photos/*.jpg' or a video")
+        if self.video is not None:
+            self.image_ids, self.enumerated = [], False
+        else:
+            self.image_ids, self.enumerated = image_ids_for(self.files)
 
     def __len__(self) -> int:
-        return len(self.files)
+        if self.video is None:
+            return len(self.files)
+        with _open_video(self.video) as container:
+            return max(container.streams.video[0].frames, 0)
 
-    def __getitem__(self, index: int):
-        image = read_image(self.files[index], max_pixels=self.max_pixels)
-        return F.to_dtype(image, torch.float32, scale=True), {"image_id": self.image_ids[index]}
+    def __iter__(self) -> Iterator[SourceImage]:
+        if self.video is not None:
+            yield from self._frames()
+            return
+        for path, image_id in zip(self.files, self.image_ids, strict=True):
+            image = read_image(path, max_pixels=self.max_pixels)
+            yield SourceImage(F.to_dtype(image, torch.float32, scale=True), path.name, image_id)
+
+    def _frames(self) -> Iterator[SourceImage]:
+        with _open_video(self.video) as container:
+            stream = container.streams.video[0]
+            for index, frame in enumerate(container.decode(stream)):
+                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                yield SourceImage(F.to_dtype(rgb, torch.float32, scale=True),
+                                  f"{self.video.name}#{index}", index + 1)
+
+
+def _open_video(path: Path):
+    try:
+        import av
+    except ImportError:
+        raise MissingFileError(f"{path}: reading video needs PyAV. Fix: pip install "
+                               "'rcnnlab[video]' (or pip install av)") from None
+    try:
+        return av.open(str(path))
+    except av.error.FFmpegError as exc:
+        raise MissingFileError(f"{path}: not a video FFmpeg can read ({exc}). Fix: give a "
+                               "video file (mp4, mkv, avi, ...) or extract its frames") from None
+
+
+def coco_images(data) -> Iterator[SourceImage]:
+    """The images of a COCO split (`rcnnlab.data.coco.CocoData`) with their json ids."""
+    for img in data.images:
+        image = read_image(data.image_root / img["file_name"], max_pixels=data.max_image_pixels)
+        yield SourceImage(F.to_dtype(image, torch.float32, scale=True), img["file_name"],
+                          img["id"])

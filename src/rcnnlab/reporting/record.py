@@ -25,7 +25,6 @@ from pathlib import Path
 
 import yaml
 
-from rcnnlab import __version__
 from rcnnlab.config import Config
 from rcnnlab.data.categories import digit_names
 from rcnnlab.data.coco import CocoData
@@ -54,6 +53,7 @@ from rcnnlab.reporting.plots import (
 from rcnnlab.runs.checkpoint import Checkpoint
 from rcnnlab.runs.environment import environment_rows
 from rcnnlab.runs.rundir import RunDir, read_csv_rows, write_atomic
+from rcnnlab.version import __version__
 
 FIGURES_DIR = "figures"
 PR_IOUS = (0.5, 0.75)

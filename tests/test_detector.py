@@ -1,0 +1,151 @@
+"""The in-memory API (`from rcnnlab import Detector`) and `rcnnlab predict` on any source."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from rcnnlab import Detector, Result, api
+from rcnnlab.cli import app
+from rcnnlab.engine.progress import ProgressReporter
+from rcnnlab.errors import ConfigError, MissingFileError
+from rcnnlab.evaluation.sequence import read_number
+from tests.tiny import tiny_config
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+@pytest.fixture(scope="module")
+def run(synth_dir, tmp_path_factory) -> Path:
+    """A tiny trained run that reports every box (score threshold 0): its detections exist."""
+    cfg = tiny_config(synth_dir, tmp_path_factory.mktemp("det"), "train.epochs=1",
+                      "train.iters_per_epoch=2", "model.box_score_thresh=0.0")
+    return api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
+
+
+@pytest.fixture(scope="module")
+def det(run) -> Detector:
+    return Detector.load(run, device="cpu")
+
+
+def _same(a: Result, b: Result) -> bool:
+    return (torch.allclose(a.boxes, b.boxes, atol=1e-3) and torch.equal(a.class_ids, b.class_ids)
+            and torch.allclose(a.scores, b.scores, atol=1e-5))
+
+
+def test_load_knows_classes_and_threshold(det):
+    assert det.names == [str(d) for d in range(10)]
+    assert det.threshold == 0.5 and len(det.categories) == 10
+
+
+def test_every_kind_of_input_gives_the_same_detections(det, synth_dir):
+    path = sorted((synth_dir / "test").glob("*.jpg"))[0]
+    by_path = det.predict(path)[0]
+    assert len(by_path) > 0 and by_path.source == path.name
+    pil = Image.open(path).convert("RGB")
+    rgb = np.array(pil)
+    tensor = torch.from_numpy(rgb).permute(2, 0, 1)
+    same = [det.predict(pil)[0], det.predict(rgb)[0], det.predict(rgb[..., ::-1], bgr=True)[0],
+            det.predict(tensor)[0], det.predict(tensor.float() / 255)[0],
+            det(tensor[None])[0], det.predict([str(path)])[0]]
+    for result in same:
+        assert _same(result, by_path), result.source
+    assert [r.source for r in det.predict([pil, rgb])] == ["image 1", "image 2"]
+
+
+def test_result_reads_the_number_and_converts_to_coco(det, synth_dir):
+    result = det.predict(sorted((synth_dir / "test").glob("*.jpg"))[0], threshold=0.0)[0]
+    assert result.boxes.shape == (len(result), 4) and len(result.names) == len(result)
+    digits = {c["id"]: c["name"] for c in det.categories}
+    assert result.number == read_number(result.boxes, result.class_ids, result.scores, digits,
+                                        0.0) and result.number != "-1"
+    coco = result.to_coco(image_id=7)
+    assert len(coco) == len(result) and coco[0]["image_id"] == 7
+    x1, y1, x2, y2 = result.boxes[0].tolist()
+    assert coco[0]["bbox"] == [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
+
+
+def test_plot_draws_boxes_labels_and_the_number(det, synth_dir, tmp_path):
+    path = sorted((synth_dir / "test").glob("*.jpg"))[0]
+    result = det.predict(path)[0]
+    picture = result.plot(threshold=0.0)
+    h, w = result.image.shape[-2:]
+    # scaled up to be readable, with a banner for the number above the image
+    assert picture.height > max(360, h) and picture.width >= w
+    plain = Image.fromarray(np.full((picture.height, picture.width, 3), 255, np.uint8))
+    assert np.asarray(picture).astype(int).sum() != np.asarray(plain).astype(int).sum()
+    red = (np.asarray(picture)[..., 0] > 200) & (np.asarray(picture)[..., 1] < 80)
+    assert red.sum() > 100  # the boxes are drawn
+    with pytest.raises(ValueError, match="keeps no image"):
+        det.predict(path, keep_images=False)[0].plot()
+
+
+def test_bad_inputs_are_one_clear_error(det, tmp_path):
+    with pytest.raises(ConfigError, match=r"values in \[-1, 2\]: give float in \[0, 1\]"):
+        det.predict(torch.tensor([-1.0, 2.0]).repeat(3, 4, 1)[:, :, :2])
+    with pytest.raises(ConfigError, match="cannot predict on a dict"):
+        det.predict({"a": 1})
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(MissingFileError, match="not an image"):
+        det.predict(tmp_path / "notes.txt")
+    with pytest.raises(MissingFileError, match="matches no image files"):
+        det.predict(str(tmp_path / "*.jpg"))
+
+
+def test_predict_a_video_frame_by_frame(det, synth_dir, tmp_path):
+    av = pytest.importorskip("av", reason="PyAV (the video extra) is not installed")
+    frames = [np.asarray(Image.open(p).convert("RGB").resize((128, 64)))
+              for p in sorted((synth_dir / "test").glob("*.jpg"))[:3]]
+    video = tmp_path / "clip.mp4"
+    with av.open(str(video), "w") as container:
+        stream = container.add_stream("libx264", rate=5)
+        stream.width, stream.height, stream.pix_fmt = 128, 64, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    results = det.predict(video)
+    assert [r.source for r in results] == ["clip.mp4#0", "clip.mp4#1", "clip.mp4#2"]
+    assert [r.image_id for r in results] == [1, 2, 3]
+    assert all(r.image.shape == (3, 64, 128) for r in results)
+
+
+def test_cli_predict_an_image_a_glob_and_saves_drawings(run, synth_dir, tmp_path):
+    files = sorted((synth_dir / "test").glob("*.jpg"))
+    out = tmp_path / "one"
+    result = CliRunner().invoke(app, ["predict", str(run), str(files[0]), "--out", str(out),
+                                      "--save-images", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    drawn = list((out / "images").glob("*.png"))
+    assert [p.name for p in drawn] == [files[0].stem + ".png"]
+    assert Image.open(drawn[0]).height > 300
+    rows = (out / "pred.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[0] == "image_id,pred_label"
+    # a glob: every match, pred.json like the Python API's results
+    out = tmp_path / "glob"
+    result = CliRunner().invoke(app, ["predict", str(run), str(synth_dir / "test" / "*.jpg"),
+                                      "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    dets = json.loads((out / "pred.json").read_text())
+    by_api = [d for r in Detector.load(run, device="cpu").predict(files) for d in r.to_coco()]
+    assert dets == by_api
+    assert len((out / "pred.csv").read_text().splitlines()) == len(files) + 1
+
+
+def test_the_readme_python_example_runs_as_written(run, synth_dir, tmp_path, monkeypatch):
+    text = README.read_text()
+    block = re.search(r"```python\n(from rcnnlab import Detector\n.*?)```", text, re.S)
+    assert block, "the README's Detector example is missing"
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "demo").symlink_to(run)
+    image = sorted((synth_dir / "test").glob("*.jpg"))[0]
+    Image.open(image).save(tmp_path / "house.png")
+    exec(compile(block.group(1), "README.md", "exec"), {})  # noqa: S102
+    assert (tmp_path / "house_boxes.png").is_file()
