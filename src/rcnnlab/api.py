@@ -173,18 +173,21 @@ class LoadedRun:
                              "categories")
         return data
 
-    def run(self, data: CocoData, evaluators: list[Evaluator]) -> Evaluation:
+    def run(self, data: CocoData, evaluators: list[Evaluator], *,
+            description: str = "detecting") -> Evaluation:
         """The evaluation pipeline on one split with this call's inference options."""
         require_boxes(data, "evaluated")
         return inference_on_dataset(predictor_for(self.model, self.cfg.eval, self.ckpt.categories),
                                     data, evaluators, device=self.device,
-                                    batch_size=self.cfg.eval.batch_size)
+                                    batch_size=self.cfg.eval.batch_size,
+                                    description=description)
 
     def evaluate(self, split: str, data: CocoData, threshold: float,
                  extra: list[Evaluator] = ()) -> tuple[EvalResult, Evaluation]:
         """COCO metrics and sequence accuracy (plus `extra` evaluators) on one split."""
         evaluation = self.run(data, [CocoMetricsEvaluator(self.cfg.eval.backend),
-                                     SequenceAccuracy(threshold), *extra])
+                                     SequenceAccuracy(threshold), *extra],
+                              description=f"detecting {split}")
         return EvalResult.of(split, evaluation, threshold, self.cfg.eval.inference_kwargs()), \
             evaluation
 
@@ -225,7 +228,8 @@ def _sweep(loaded: LoadedRun, data: CocoData,
            detections: list[dict] | None = None) -> tuple[SweepResult, Evaluation]:
     e = loaded.cfg.eval
     evaluators = [ThresholdSweep(e.sweep_thresholds(), e.backend), CocoMetricsEvaluator(e.backend)]
-    evaluation = (loaded.run(data, evaluators) if detections is None
+    evaluation = (loaded.run(data, evaluators, description="sweeping thresholds")
+                  if detections is None
                   else score(data, detections, evaluators))
     result: SweepResult = evaluation["sweep"]
     if warning := result.edge_warning():

@@ -95,6 +95,9 @@ def _user_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         _setup_logging()
+        from rcnnlab.inference.detect import PROGRESS
+
+        token = PROGRESS.set(_phase_bar if err_console.is_terminal else None)
         try:
             return func(*args, **kwargs)
         except UserError as exc:  # anything else is a bug: its traceback is shown
@@ -104,6 +107,8 @@ def _user_errors(func):
             err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
                               soft_wrap=True)
             raise typer.Exit(2) from None
+        finally:
+            PROGRESS.reset(token)
 
     return wrapper
 
@@ -367,9 +372,19 @@ def predict(
 
 
 @contextlib.contextmanager
+def _phase_bar(description: str, total: int):
+    """A detection pass's bar (validation, tune, evaluate, report, diagnose) on a terminal;
+    when another live display holds the terminal, the pass runs without one."""
+    with _progress(description) as (advance, set_total):
+        set_total(total)
+        yield advance
+
+
+@contextlib.contextmanager
 def _progress(description: str):
     """A progress bar with ETA on a terminal (silent elsewhere): yields (advance(n),
     set_total(n))."""
+    from rich.errors import LiveError
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -379,12 +394,19 @@ def _progress(description: str):
         TimeRemainingColumn,
     )
 
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                  console=err_console, disable=not err_console.is_terminal,
-                  transient=True) as bar:
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                   console=err_console, disable=not err_console.is_terminal, transient=True)
+    try:
+        bar.start()
+    except LiveError:  # another bar is showing (training's): this phase runs without one
+        yield (lambda n=1: None), (lambda n: None)
+        return
+    try:
         task = bar.add_task(description, total=None)
         yield (lambda n=1: bar.advance(task, n)), (lambda n: bar.update(task, total=n))
+    finally:
+        bar.stop()
 
 
 # ---------------------------------------------------------------------------------- records

@@ -64,6 +64,9 @@ class ProgressReporter:
         stats = f"loss {loss:.4f} lr {lr:.2e}"
         if self._progress is not None:
             self._progress.update(self._task, advance=1, stats=stats)
+            if self._i >= self._total:  # the epoch's steps are done: validation may show its own
+                self._progress.stop()
+                self._progress = None
         elif not self.quiet and (self._i % self.log_every == 0 or self._i == self._total):
             rate = self._i / max(time.perf_counter() - self._t0, 1e-9)
             eta = (self._total - self._i) / max(rate, 1e-9)

@@ -166,7 +166,8 @@ class EvalResult:
 def inference_on_dataset(predictor: Predictor, data: CocoData,
                          evaluators: Sequence[Evaluator] = (), *,
                          device: str | torch.device = "cpu", batch_size: int = 8,
-                         progress: Callable[[int], None] | None = None) -> Evaluation:
+                         progress: Callable[[int], None] | None = None,
+                         description: str = "detecting") -> Evaluation:
     """Detect every image of `data` once with `predictor`; every evaluator scores the result."""
     dataset = CocoDetection(data, transforms=to_model_input())
 
@@ -175,7 +176,8 @@ def inference_on_dataset(predictor: Predictor, data: CocoData,
             evaluator.process(images, targets, outputs)
 
     detections = detect_dataset(predictor, dataset, data.category_ids, device=device,
-                                batch_size=batch_size, progress=progress, on_batch=on_batch)
+                                batch_size=batch_size, progress=progress, on_batch=on_batch,
+                                description=description)
     return score(data, detections, evaluators)
 
 
@@ -208,5 +210,5 @@ def validate(model: torch.nn.Module, data: CocoData, cfg: EvalConfig, *,
     evaluation = inference_on_dataset(
         predictor_for(model, cfg, data.categories), data,
         [CocoMetricsEvaluator(cfg.backend), SequenceAccuracy(cfg.default_threshold)],
-        device=device, batch_size=cfg.batch_size)
+        device=device, batch_size=cfg.batch_size, description="validating")
     return EvalResult.of("valid", evaluation, cfg.default_threshold, cfg.inference_kwargs())

@@ -3,11 +3,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from contextvars import ContextVar
 
 import torch
 
 from rcnnlab.inference.predictor import Predictor
+
+# How a long detection pass shows its progress: a factory (description, total) -> a context
+# manager yielding advance(n). The command line sets a progress bar for the command's duration
+# when it writes to a terminal; the Python API and log files stay quiet (None).
+ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
+PROGRESS: ContextVar[ProgressFactory | None] = ContextVar("rcnnlab_progress", default=None)
+
+
+@contextlib.contextmanager
+def progress_of(description: str, total: int) -> Iterator[Callable[[int], None]]:
+    """advance(n) for a phase of `total` steps: the bar `PROGRESS` makes, or nothing."""
+    factory = PROGRESS.get()
+    if factory is None:
+        yield lambda n=1: None
+        return
+    with factory(description, total) as advance:
+        yield advance
 
 
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
@@ -35,13 +55,19 @@ def detections_to_coco(output: dict, image_id: int, category_ids: Sequence[int])
 def detect_dataset(predictor: Predictor, dataset, category_ids: Sequence[int], *,
                    device: str | torch.device = "cpu", batch_size: int = 8,
                    progress: Callable[[int], None] | None = None,
-                   on_batch: Callable[[list, list, list], None] | None = None) -> list[dict]:
+                   on_batch: Callable[[list, list, list], None] | None = None,
+                   description: str = "detecting") -> list[dict]:
     """Detections (COCO results) for every image of a dataset of (float image, target) pairs.
 
     `category_ids[label - 1]` maps the model's contiguous label back to the dataset's id.
-    `progress`, if given, is called with the number of images just done; `on_batch` with each
-    batch's images (on `device`), targets and the predictor's outputs.
+    `progress`, if given, is called with the number of images just done (else the bar of
+    `PROGRESS`, labelled `description`, advances); `on_batch` with each batch's images (on
+    `device`), targets and the predictor's outputs.
     """
+    if progress is None:
+        with progress_of(description, len(dataset)) as advance:
+            return detect_dataset(predictor, dataset, category_ids, device=device,
+                                  batch_size=batch_size, progress=advance, on_batch=on_batch)
     predictor.model.eval()
     results: list[dict] = []
     order = list(range(len(dataset)))
