@@ -409,6 +409,25 @@ def _progress(description: str):
         bar.stop()
 
 
+@app.command()
+@_user_errors
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder (or checkpoint).")],
+    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    out: Annotated[Path | None, typer.Option(
+        help="The model file to write (default: RUN/export/model.onnx).")] = None,
+):
+    """Export the run's best model to ONNX, with a sidecar json (categories, threshold,
+    config); `Detector.load(file)` and `rcnnlab predict FILE ...` run it with ONNX Runtime."""
+    from rcnnlab.export import FORMATS, export_onnx
+
+    if format not in FORMATS:
+        raise ConfigError(f"--format {format}: use one of {', '.join(FORMATS)} (TorchScript "
+                          "and OpenVINO are not built yet; OpenVINO reads the ONNX file)")
+    path = export_onnx(run, out)
+    console.print(f"model: {path}\nsidecar: {path.with_suffix('.json')}")
+
+
 # ---------------------------------------------------------------------------------- records
 @app.command()
 @_user_errors

@@ -27,12 +27,14 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
+from rcnnlab.config import Config
 from rcnnlab.data.categories import digit_names
 from rcnnlab.errors import ConfigError
 from rcnnlab.evaluation.sequence import read_number
+from rcnnlab.export import OnnxDetector, is_exported
 from rcnnlab.inference.predictor import Predictor
 from rcnnlab.inference.sources import Source, SourceImage
-from rcnnlab.runs.checkpoint import Checkpoint, load_detector
+from rcnnlab.runs.checkpoint import load_detector
 from rcnnlab.runs.device import resolve_device
 
 # A drawn image is scaled up to at least this height, so that labels stay readable on small
@@ -115,30 +117,44 @@ def _font_path() -> str | None:
 
 
 class Detector:
-    """A trained detector with its categories, tuned threshold and inference options."""
+    """A trained detector with its categories, tuned threshold and inference options.
 
-    def __init__(self, model: torch.nn.Module, ckpt: Checkpoint, device: torch.device,
-                 overrides: Sequence[str] = ()):
-        self.model, self.ckpt, self.device = model, ckpt, device
-        self.cfg = ckpt.config
+    `model` is the eager torchvision detector, or an exported one (`rcnnlab.export`); `config`
+    the run's config (its `eval` section with this detector's overrides applied)."""
+
+    def __init__(self, model: Any, config: Config, categories: list[dict], threshold: float,
+                 device: torch.device, overrides: Sequence[str] = (), backend: str = "torch"):
+        self.model, self.device, self.backend = model, device, backend
+        self.cfg = config
         if overrides:
             self.cfg = self.cfg.model_copy(update={"eval": self.cfg.eval.with_overrides(
                 list(overrides))})
-        self.categories: list[dict] = ckpt.categories
-        self.threshold: float = ckpt.threshold
+        self.categories: list[dict] = categories
+        self.threshold: float = threshold
         self.digits = digit_names(self.categories)
         self._names = {c["id"]: str(c["name"]) for c in self.categories}
-        self._ids = torch.tensor(ckpt.category_ids)
-        self.predictor = Predictor(model, self.cfg.eval, digit_classes=self.digits is not None)
+        self._ids = torch.tensor([c["id"] for c in self.categories])
+        e = self.cfg.eval
+        if backend != "torch" and (e.nms != "nms" or e.nms_iou is not None or e.amp != "off"
+                                   or e.tta_scales != [1.0] or e.tta_hflip):
+            raise ConfigError("an exported model runs its graph as exported: Soft-NMS, another "
+                              "NMS IoU, TTA and eval.amp run on the PyTorch model only. Fix: "
+                              "load the run folder, or leave the eval options at their defaults")
+        self.predictor = Predictor(model, e, digit_classes=self.digits is not None)
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto",
              overrides: Sequence[str] = ()) -> Detector:
-        """A run folder (its best.pt) or a checkpoint file; `overrides` are `eval.*` inference
-        options (``["eval.amp=bf16"]``)."""
+        """A run folder (its best.pt), a checkpoint file, or an exported model (`.onnx`, run
+        by ONNX Runtime on the CPU, with its sidecar json); `overrides` are `eval.*` inference
+        options (``["eval.amp=bf16"]``; PyTorch models only)."""
+        if is_exported(path):
+            model = OnnxDetector(path)
+            return cls(model, model.config, model.info["categories"], model.info["threshold"],
+                       torch.device("cpu"), overrides, backend="onnxruntime")
         dev = resolve_device(device)
         model, ckpt = load_detector(path, device=dev)
-        return cls(model, ckpt, dev, overrides)
+        return cls(model, ckpt.config, ckpt.categories, ckpt.threshold, dev, overrides)
 
     @property
     def names(self) -> list[str]:

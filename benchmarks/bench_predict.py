@@ -1,0 +1,98 @@
+"""Prediction speed and accuracy of a trained run on its validation split, per backend.
+
+    python benchmarks/bench_predict.py runs/orand [--onnx runs/orand/export/model.onnx]
+
+Prints, for eager PyTorch fp32, eager bf16 autocast (`eval.amp=bf16`) and ONNX Runtime (when
+an exported file is given or can be written): img/s at batch 1 and batch 8, the split's COCO
+mAP (of the batch-1 detections), and the peak resident memory of the process after each; then
+how closely the exported model's detections match the eager ones (a partner with the same
+label, IoU >= 0.99 and a score within 1e-3), both one image at a time (in a batch the eager
+model pads images to a common size, which moves low-score boxes a little). Nothing is
+asserted. The ONNX graph takes one image per run, so its "batch 8" is eight runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torchvision.ops import box_iou
+
+from rcnnlab import Detector
+from rcnnlab.data.splits import load_splits
+from rcnnlab.evaluation.coco import evaluate_detections
+from rcnnlab.inference.sources import coco_images
+from rcnnlab.runs.device import peak_memory_mb
+from rcnnlab.runs.environment import machine_description
+
+
+def run_backend(det: Detector, images, batch: int) -> tuple[float, list]:
+    """img/s over `images` at `batch`, and the results."""
+    det.predict(images[:batch], batch_size=batch, keep_images=False)  # warm-up
+    start = time.perf_counter()
+    results = det.predict(images, batch_size=batch, keep_images=False)
+    return len(images) / (time.perf_counter() - start), results
+
+
+def parity(eager: list, exported: list) -> tuple[int, int]:
+    """Eager detections with an exported partner (same label, IoU >= 0.99, |d score| <= 1e-3)."""
+    matched = total = 0
+    for a, b in zip(eager, exported, strict=True):
+        total += len(a)
+        if not len(a) or not len(b):
+            continue
+        iou = box_iou(a.boxes, b.boxes)
+        for i in range(len(a)):
+            ok = ((iou[i] >= 0.99) & (b.class_ids == a.class_ids[i])
+                  & ((b.scores - a.scores[i]).abs() <= 1e-3))
+            matched += bool(ok.any())
+    return matched, total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run")
+    parser.add_argument("--onnx", default=None, help="an exported model (default: export one)")
+    parser.add_argument("--images", type=int, default=None, help="first N validation images")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    det = Detector.load(args.run, device="cpu")
+    data = load_splits(det.cfg.data, need=("valid",))["valid"]
+    images = [item.image for item in coco_images(data)][: args.images]
+    ids = [img["id"] for img in data.images][: len(images)]
+    gt = data.to_coco_dict()
+    gt["images"] = [img for img in gt["images"] if img["id"] in set(ids)]
+    print(f"{machine_description()}; {Path(args.run).name} valid, {len(images)} images at "
+          "native size")
+    print(f"{'backend':<22}{'img/s b1':>10}{'img/s b8':>10}{'mAP':>9}{'peak MB*':>10}")
+    backends = {"eager fp32": det,
+                "eager bf16": Detector.load(args.run, device="cpu",
+                                            overrides=["eval.amp=bf16"])}
+    try:
+        from rcnnlab.export import export_onnx
+        onnx = args.onnx or export_onnx(args.run, Path(args.run) / "export" / "model.onnx")
+        backends["onnxruntime"] = Detector.load(onnx)
+    except Exception as exc:  # the onnx extra is optional: say why the row is missing
+        print(f"(onnxruntime skipped: {exc})")
+    results = {}
+    for name, backend in backends.items():
+        b1, res = run_backend(backend, images, 1)
+        results[name] = res  # one image at a time: no padding to a batch's size
+        b8, _ = run_backend(backend, images, 8)
+        dets = [d for r, i in zip(res, ids, strict=True) for d in r.to_coco(i)]
+        ap = evaluate_detections(gt, dets).AP
+        print(f"{name:<22}{b1:>10.2f}{b8:>10.2f}{ap:>9.4f}{peak_memory_mb(det.device):>10.0f}",
+              flush=True)
+    print("* peak resident memory of the process so far")
+    if "onnxruntime" in results:
+        matched, total = parity(results["eager fp32"], results["onnxruntime"])
+        print(f"onnxruntime vs eager: {matched} of {total} detections matched "
+              f"({100 * matched / max(total, 1):.2f}%)")
+
+
+if __name__ == "__main__":
+    main()

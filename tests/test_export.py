@@ -1,0 +1,93 @@
+"""ONNX export: the exported graph, run by ONNX Runtime behind `Detector`, finds what the
+eager model finds, on real ORAND images and on images the resize rule shrinks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+from torchvision.ops import box_iou
+from typer.testing import CliRunner
+
+from rcnnlab import Detector, api
+from rcnnlab.cli import app
+from rcnnlab.data.coco import load_coco
+from rcnnlab.engine.progress import ProgressReporter
+from rcnnlab.errors import ConfigError
+from rcnnlab.evaluation.coco import evaluate_detections
+from tests.conftest import shared_path
+from tests.tiny import tiny_config
+
+ort = pytest.importorskip("onnxruntime", reason="the onnx extra (onnxruntime) is not installed")
+pytest.importorskip("onnx", reason="the onnx extra (onnx) is not installed")
+
+
+@pytest.fixture(scope="module")
+def exported(synth_dir, tmp_path_factory):
+    """A tiny run that reports every box, and its export."""
+    cfg = tiny_config(synth_dir, tmp_path_factory.mktemp("exp"), "train.epochs=1",
+                      "train.iters_per_epoch=2", "model.box_score_thresh=0.0")
+    run = api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
+    result = CliRunner().invoke(app, ["export", str(run), "--format", "onnx"])
+    assert result.exit_code == 0, result.output
+    return run, run / "export" / "model.onnx"
+
+
+def _parity(eager, exported) -> tuple[int, int]:
+    matched = total = 0
+    for a, b in zip(eager, exported, strict=True):
+        total += len(a)
+        if len(a) and len(b):
+            iou = box_iou(a.boxes, b.boxes)
+            for i in range(len(a)):
+                matched += bool(((iou[i] >= 0.99) & (b.class_ids == a.class_ids[i])
+                                 & ((b.scores - a.scores[i]).abs() <= 1e-3)).any())
+    return matched, total
+
+
+def test_onnx_matches_eager_on_real_orand_images(exported):
+    run, onnx = exported
+    data = load_coco(shared_path("orand-car-a", "instances_train.json"))
+    files = [data.image_root / img["file_name"] for img in data.images[:12]]
+    # images wider than the tiny model's max_size (256) go through the resize in Python
+    big = Image.open(files[0]).resize((520, 140))
+    eager, onnx_det = Detector.load(run, device="cpu"), Detector.load(onnx)
+    assert onnx_det.backend == "onnxruntime" and onnx_det.names == eager.names
+    a = eager.predict([*files, big], batch_size=1, keep_images=False)
+    b = onnx_det.predict([*files, big], batch_size=1, keep_images=False)
+    matched, total = _parity(a, b)
+    assert total > 1000 and matched >= 0.99 * total, (matched, total)
+    assert len(b[-1]) and b[-1].boxes[:, 2].max() <= 520  # boxes on the given image
+    assert [r.number for r in a] == [r.number for r in b]
+
+
+def test_onnx_map_equals_eager_map_on_a_split(exported, synth_dir):
+    run, onnx = exported
+    data = load_coco(synth_dir / "test" / "annotations.json")
+    gt = data.to_coco_dict()
+    maps = []
+    for det in (Detector.load(run, device="cpu"), Detector.load(onnx)):
+        results = det.predict([data.image_root / img["file_name"] for img in data.images],
+                              batch_size=1, keep_images=False)
+        dets = [d for r, img in zip(results, data.images, strict=True)
+                for d in r.to_coco(img["id"])]
+        maps.append(evaluate_detections(gt, dets).AP)
+    assert round(maps[0], 3) == round(maps[1], 3), maps
+
+
+def test_sidecar_and_cli_predict_with_the_exported_file(exported, synth_dir, tmp_path):
+    run, onnx = exported
+    info = json.loads(onnx.with_suffix(".json").read_text())
+    assert info["format"] == "onnx" and len(info["categories"]) == 10
+    assert info["threshold"] == 0.5 and info["config"]["model"]["native_size"] is True
+    out = tmp_path / "p"
+    result = CliRunner().invoke(app, ["predict", str(onnx), str(synth_dir / "test"), "--out",
+                                      str(out), "--save-images"])
+    assert result.exit_code == 0, result.output
+    assert (out / "pred.csv").is_file() and list((out / "images").glob("*.png"))
+    with pytest.raises(ConfigError, match="Soft-NMS, another NMS IoU, TTA and eval.amp run on "
+                                          "the PyTorch model only"):
+        Detector.load(onnx, overrides=["eval.nms=gaussian"])
+    bad = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
+    assert bad.exit_code == 2 and "--format tflite: use one of onnx" in bad.output
