@@ -1,6 +1,6 @@
 """Prediction speed and accuracy of a trained run on its validation split, per backend.
 
-    python benchmarks/bench_predict.py runs/orand [--onnx runs/orand/export/model.onnx]
+    python benchmarks/bench_predict.py runs/orand [--onnx FILE.onnx] [--proposals 30]
 
 Prints, for eager PyTorch fp32, eager bf16 autocast (`eval.amp=bf16`) and ONNX Runtime (when
 an exported file is given or can be written): img/s at batch 1 and batch 8, the split's COCO
@@ -57,24 +57,30 @@ def main() -> None:
     parser.add_argument("--onnx", default=None, help="an exported model (default: export one)")
     parser.add_argument("--images", type=int, default=None, help="first N validation images")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--proposals", type=int, default=None,
+                        help="eval.proposals for every backend (the ONNX graph is exported "
+                        "with it)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    det = Detector.load(args.run, device="cpu")
+    extra = [f"eval.proposals={args.proposals}"] if args.proposals else []
+    det = Detector.load(args.run, device="cpu", overrides=extra)
     data = load_splits(det.cfg.data, need=("valid",))["valid"]
     images = [item.image for item in coco_images(data)][: args.images]
     ids = [img["id"] for img in data.images][: len(images)]
     gt = data.to_coco_dict()
     gt["images"] = [img for img in gt["images"] if img["id"] in set(ids)]
+    proposals = det.cfg.eval.proposals or det.cfg.model.rpn_post_nms_top_n_test
     print(f"{machine_description()}; {Path(args.run).name} valid, {len(images)} images at "
-          "native size")
+          f"native size; {proposals} proposals an image")
     print(f"{'backend':<22}{'img/s b1':>10}{'img/s b8':>10}{'mAP':>9}{'peak MB*':>10}")
     backends = {"eager fp32": det,
                 "eager bf16": Detector.load(args.run, device="cpu",
-                                            overrides=["eval.amp=bf16"])}
+                                            overrides=["eval.amp=bf16", *extra])}
     try:
         from rcnnlab.export import export_onnx
-        onnx = args.onnx or export_onnx(args.run, Path(args.run) / "export" / "model.onnx")
+        onnx = args.onnx or export_onnx(args.run, Path(args.run) / "export" / "model.onnx",
+                                        extra)
         backends["onnxruntime"] = Detector.load(onnx)
     except Exception as exc:  # the onnx extra is optional: say why the row is missing
         print(f"(onnxruntime skipped: {exc})")

@@ -91,3 +91,24 @@ def test_sidecar_and_cli_predict_with_the_exported_file(exported, synth_dir, tmp
         Detector.load(onnx, overrides=["eval.nms=gaussian"])
     bad = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
     assert bad.exit_code == 2 and "--format tflite: use one of onnx" in bad.output
+
+
+def test_proposals_are_an_inference_option_and_held_by_the_export(exported, tmp_path):
+    run, _ = exported
+    eager = Detector.load(run, device="cpu", overrides=["eval.proposals=10"])
+    assert eager.model.rpn._post_nms_top_n["testing"] == 50  # the model itself is unchanged
+    assert eager.predictor.model.rpn._post_nms_top_n["testing"] == 10
+    assert eager.predictor.model.rpn.head is eager.model.rpn.head  # a view: same weights
+    result = CliRunner().invoke(app, ["export", str(run), "--out", str(tmp_path / "p10.onnx"),
+                                      "eval.proposals=10"])
+    assert result.exit_code == 0, result.output
+    onnx = Detector.load(tmp_path / "p10.onnx")
+    assert json.loads((tmp_path / "p10.json").read_text())["proposals"] == 10
+    data = load_coco(shared_path("orand-car-a", "instances_train.json"))
+    files = [data.image_root / img["file_name"] for img in data.images[:6]]
+    a = eager.predict(files, batch_size=1, keep_images=False)
+    b = onnx.predict(files, batch_size=1, keep_images=False)
+    matched, total = _parity(a, b)
+    assert total > 0 and matched >= 0.99 * total
+    full = Detector.load(run, device="cpu").predict(files, batch_size=1, keep_images=False)
+    assert sum(map(len, a)) < sum(map(len, full))  # fewer proposals, fewer boxes scored

@@ -243,7 +243,8 @@ def test_eval_overrides_change_only_the_eval_section():
         ["eval.nms=gaussian", "eval.tta_scales=[1, 1.5]", "eval.tta_merge=wbf"])})
     assert cfg.eval.inference_kwargs() == {
         "nms": "gaussian", "nms_iou": None, "soft_nms_sigma": 0.5, "tta_scales": [1.0, 1.5],
-        "tta_hflip": False, "tta_merge": "wbf", "tta_iou": 0.55, "amp": "off"}
+        "tta_hflip": False, "tta_merge": "wbf", "tta_iou": 0.55, "amp": "off",
+        "proposals": None}
     assert cfg.model.box_nms_thresh == 0.4 and saved.eval == EvalConfig()
 
 

@@ -416,15 +416,17 @@ def export(
     format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
     out: Annotated[Path | None, typer.Option(
         help="The model file to write (default: RUN/export/model.onnx).")] = None,
+    overrides: EvalOverridesArg = None,
 ):
     """Export the run's best model to ONNX, with a sidecar json (categories, threshold,
-    config); `Detector.load(file)` and `rcnnlab predict FILE ...` run it with ONNX Runtime."""
+    config); `Detector.load(file)` and `rcnnlab predict FILE ...` run it with ONNX Runtime.
+    eval.proposals=N sets the proposals the graph's box head scores."""
     from rcnnlab.export import FORMATS, export_onnx
 
     if format not in FORMATS:
         raise ConfigError(f"--format {format}: use one of {', '.join(FORMATS)} (TorchScript "
                           "and OpenVINO are not built yet; OpenVINO reads the ONNX file)")
-    path = export_onnx(run, out)
+    path = export_onnx(run, out, overrides or [])
     console.print(f"model: {path}\nsidecar: {path.with_suffix('.json')}")
 
 

@@ -201,7 +201,8 @@ class EvalConfig(_Section):
     def inference_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of inference.predictor.Predictor (and of detect_dataset)."""
         return self.model_dump(include={"nms", "nms_iou", "soft_nms_sigma", "tta_scales",
-                                        "tta_hflip", "tta_merge", "tta_iou", "amp"})
+                                        "tta_hflip", "tta_merge", "tta_iou", "amp",
+                                        "proposals"})
 
     def with_overrides(self, overrides: list[str]) -> EvalConfig:
         """A copy with `eval.key=value` overrides applied; any other key is a ConfigError.
@@ -251,6 +252,9 @@ class EvalConfig(_Section):
     tta_iou: float = Field(0.55, gt=0, le=1)  # IoU at which TTA boxes merge
     # the backbone in bf16 (CPU, CUDA) or fp16 (CUDA) during inference; the heads stay float32
     amp: Literal["off", "bf16", "fp16"] = "off"
+    # RPN proposals per image the box head scores (None = model.rpn_post_nms_top_n_test): the
+    # box head's cost grows with them; a few digits an image need far fewer than 100
+    proposals: PositiveInt | None = None
 
 
 class Config(_Section):

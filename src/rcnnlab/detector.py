@@ -136,10 +136,13 @@ class Detector:
         self._ids = torch.tensor([c["id"] for c in self.categories])
         e = self.cfg.eval
         if backend != "torch" and (e.nms != "nms" or e.nms_iou is not None or e.amp != "off"
-                                   or e.tta_scales != [1.0] or e.tta_hflip):
+                                   or e.tta_scales != [1.0] or e.tta_hflip
+                                   or e.proposals is not None):
             raise ConfigError("an exported model runs its graph as exported: Soft-NMS, another "
-                              "NMS IoU, TTA and eval.amp run on the PyTorch model only. Fix: "
-                              "load the run folder, or leave the eval options at their defaults")
+                              "NMS IoU, TTA and eval.amp run on the PyTorch model only, and "
+                              "eval.proposals is fixed at export (rcnnlab export RUN "
+                              "eval.proposals=N). Fix: load the run folder, or leave the eval "
+                              "options at their defaults")
         self.predictor = Predictor(model, e, digit_classes=self.digits is not None)
 
     @classmethod

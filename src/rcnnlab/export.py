@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from torchvision.ops import clip_boxes_to_image
 from rcnnlab.config import Config, config_from_dict
 from rcnnlab.data.transforms import rescale, resize_scale
 from rcnnlab.errors import ConfigError, MissingFileError
+from rcnnlab.inference.predictor import with_proposals
 from rcnnlab.models.transform import native_scale
 from rcnnlab.runs.checkpoint import load_detector
 from rcnnlab.version import __version__
@@ -60,12 +62,22 @@ def input_scale(cfg: Config, height: int, width: int) -> float:
     return resize_scale(height, width, m.min_size, m.max_size)
 
 
-def export_onnx(run: str | Path, out: str | Path | None = None) -> Path:
+def export_onnx(run: str | Path, out: str | Path | None = None,
+                overrides: Sequence[str] = ()) -> Path:
     """Export a run's best checkpoint (or a checkpoint file) to ONNX; returns the .onnx path
-    (default: `<run>/export/model.onnx`), with its sidecar json beside it."""
+    (default: `<run>/export/model.onnx`), with its sidecar json beside it. `overrides` may set
+    `eval.proposals=N` (the RPN proposals the box head scores), which the graph then holds."""
     _need("onnx", "onnx")
     model, ckpt = load_detector(run, device="cpu")
     cfg = ckpt.config
+    options = cfg.eval.with_overrides(list(overrides))
+    if options.model_dump(exclude={"proposals"}) != cfg.eval.model_dump(exclude={"proposals"}):
+        raise ConfigError(f"overrides {list(overrides)}: only eval.proposals is held by an "
+                          "exported graph (Soft-NMS, TTA and eval.amp run on the PyTorch model)")
+    if options.proposals is not None:
+        model = with_proposals(model, options.proposals)
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
+            update={"rpn_post_nms_top_n_test": options.proposals})})
     path = Path(out) if out else (Path(run) if Path(run).is_dir() else Path(run).parent) / (
         "export/model.onnx")
     if path.suffix != ".onnx":
@@ -92,6 +104,7 @@ def export_onnx(run: str | Path, out: str | Path | None = None) -> Path:
     sidecar = {
         "format": "onnx", "opset": OPSET, "rcnnlab_version": __version__,
         "source": str(ckpt.path), "categories": ckpt.categories, "threshold": ckpt.threshold,
+        "proposals": cfg.model.rpn_post_nms_top_n_test,
         "input": "image: float32 [3, height, width], RGB in [0, 1], already resized by the "
                  "rule of config.model (native_size, min_size, max_size); the graph normalises",
         "outputs": "boxes [N, 4] xyxy pixels of the input, labels [N] 1..K (category = "

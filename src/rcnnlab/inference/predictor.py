@@ -55,6 +55,19 @@ def with_box_settings(model: nn.Module, **settings: float | int | None) -> nn.Mo
     return view
 
 
+def with_proposals(model: nn.Module, proposals: int | None) -> nn.Module:
+    """A view of ``model`` whose RPN hands the box head ``proposals`` proposals per image at
+    inference (None = as is); shares every parameter, the model itself is not changed."""
+    if proposals is None:
+        return model
+    rpn = copy.copy(model.rpn)
+    rpn._post_nms_top_n = {**model.rpn._post_nms_top_n, "testing": proposals}
+    view = copy.copy(model)
+    view._modules = dict(model._modules)
+    view.rpn = rpn
+    return view
+
+
 def _transform(image: Tensor, scale: float, flip: bool) -> Tensor:
     """The image one TTA pass shows the model: resized by ``scale`` (bilinear), then mirrored."""
     if scale != 1.0:
@@ -98,6 +111,8 @@ class Predictor:
         tta_iou: the IoU threshold of that merge.
         amp: ``"off"``, or ``"bf16"`` / ``"fp16"`` (CUDA only): the backbone runs under
             autocast in that precision, the heads in float32 (`models.precision`).
+        proposals: RPN proposals per image the box head scores (None = the model's
+            ``rpn_post_nms_top_n_test``), through a view of the model (`with_proposals`).
         digit_classes: the classes are digits, which a mirror changes (a mirrored 2 is no
             digit): ``tta_hflip`` is then refused.
     """
@@ -111,7 +126,7 @@ class Predictor:
                 "flipped pass would add wrong detections. Fix: set eval.tta_hflip=false "
                 "(eval.tta_scales still gives test-time augmentation)"
             )
-        self.model = with_autocast_backbone(model, c.amp)
+        self.model = with_autocast_backbone(with_proposals(model, c.proposals), c.amp)
         self.amp = c.amp
         self.nms, self.nms_iou, self.soft_nms_sigma = c.nms, c.nms_iou, c.soft_nms_sigma
         self.tta_scales, self.tta_hflip = [float(s) for s in c.tta_scales], c.tta_hflip
