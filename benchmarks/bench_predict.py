@@ -2,13 +2,14 @@
 
     python benchmarks/bench_predict.py runs/orand [--onnx FILE.onnx] [--proposals 30]
 
-Prints, for eager PyTorch fp32, eager bf16 autocast (`eval.amp=bf16`) and ONNX Runtime (when
-an exported file is given or can be written): img/s at batch 1 and batch 8, the split's COCO
-mAP (of the batch-1 detections), and the peak resident memory of the process after each; then
-how closely the exported model's detections match the eager ones (a partner with the same
-label, IoU >= 0.99 and a score within 1e-3), both one image at a time (in a batch the eager
-model pads images to a common size, which moves low-score boxes a little). Nothing is
-asserted. The ONNX graph takes one image per run, so its "batch 8" is eight runs.
+Prints, for eager PyTorch fp32, eager bf16 autocast (`eval.amp=bf16`), ONNX Runtime and
+OpenVINO (when an exported file is given or can be written, and the extras are installed):
+img/s at batch 1 and batch 8, the split's COCO mAP (of the batch-1 detections), and the peak
+resident memory of the process after each; then how closely each exported runtime's
+detections match the eager ones (a partner with the same label, IoU >= 0.99 and a score within
+1e-3), both one image at a time (in a batch the eager model pads images to a common size,
+which moves low-score boxes a little). Nothing is asserted. The exported graph takes one image
+per run, so its "batch 8" is eight runs.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def main() -> None:
     parser.add_argument("--onnx", default=None, help="an exported model (default: export one)")
     parser.add_argument("--images", type=int, default=None, help="first N validation images")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--only", default=None, help="measure this backend alone (runtimes "
+                        "in one process compete for the cores: ONNX Runtime's threads spin)")
     parser.add_argument("--proposals", type=int, default=None,
                         help="eval.proposals for every backend (the ONNX graph is exported "
                         "with it)")
@@ -84,6 +87,14 @@ def main() -> None:
         backends["onnxruntime"] = Detector.load(onnx)
     except Exception as exc:  # the onnx extra is optional: say why the row is missing
         print(f"(onnxruntime skipped: {exc})")
+        onnx = None
+    if onnx is not None:
+        try:
+            backends["openvino"] = Detector.load(onnx, backend="openvino")
+        except Exception as exc:  # the openvino extra too
+            print(f"(openvino skipped: {exc})")
+    if args.only:
+        backends = {k: v for k, v in backends.items() if k == args.only}
     results = {}
     for name, backend in backends.items():
         b1, res = run_backend(backend, images, 1)
@@ -94,10 +105,11 @@ def main() -> None:
         print(f"{name:<22}{b1:>10.2f}{b8:>10.2f}{ap:>9.4f}{peak_memory_mb(det.device):>10.0f}",
               flush=True)
     print("* peak resident memory of the process so far")
-    if "onnxruntime" in results:
-        matched, total = parity(results["eager fp32"], results["onnxruntime"])
-        print(f"onnxruntime vs eager: {matched} of {total} detections matched "
-              f"({100 * matched / max(total, 1):.2f}%)")
+    for name in ("onnxruntime", "openvino"):
+        if name in results and "eager fp32" in results:
+            matched, total = parity(results["eager fp32"], results[name])
+            print(f"{name} vs eager: {matched} of {total} detections matched "
+                  f"({100 * matched / max(total, 1):.2f}%)")
 
 
 if __name__ == "__main__":

@@ -112,3 +112,17 @@ def test_proposals_are_an_inference_option_and_held_by_the_export(exported, tmp_
     assert total > 0 and matched >= 0.99 * total
     full = Detector.load(run, device="cpu").predict(files, batch_size=1, keep_images=False)
     assert sum(map(len, a)) < sum(map(len, full))  # fewer proposals, fewer boxes scored
+
+
+def test_openvino_runs_the_exported_file_like_eager(exported):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    run, onnx = exported
+    data = load_coco(shared_path("orand-car-a", "instances_train.json"))
+    files = [data.image_root / img["file_name"] for img in data.images[:8]]
+    eager = Detector.load(run, device="cpu").predict(files, batch_size=1, keep_images=False)
+    vino = Detector.load(onnx, backend="openvino")
+    assert vino.backend == "openvino"
+    matched, total = _parity(eager, vino.predict(files, batch_size=1, keep_images=False))
+    assert total > 500 and matched >= 0.99 * total, (matched, total)
+    with pytest.raises(ConfigError, match="backend 'openvino' runs exported models"):
+        Detector.load(run, backend="openvino")

@@ -288,6 +288,7 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
             images: str | None = None, threshold: float | None = None,
             batch_size: int | None = None, device: str = "auto",
             overrides: list[str] | None = None, save_images: bool = False,
+            backend: str = "auto",
             progress: Callable[[int], None] | None = None,
             on_total: Callable[[int], None] | None = None) -> dict[str, Path]:
     """Detect on an image, a folder, a glob, a video or a COCO json; write pred.json and (digit
@@ -299,7 +300,7 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
     `overrides` are `eval.*` items (inference options) for this call only. `on_total` is told
     the number of images, `progress` each image done.
     """
-    det = Detector.load(run, device=device, overrides=overrides or ())
+    det = Detector.load(run, device=device, overrides=overrides or (), backend=backend)
     out_dir = Path(out_dir)
     paths: dict[str, Path] = {}
     max_pixels = det.cfg.data.max_image_pixels

@@ -357,6 +357,8 @@ def predict(
         help="Threshold of pred.csv and the drawings (default: the tuned one).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
     device: DeviceOpt = "auto",
+    backend: Annotated[str, typer.Option(
+        help="For an exported RUN (.onnx): onnxruntime (auto) or openvino.")] = "auto",
     overrides: EvalOverridesArg = None,
 ):
     """Write pred.json (COCO results) and pred.csv (image_id,pred_label) for new images."""
@@ -366,7 +368,7 @@ def predict(
         paths = api.predict(run, source, out, images=images and str(images),
                             threshold=threshold, batch_size=batch_size, device=device,
                             overrides=overrides, save_images=save_images, progress=advance,
-                            on_total=set_total)
+                            on_total=set_total, backend=backend)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 

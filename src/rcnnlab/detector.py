@@ -146,15 +146,20 @@ class Detector:
         self.predictor = Predictor(model, e, digit_classes=self.digits is not None)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str = "auto",
-             overrides: Sequence[str] = ()) -> Detector:
-        """A run folder (its best.pt), a checkpoint file, or an exported model (`.onnx`, run
-        by ONNX Runtime on the CPU, with its sidecar json); `overrides` are `eval.*` inference
-        options (``["eval.amp=bf16"]``; PyTorch models only)."""
+    def load(cls, path: str | Path, *, device: str = "auto", overrides: Sequence[str] = (),
+             backend: str = "auto") -> Detector:
+        """A run folder (its best.pt), a checkpoint file, or an exported model (`.onnx` with
+        its sidecar json, run on the CPU by `backend`: onnxruntime (auto) or openvino);
+        `overrides` are `eval.*` inference options (``["eval.amp=bf16"]``; PyTorch models
+        only)."""
         if is_exported(path):
-            model = OnnxDetector(path)
+            runtime = "onnxruntime" if backend == "auto" else backend
+            model = OnnxDetector(path, runtime=runtime)
             return cls(model, model.config, model.info["categories"], model.info["threshold"],
-                       torch.device("cpu"), overrides, backend="onnxruntime")
+                       torch.device("cpu"), overrides, backend=runtime)
+        if backend not in ("auto", "torch"):
+            raise ConfigError(f"backend {backend!r} runs exported models (.onnx): export the "
+                              "run first (rcnnlab export RUN), or use backend torch")
         dev = resolve_device(device)
         model, ckpt = load_detector(path, device=dev)
         return cls(model, ckpt.config, ckpt.categories, ckpt.threshold, dev, overrides)

@@ -12,7 +12,8 @@ trace would freeze, so the graph is traced at scale 1 and `OnnxDetector` resizes
 way the eager model does (native size: only shrink past `model.min_size` / `max_size`; else
 torchvision's rule) before it runs the graph, then maps the boxes back.
 
-Needs the `onnx` extra (`pip install 'rcnnlab[onnx]'`: onnx to export, onnxruntime to run).
+Needs the `onnx` extra (`pip install 'rcnnlab[onnx]'`: onnx to export, onnxruntime to run);
+OpenVINO runs the same file with the `openvino` extra.
 """
 
 from __future__ import annotations
@@ -116,24 +117,43 @@ def export_onnx(run: str | Path, out: str | Path | None = None,
     return path
 
 
-class OnnxDetector:
-    """An exported detector run by ONNX Runtime, called like the eager model in eval mode:
-    a list of float CHW images in [0, 1] -> a list of {"boxes", "labels", "scores"}."""
+RUNTIMES = ("onnxruntime", "openvino")
 
-    def __init__(self, path: str | Path, *, threads: int | None = None):
-        ort = _need("onnxruntime", "onnx")
-        self.path = Path(path)
+
+class OnnxDetector:
+    """An exported detector run by ONNX Runtime or OpenVINO (which reads the ONNX file), called
+    like the eager model in eval mode: a list of float CHW images in [0, 1] -> a list of
+    {"boxes", "labels", "scores"}. OpenVINO computes in float32 (its CPU plugin would pick
+    bf16 on CPUs that have it, which moves scores by more than 1e-3)."""
+
+    def __init__(self, path: str | Path, *, runtime: str = "onnxruntime",
+                 threads: int | None = None):
+        if runtime not in RUNTIMES:
+            raise ConfigError(f"runtime {runtime!r}: use onnxruntime or openvino")
+        self.path, self.runtime = Path(path), runtime
         side = sidecar_path(self.path)
         if not side.is_file():
             raise MissingFileError(f"{side}: the sidecar of {self.path.name} is missing. Fix: "
                                    "keep the .json rcnnlab export wrote beside the model")
         self.info: dict[str, Any] = json.loads(side.read_text())
         self.config = config_from_dict(self.info["config"])
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(self.path), options,
-                                            providers=["CPUExecutionProvider"])
+        if runtime == "openvino":
+            ov = _need("openvino", "openvino")
+            settings: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+            if threads:
+                settings["INFERENCE_NUM_THREADS"] = threads
+            compiled = ov.Core().compile_model(str(self.path), "CPU", settings)
+            request = compiled.create_infer_request()
+            outputs = compiled.outputs
+            self._run = lambda image: [request.infer({0: image})[o] for o in outputs]
+        else:
+            ort = _need("onnxruntime", "onnx")
+            options = ort.SessionOptions()
+            if threads:
+                options.intra_op_num_threads = threads
+            session = ort.InferenceSession(str(self.path), options,
+                                           providers=["CPUExecutionProvider"])
+            self._run = lambda image: session.run(None, {"image": image})
 
     def eval(self) -> OnnxDetector:
         """For code written for torch modules: an exported graph is always in eval mode."""
@@ -147,7 +167,7 @@ class OnnxDetector:
         h, w = (int(s) for s in image.shape[-2:])
         scale = input_scale(self.config, h, w)
         fed = image if scale == 1.0 else rescale(image, None, scale)[0]
-        boxes, labels, scores = self.session.run(None, {"image": fed.numpy()})
+        boxes, labels, scores = self._run(fed.numpy())
         boxes = torch.from_numpy(boxes)
         if scale != 1.0:  # back to the given image, per axis as torchvision's postprocess
             fh, fw = fed.shape[-2:]
