@@ -115,8 +115,15 @@ def run_ddp(cfg: Config, folders: list[Path], *, stop_before: int | None = None,
     """Train `cfg` on two gloo processes, rank r working in folders[r]."""
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
-    mp.spawn(_worker, args=(2, _free_port(), cfg, [str(f) for f in folders], stop_before,
-                            resume, deterministic), nprocs=2, join=True)
+    for attempt in range(2):
+        try:
+            mp.spawn(_worker, args=(2, _free_port(), cfg, [str(f) for f in folders],
+                                    stop_before, resume, deterministic), nprocs=2, join=True)
+            return
+        except mp.ProcessRaisedException as exc:
+            # the free port may be taken between choosing it and binding it: one more port
+            if attempt or "address already in use" not in str(exc).lower():
+                raise
 
 
 @pytest.fixture(scope="module")
