@@ -40,6 +40,7 @@ from rcnnlab.inference.predictor import Predictor
 from rcnnlab.models.build import build_model
 from rcnnlab.runs.device import resolve_device
 from rcnnlab.runs.environment import machine_description
+from step_timer import StepTimer  # benchmarks/, beside this script
 
 VARIANTS = {  # name: (train.amp, channels_last, EMA)
     "fp32": ("off", False, False),
@@ -72,21 +73,6 @@ class CocoLike(Dataset):
         return self.items[i]
 
 
-class _Timer(HookBase):
-    """Starts the clock after `warmup` steps; counts this process's images after it."""
-
-    def __init__(self, warmup: int, device: torch.device):
-        self.warmup, self.device, self.start, self.seen = warmup, device, 0.0, 0
-
-    def after_step(self) -> None:
-        if self.loop.iteration == self.warmup:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            self.start, self.seen = time.perf_counter(), 0
-        elif self.loop.iteration > self.warmup:
-            self.seen += len(self.loop.targets)
-
-
 def train_speed(variant: str, args, device: torch.device, world: tuple[int, int] = (0, 1)):
     """img/s of this process and peak memory (MB) for one variant."""
     amp, channels_last, ema = VARIANTS[variant]
@@ -108,7 +94,7 @@ def train_speed(variant: str, args, device: torch.device, world: tuple[int, int]
         data, generator=torch.Generator().manual_seed(0)), rank, size)
     loader = DataLoader(data, batch_size=args.batch, sampler=sampler, collate_fn=collate)
     optimizer = build_optimizer(model, cfg)
-    timer = _Timer(args.warmup, device)
+    timer = StepTimer(args.warmup, device)
     hooks: list[HookBase] = [timer]
     if ema:
         hooks.insert(0, WeightAverage(model, decay=0.9998, warmup=2000))
@@ -120,9 +106,7 @@ def train_speed(variant: str, args, device: torch.device, world: tuple[int, int]
         torch.cuda.reset_peak_memory_stats(device)
     while loop.iteration < steps:
         loop.train_one_epoch()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    ips = timer.seen / (time.perf_counter() - timer.start)
+    ips = timer.images_per_s()
     mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
     return ips, mem, model
 

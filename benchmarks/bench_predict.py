@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 import torch
-from torchvision.ops import box_iou
 
 from rcnnlab import Detector
 from rcnnlab.data.splits import load_splits
 from rcnnlab.evaluation.coco import evaluate_detections
+from rcnnlab.export import parity
 from rcnnlab.inference.sources import coco_images
 from rcnnlab.runs.device import peak_memory_mb
 from rcnnlab.runs.environment import machine_description
@@ -35,21 +35,6 @@ def run_backend(det: Detector, images, batch: int) -> tuple[float, list]:
     start = time.perf_counter()
     results = det.predict(images, batch_size=batch, keep_images=False)
     return len(images) / (time.perf_counter() - start), results
-
-
-def parity(eager: list, exported: list) -> tuple[int, int]:
-    """Eager detections with an exported partner (same label, IoU >= 0.99, |d score| <= 1e-3)."""
-    matched = total = 0
-    for a, b in zip(eager, exported, strict=True):
-        total += len(a)
-        if not len(a) or not len(b):
-            continue
-        iou = box_iou(a.boxes, b.boxes)
-        for i in range(len(a)):
-            ok = ((iou[i] >= 0.99) & (b.class_ids == a.class_ids[i])
-                  & ((b.scores - a.scores[i]).abs() <= 1e-3))
-            matched += bool(ok.any())
-    return matched, total
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from rcnnlab.config import load_config
 from rcnnlab.data.coco import CocoDetection, collate, load_coco
 from rcnnlab.data.synth import generate_dataset
 from rcnnlab.data.transforms import build_train_transforms, to_model_input
-from rcnnlab.engine.loop import HookBase, TrainLoop
+from rcnnlab.engine.loop import TrainLoop
 from rcnnlab.engine.optim import build_optimizer, build_scheduler
 from rcnnlab.engine.precision import MixedPrecision
 from rcnnlab.inference.detect import detect_dataset
@@ -38,21 +38,7 @@ from rcnnlab.inference.predictor import Predictor
 from rcnnlab.models.build import build_model
 from rcnnlab.runs.device import peak_memory_mb, resolve_device
 from rcnnlab.runs.environment import machine_description
-
-
-class _Timer(HookBase):
-    """Starts the clock after `warmup` steps and counts the images after it."""
-
-    def __init__(self, warmup: int, device: torch.device):
-        self.warmup, self.device, self.start, self.seen = warmup, device, 0.0, 0
-
-    def after_step(self) -> None:
-        if self.loop.iteration == self.warmup:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize()
-            self.start, self.seen = time.perf_counter(), 0
-        elif self.loop.iteration > self.warmup:
-            self.seen += len(self.loop.targets)
+from step_timer import StepTimer  # benchmarks/, beside this script
 
 
 def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> dict:
@@ -65,7 +51,7 @@ def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> di
     train_set = CocoDetection(data, build_train_transforms(cfg.augment, digit_classes=True))
     loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
                         collate_fn=collate, num_workers=cfg.data.workers, drop_last=True)
-    timer = _Timer(warmup, device)
+    timer = StepTimer(warmup, device)
     steps = warmup + iters
     loop = TrainLoop(model, loader, optimizer, build_scheduler(optimizer, cfg.train, steps),
                      epochs=-(-steps // len(loader)), iters_per_epoch=min(steps, len(loader)),
@@ -73,9 +59,7 @@ def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> di
                      precision=MixedPrecision(cfg.train.amp, device))
     while loop.iteration < steps:
         loop.train_one_epoch()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    train_ips = timer.seen / (time.perf_counter() - timer.start)
+    train_ips = timer.images_per_s()
 
     test_set = CocoDetection(data, to_model_input())
     subset = torch.utils.data.Subset(test_set, range(min(infer_images, len(test_set))))

@@ -29,7 +29,7 @@ GOLDEN = Path(__file__).parent / "data" / "golden_run.json"
 TIMING = frozenset({"epoch_seconds", "train_img_per_s", "peak_memory_mb", "val_seconds"})
 # columns recorded under two names, now logged under the second only
 ONE_NAME = {"loss_classifier": "loss_cls", "loss_box_reg": "loss_bbox"}
-# A frozen copy of the suite's tiny setting (tests/test_end_to_end.py TINY) plus the resume
+# A frozen copy of the suite's tiny setting (tests/tiny.py TINY) plus the resume
 # test's methods: the reference run must not change when the suite's setting does.
 SETTING = [
     "model.arch=resnet18_fpn", "model.native_size=true", "model.min_size=64",

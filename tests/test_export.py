@@ -7,7 +7,6 @@ import json
 
 import pytest
 from PIL import Image
-from torchvision.ops import box_iou
 from typer.testing import CliRunner
 
 from rcnnlab import Detector, api
@@ -16,6 +15,7 @@ from rcnnlab.data.coco import load_coco
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.errors import ConfigError
 from rcnnlab.evaluation.coco import evaluate_detections
+from rcnnlab.export import parity
 from tests.conftest import shared_path
 from tests.tiny import tiny_config
 
@@ -34,18 +34,6 @@ def exported(synth_dir, tmp_path_factory):
     return run, run / "export" / "model.onnx"
 
 
-def _parity(eager, exported) -> tuple[int, int]:
-    matched = total = 0
-    for a, b in zip(eager, exported, strict=True):
-        total += len(a)
-        if len(a) and len(b):
-            iou = box_iou(a.boxes, b.boxes)
-            for i in range(len(a)):
-                matched += bool(((iou[i] >= 0.99) & (b.class_ids == a.class_ids[i])
-                                 & ((b.scores - a.scores[i]).abs() <= 1e-3)).any())
-    return matched, total
-
-
 def test_onnx_matches_eager_on_real_orand_images(exported):
     run, onnx = exported
     data = load_coco(shared_path("orand-car-a", "instances_train.json"))
@@ -56,7 +44,7 @@ def test_onnx_matches_eager_on_real_orand_images(exported):
     assert onnx_det.backend == "onnxruntime" and onnx_det.names == eager.names
     a = eager.predict([*files, big], batch_size=1, keep_images=False)
     b = onnx_det.predict([*files, big], batch_size=1, keep_images=False)
-    matched, total = _parity(a, b)
+    matched, total = parity(a, b)
     assert total > 1000 and matched >= 0.99 * total, (matched, total)
     assert len(b[-1]) and b[-1].boxes[:, 2].max() <= 520  # boxes on the given image
     assert [r.number for r in a] == [r.number for r in b]
@@ -108,7 +96,7 @@ def test_proposals_are_an_inference_option_and_held_by_the_export(exported, tmp_
     files = [data.image_root / img["file_name"] for img in data.images[:6]]
     a = eager.predict(files, batch_size=1, keep_images=False)
     b = onnx.predict(files, batch_size=1, keep_images=False)
-    matched, total = _parity(a, b)
+    matched, total = parity(a, b)
     assert total > 0 and matched >= 0.99 * total
     full = Detector.load(run, device="cpu").predict(files, batch_size=1, keep_images=False)
     assert sum(map(len, a)) < sum(map(len, full))  # fewer proposals, fewer boxes scored
@@ -122,7 +110,7 @@ def test_openvino_runs_the_exported_file_like_eager(exported):
     eager = Detector.load(run, device="cpu").predict(files, batch_size=1, keep_images=False)
     vino = Detector.load(onnx, backend="openvino")
     assert vino.backend == "openvino"
-    matched, total = _parity(eager, vino.predict(files, batch_size=1, keep_images=False))
+    matched, total = parity(eager, vino.predict(files, batch_size=1, keep_images=False))
     assert total > 500 and matched >= 0.99 * total, (matched, total)
     with pytest.raises(ConfigError, match="backend 'openvino' runs exported models"):
         Detector.load(run, backend="openvino")

@@ -344,8 +344,8 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
 def _image_name(result: Result, taken: set[str]) -> str:
     """A PNG name for a result's drawing: its file's stem (a video frame: stem_frame), made
     unique with the image id when two sources share a stem."""
-    stem = result.source.replace("#", "_").rsplit("/", 1)[-1]
-    stem = stem.rsplit(".", 1)[0] if "#" not in result.source else stem.replace(".", "_")
+    file_name, _, frame = result.source.partition("#")
+    stem = f"{file_name.replace('.', '_')}_{frame}" if frame else Path(file_name).stem
     name = f"{stem}.png"
     if name in taken:
         name = f"{stem}_{result.image_id}.png"

@@ -387,18 +387,10 @@ def _progress(description: str):
     """A progress bar with ETA on a terminal (silent elsewhere): yields (advance(n),
     set_total(n))."""
     from rich.errors import LiveError
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                   console=err_console, disable=not err_console.is_terminal, transient=True)
+    from rcnnlab.engine.progress import eta_progress
+
+    bar = eta_progress(err_console, transient=True, disable=not err_console.is_terminal)
     try:
         bar.start()
     except LiveError:  # another bar is showing (training's): this phase runs without one

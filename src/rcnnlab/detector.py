@@ -32,6 +32,7 @@ from rcnnlab.data.categories import digit_names
 from rcnnlab.errors import ConfigError
 from rcnnlab.evaluation.sequence import read_number
 from rcnnlab.export import OnnxDetector, is_exported
+from rcnnlab.inference.detect import coco_records
 from rcnnlab.inference.predictor import Predictor
 from rcnnlab.inference.sources import Source, SourceImage
 from rcnnlab.runs.checkpoint import load_detector
@@ -65,11 +66,7 @@ class Result:
         """The detections as COCO result records (bbox xywh, rounded as in pred.json), under
         `image_id` (default: the result's own)."""
         image_id = self.image_id if image_id is None else image_id
-        return [{"image_id": image_id, "category_id": int(c),
-                 "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
-                 "score": round(s, 5)}
-                for (x1, y1, x2, y2), c, s in zip(self.boxes.tolist(), self.class_ids.tolist(),
-                                                  self.scores.tolist(), strict=True)]
+        return coco_records(self.boxes, self.class_ids.tolist(), self.scores, image_id)
 
     def plot(self, threshold: float | None = None) -> Image.Image:
         """The image with the boxes at or above `threshold` (default: the tuned one) drawn,

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.ops import clip_boxes_to_image
+from torchvision.ops import box_iou, clip_boxes_to_image
 
 from rcnnlab.config import Config, config_from_dict
 from rcnnlab.data.transforms import rescale, resize_scale
@@ -174,6 +174,23 @@ class OnnxDetector:
             boxes = clip_boxes_to_image(boxes * torch.tensor([w / fw, h / fh] * 2), (h, w))
         return {"boxes": boxes, "labels": torch.from_numpy(labels).long(),
                 "scores": torch.from_numpy(scores)}
+
+
+def parity(reference: Sequence[Any], other: Sequence[Any], *, iou: float = 0.99,
+           score: float = 1e-3) -> tuple[int, int]:
+    """How many of `reference`'s detections (per image: `detector.Result`s) have a partner in
+    `other`'s with the same class, IoU >= `iou` and a score within `score`: (matched, total)."""
+    matched = total = 0
+    for a, b in zip(reference, other, strict=True):
+        total += len(a)
+        if not len(a) or not len(b):
+            continue
+        overlap = box_iou(a.boxes, b.boxes)
+        for i in range(len(a)):
+            ok = ((overlap[i] >= iou) & (b.class_ids == a.class_ids[i])
+                  & ((b.scores - a.scores[i]).abs() <= score))
+            matched += bool(ok.any())
+    return matched, total
 
 
 def is_exported(path: str | Path) -> bool:

@@ -18,6 +18,14 @@ from rich.progress import (
 log = logging.getLogger("rcnnlab.train")
 
 
+def eta_progress(console: Console, *extra: TextColumn, transient: bool = False,
+                 disable: bool = False) -> Progress:
+    """rcnnlab's bar: description, bar, n/total, `extra` columns, elapsed time and ETA."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    *extra, TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                    console=console, transient=transient, disable=disable)
+
+
 class ProgressReporter:
     """Shows per-iteration loss / LR and an ETA; `quiet` silences the bar and the lines."""
 
@@ -43,10 +51,7 @@ class ProgressReporter:
             log.info("%s: %d iterations, augmentation %s", self._header, iters,
                      "on" if augment else "off")
             return
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
-            TimeRemainingColumn(), console=self.console, transient=False)
+        self._progress = eta_progress(self.console, TextColumn("{task.fields[stats]}"))
         self._progress.start()
         self._task = self._progress.add_task(self._header, total=iters, stats="")
 

@@ -35,20 +35,28 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[start:start + size]
 
 
-def detections_to_coco(output: dict, image_id: int, category_ids: Sequence[int]) -> list[dict]:
-    """One image's model output (xyxy, labels 1..K, scores) as COCO result dicts (xywh)."""
-    boxes = output["boxes"].detach().cpu().tolist()
-    labels = output["labels"].detach().cpu().tolist()
-    scores = output["scores"].detach().cpu().tolist()
+def coco_records(boxes: torch.Tensor, category_ids: Sequence[int], scores: torch.Tensor,
+                 image_id: int) -> list[dict]:
+    """xyxy boxes with their dataset category ids and scores as COCO result dicts (bbox xywh,
+    rounded to 0.01 px, scores to 1e-5)."""
     return [
         {
             "image_id": image_id,
-            "category_id": category_ids[label - 1],
+            "category_id": int(category),
             "bbox": [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)],
             "score": round(score, 5),
         }
-        for (x1, y1, x2, y2), label, score in zip(boxes, labels, scores, strict=True)
+        for (x1, y1, x2, y2), category, score in zip(boxes.detach().cpu().tolist(),
+                                                     category_ids,
+                                                     scores.detach().cpu().tolist(), strict=True)
     ]
+
+
+def detections_to_coco(output: dict, image_id: int, category_ids: Sequence[int]) -> list[dict]:
+    """One image's model output (xyxy, labels 1..K, scores) as COCO result dicts (xywh)."""
+    labels = output["labels"].detach().cpu().tolist()
+    return coco_records(output["boxes"], [category_ids[label - 1] for label in labels],
+                        output["scores"], image_id)
 
 
 @torch.inference_mode()

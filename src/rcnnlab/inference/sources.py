@@ -108,8 +108,7 @@ class Source:
             yield from self._frames()
             return
         for path, image_id in zip(self.files, self.image_ids, strict=True):
-            image = read_image(path, max_pixels=self.max_pixels)
-            yield SourceImage(F.to_dtype(image, torch.float32, scale=True), path.name, image_id)
+            yield SourceImage(_read(path, self.max_pixels), path.name, image_id)
 
     def _frames(self) -> Iterator[SourceImage]:
         with _open_video(self.video) as container:
@@ -118,6 +117,11 @@ class Source:
                 rgb = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
                 yield SourceImage(F.to_dtype(rgb, torch.float32, scale=True),
                                   f"{self.video.name}#{index}", index + 1)
+
+
+def _read(path: Path, max_pixels: int) -> torch.Tensor:
+    """An image file as float CHW RGB in [0, 1]."""
+    return F.to_dtype(read_image(path, max_pixels=max_pixels), torch.float32, scale=True)
 
 
 def _open_video(path: Path):
@@ -136,6 +140,5 @@ def _open_video(path: Path):
 def coco_images(data) -> Iterator[SourceImage]:
     """The images of a COCO split (`rcnnlab.data.coco.CocoData`) with their json ids."""
     for img in data.images:
-        image = read_image(data.image_root / img["file_name"], max_pixels=data.max_image_pixels)
-        yield SourceImage(F.to_dtype(image, torch.float32, scale=True), img["file_name"],
-                          img["id"])
+        yield SourceImage(_read(data.image_root / img["file_name"], data.max_image_pixels),
+                          img["file_name"], img["id"])
