@@ -24,6 +24,8 @@ runs again (no training) where their result.json was scored over another range.
     python benchmarks/ablation.py --study augment --seeds 0 1 --report-only
 
 Studies:
+    speed       the CPU defaults against those before issue 14 (`old_defaults.py`), and the
+                candidates measured on the way.
     augment     no augmentation, each augmentation group alone, all of them, and all of them
                 with auto-fitted anchors.
     objectives  baseline vs focal loss, class-weighted CE, repeat-factor sampling, AVW, RLO,
@@ -43,6 +45,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from old_defaults import OLD_DEFAULTS  # benchmarks/, beside this script
 from rcnnlab import api
 from rcnnlab.config import load_config
 from rcnnlab.engine.progress import ProgressReporter
@@ -73,6 +76,12 @@ _ALL = ("augment.hsv_prob=0.5", "augment.affine_prob=0.5", "augment.svhn_policy_
         MULTISCALE)
 
 STUDIES: dict[str, dict[str, Variant]] = {
+    "speed": {  # issue 14: the faster CPU defaults against the old ones, and candidates
+        "old defaults": Variant(OLD_DEFAULTS),
+        "defaults": Variant(),
+        "defaults + levels 8-32": Variant(("model.fpn_strides=[8,16,32]",)),
+        "defaults, fp32": Variant(("train.amp=off", "eval.amp=off")),
+    },
     "augment": {
         "none": Variant(("augment.enabled=false",)),
         "colour jitter": Variant((*_NO_AUG, "augment.hsv_prob=0.5")),
@@ -255,7 +264,8 @@ def main(argv: list[str] | None = None) -> str:
     out = args.out / args.study
     results: dict[str, list[dict]] = {name: [] for name in variants}
     per_run = []
-    common = [f"train.epochs={args.epochs}", *args.overrides]
+    # an equal budget in epochs: a recipe's wall-clock budget (orand's 10 minutes) is off
+    common = [f"train.epochs={args.epochs}", "train.time_budget=null", *args.overrides]
     for seed in args.seeds:  # seed-major: every variant gets a first seed before any a second
         for name, variant in variants.items():
             row = run_variant(args.config, name, variant, out, seed, common, args)

@@ -2,8 +2,9 @@
 
     python benchmarks/bench_predict.py runs/orand [--onnx FILE.onnx] [--proposals 30]
 
-Prints, for eager PyTorch fp32, eager bf16 autocast (`eval.amp=bf16`), ONNX Runtime and
-OpenVINO (when an exported file is given or can be written, and the extras are installed):
+Prints, for eager PyTorch fp32, eager bf16 autocast (`eval.amp=bf16`), and the run exported
+(to RUN/export/bench_*) and run by ONNX Runtime, TorchScript and OpenVINO (its IR; each when
+its extra is installed):
 img/s at batch 1 and batch 8, the split's COCO mAP (of the batch-1 detections), and the peak
 resident memory of the process after each; then how closely each exported runtime's
 detections match the eager ones (a partner with the same label, IoU >= 0.99 and a score within
@@ -40,7 +41,8 @@ def run_backend(det: Detector, images, batch: int) -> tuple[float, list]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
-    parser.add_argument("--onnx", default=None, help="an exported model (default: export one)")
+    parser.add_argument("--onnx", default=None, help="an exported .onnx for ONNX Runtime "
+                        "(default: export one)")
     parser.add_argument("--images", type=int, default=None, help="first N validation images")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--only", default=None, help="measure this backend alone (runtimes "
@@ -65,19 +67,20 @@ def main() -> None:
     backends = {"eager fp32": det,
                 "eager bf16": Detector.load(args.run, device="cpu",
                                             overrides=["eval.amp=bf16", *extra])}
-    try:
-        from rcnnlab.export import export_onnx
-        onnx = args.onnx or export_onnx(args.run, Path(args.run) / "export" / "model.onnx",
-                                        extra)
-        backends["onnxruntime"] = Detector.load(onnx)
-    except Exception as exc:  # the onnx extra is optional: say why the row is missing
-        print(f"(onnxruntime skipped: {exc})")
-        onnx = None
-    if onnx is not None:
-        try:
-            backends["openvino"] = Detector.load(onnx, backend="openvino")
-        except Exception as exc:  # the openvino extra too
-            print(f"(openvino skipped: {exc})")
+    from rcnnlab.export import export_model
+
+    folder = Path(args.run) / "export"
+    exports = {"onnxruntime": "onnx", "torchscript": "torchscript", "openvino": "openvino"}
+    for name, fmt in exports.items():
+        try:  # each format's extra is optional: say why a row is missing
+            if name == "onnxruntime" and args.onnx:
+                path = Path(args.onnx)
+            else:
+                path = export_model(args.run, folder / f"bench_{fmt}", format=fmt,
+                                    overrides=extra)
+            backends[name] = Detector.load(path, backend=name)
+        except Exception as exc:
+            print(f"({name} skipped: {exc})")
     if args.only:
         backends = {k: v for k, v in backends.items() if k == args.only}
     results = {}
@@ -90,7 +93,7 @@ def main() -> None:
         print(f"{name:<22}{b1:>10.2f}{b8:>10.2f}{ap:>9.4f}{peak_memory_mb(det.device):>10.0f}",
               flush=True)
     print("* peak resident memory of the process so far")
-    for name in ("onnxruntime", "openvino"):
+    for name in ("onnxruntime", "torchscript", "openvino"):
         if name in results and "eager fp32" in results:
             matched, total = parity(results["eager fp32"], results[name])
             print(f"{name} vs eager: {matched} of {total} detections matched "

@@ -6,6 +6,10 @@ memory of the process. Nothing is asserted; the figures go into the README.
 
     python benchmarks/bench_train.py                       # -c base
     python benchmarks/bench_train.py --variant "800px=model.native_size=false model.min_size=800"
+    # the defaults against the CPU defaults before issue 14, on ORAND and 640x640 images:
+    python benchmarks/bench_train.py --old \
+        --data ../shared/data/orand-car-a/instances_train.json \
+        --data ../shared/data/number-extraction-yolo/data.yaml:val
     # fp32 vs bf16 (training and inference) on the ORAND images at their native size:
     python benchmarks/bench_train.py --config orand \
         --data ../shared/data/orand-car-a/instances_train.json \
@@ -26,6 +30,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from old_defaults import OLD_DEFAULTS  # benchmarks/, beside this script
 from rcnnlab.config import load_config
 from rcnnlab.data.coco import CocoDetection, collate, load_coco
 from rcnnlab.data.synth import generate_dataset
@@ -38,7 +43,7 @@ from rcnnlab.inference.predictor import Predictor
 from rcnnlab.models.build import build_model
 from rcnnlab.runs.device import peak_memory_mb, resolve_device
 from rcnnlab.runs.environment import machine_description
-from step_timer import StepTimer  # benchmarks/, beside this script
+from step_timer import StepTimer
 
 
 def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> dict:
@@ -79,10 +84,13 @@ def main() -> None:
     parser.add_argument("--config", default="base", help="a built-in recipe or a YAML file")
     parser.add_argument("--variant", action="append", default=[],
                         help='"label=key=value key=value" (repeatable); the config itself is '
-                        "always measured first as 'default'")
+                        "always measured as 'default'")
+    parser.add_argument("--old", action="store_true",
+                        help="also measure the CPU defaults before issue 14 ('old defaults')")
     parser.add_argument("--images", type=int, default=256, help="generated training images")
-    parser.add_argument("--data", default=None,
-                        help="a COCO json to measure on instead of generated images")
+    parser.add_argument("--data", action="append", default=[],
+                        help="a COCO json, or a YOLO data.yaml[:split], to measure on instead "
+                        "of generated images (repeatable: one table each)")
     parser.add_argument("--iters", type=int, default=20, help="timed training iterations")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--infer-images", type=int, default=128)
@@ -92,29 +100,36 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    variants = [("old defaults", list(OLD_DEFAULTS))] if args.old else []
+    variants.append(("default", []))
+    for spec in args.variant:
+        label, _, rest = spec.partition("=")
+        variants.append((label, rest.split()))
+    print(f"{machine_description()}, device {device}; config {Path(args.config).name}; "
+          f"{args.warmup}+{args.iters} training iterations")
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.data:
-            data = load_coco(args.data)
-            source = f"{len(data.images)} images of {Path(args.data).name}"
-        else:
+        sources = [(load_coco(path), f"{Path(str(path).split(':')[0]).name}"
+                    f" {str(path).partition('.yaml:')[2]}".strip()) for path in args.data]
+        if not sources:
             generate_dataset(Path(tmp), n_train=args.images, n_valid=0, n_test=0, seed=0,
                              workers=2)
-            data = load_coco(Path(tmp) / "train" / "annotations.json")
-            source = f"{args.images} generated images"
-        variants = [("default", [])]
-        for spec in args.variant:
-            label, _, rest = spec.partition("=")
-            variants.append((label, rest.split()))
-        print(f"{machine_description()}, device {device}; config {Path(args.config).name}; "
-              f"{source}, {args.warmup}+{args.iters} training iterations")
-        print(f"{'variant':<14}{'arch':<36}{'train img/s':>12}{'infer img/s':>12}"
-              f"{'peak MB*':>10}")
-        for label, overrides in variants:
-            cfg = load_config(args.config, overrides)
-            r = measure(cfg, data, device, args.iters, args.warmup, args.infer_images)
-            print(f"{label:<14}{cfg.model.arch:<36}{r['train']:>12.2f}{r['infer']:>12.2f}"
-                  f"{r['mem']:>10.0f}")
+            sources = [(load_coco(Path(tmp) / "train" / "annotations.json"), "generated")]
+        for data, name in sources:
+            print(f"\n{name}: {len(data.images)} images, {data.num_boxes} boxes")
+            print(f"{'variant':<14}{'arch':<16}{'train img/s':>12}{'infer img/s':>12}"
+                  f"{'peak MB*':>10}")
+            rows = {}
+            for label, overrides in variants:
+                cfg = load_config(args.config, overrides)
+                r = rows[label] = measure(cfg, data, device, args.iters, args.warmup,
+                                          args.infer_images)
+                print(f"{label:<14}{cfg.model.arch:<16}{r['train']:>12.2f}{r['infer']:>12.2f}"
+                      f"{r['mem']:>10.0f}", flush=True)
+            if args.old:
+                old, new = rows["old defaults"], rows["default"]
+                print(f"default / old defaults: train x{new['train'] / old['train']:.2f}, "
+                      f"inference x{new['infer'] / old['infer']:.2f}")
         print("* peak resident memory of the process so far (CPU) or peak CUDA allocation")
 
 

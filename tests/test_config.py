@@ -90,3 +90,14 @@ def test_saved_configs_with_the_old_keys_are_read_as_before():
                             ({"objective": "standard", "cls_loss": "focal"}, "focal"),
                             ({"cls_loss": "ce"}, "ce")):
         assert config_from_dict({"train": train}).train.roi_loss == expected
+
+
+def test_amp_off_is_the_word_not_yaml_false(tmp_path):
+    # YAML 1.1 reads a bare `off` as false; the amp modes take it as the mode "off"
+    cfg = load_config(None, ["train.amp=off", "eval.amp=off"])
+    assert cfg.train.amp == "off" and cfg.eval.amp == "off"
+    (tmp_path / "c.yaml").write_text("train:\n  amp: off\n")
+    assert load_config(str(tmp_path / "c.yaml")).train.amp == "off"
+    assert load_config("orand").train.amp == "auto"  # the CPU recipes choose by the machine
+    with pytest.raises(ConfigError, match="train.amp"):
+        load_config(None, ["train.amp=true"])

@@ -87,6 +87,13 @@ def test_plot_draws_boxes_labels_and_the_number(det, synth_dir, tmp_path):
         det.predict(path, keep_images=False)[0].plot()
 
 
+def test_the_banner_fits_a_narrow_image(det):
+    narrow = det.predict(torch.rand(3, 40, 24))[0].plot(threshold=0.99)
+    banner = np.asarray(narrow)[: narrow.height - 360]
+    dark = (banner < 128).all(axis=2)
+    assert dark.any() and not dark[:, -4:].any()  # the text ends inside the picture
+
+
 def test_bad_inputs_are_one_clear_error(det, tmp_path):
     with pytest.raises(ConfigError, match=r"values in \[-1, 2\]: give float in \[0, 1\]"):
         det.predict(torch.tensor([-1.0, 2.0]).repeat(3, 4, 1)[:, :, :2])

@@ -267,8 +267,9 @@ def test_ablation_script_runs_each_variant_per_seed_and_resumes(synth_dir, tmp_p
     import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location(
-        "ablation", Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py")
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # as when run: its siblings import
+    spec = importlib.util.spec_from_file_location("ablation", benchmarks / "ablation.py")
     ablation = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "ablation", ablation)  # dataclasses look their module up
     spec.loader.exec_module(ablation)

@@ -1,5 +1,5 @@
-"""ONNX export: the exported graph, run by ONNX Runtime behind `Detector`, finds what the
-eager model finds, on real ORAND images and on images the resize rule shrinks."""
+"""Export: the exported graph, run by ONNX Runtime, TorchScript or OpenVINO behind `Detector`,
+finds what the eager model finds, on real ORAND images and on images the resize rule shrinks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rcnnlab import Detector, api
 from rcnnlab.cli import app
 from rcnnlab.data.coco import load_coco
 from rcnnlab.engine.progress import ProgressReporter
-from rcnnlab.errors import ConfigError
+from rcnnlab.errors import ConfigError, MissingFileError
 from rcnnlab.evaluation.coco import evaluate_detections
 from rcnnlab.export import parity
 from tests.conftest import shared_path
@@ -34,20 +34,58 @@ def exported(synth_dir, tmp_path_factory):
     return run, run / "export" / "model.onnx"
 
 
-def test_onnx_matches_eager_on_real_orand_images(exported):
-    run, onnx = exported
+@pytest.fixture(scope="module")
+def eager_orand(exported):
+    """The eager detections of 12 real ORAND images and one the resize rule shrinks."""
+    run, _ = exported
     data = load_coco(shared_path("orand-car-a", "instances_train.json"))
     files = [data.image_root / img["file_name"] for img in data.images[:12]]
     # images wider than the tiny model's max_size (256) go through the resize in Python
-    big = Image.open(files[0]).resize((520, 140))
-    eager, onnx_det = Detector.load(run, device="cpu"), Detector.load(onnx)
-    assert onnx_det.backend == "onnxruntime" and onnx_det.names == eager.names
-    a = eager.predict([*files, big], batch_size=1, keep_images=False)
-    b = onnx_det.predict([*files, big], batch_size=1, keep_images=False)
+    images = [*files, Image.open(files[0]).resize((520, 140))]
+    eager = Detector.load(run, device="cpu")
+    return eager, images, eager.predict(images, batch_size=1, keep_images=False)
+
+
+def _exported_file(run, fmt, tmp_path):
+    if fmt == "onnx":
+        return run / "export" / "model.onnx"
+    result = CliRunner().invoke(app, ["export", str(run), "--format", fmt, "--out",
+                                      str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    return tmp_path / ("m.torchscript" if fmt == "torchscript" else "m.xml")
+
+
+@pytest.mark.parametrize("fmt,backend", [("onnx", "onnxruntime"), ("onnx", "openvino"),
+                                         ("torchscript", "torchscript"),
+                                         ("openvino", "openvino")])
+def test_exported_model_matches_eager_on_real_orand_images(exported, eager_orand, fmt, backend,
+                                                           tmp_path):
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="the openvino extra is not installed")
+    run, _ = exported
+    eager, images, a = eager_orand
+    det = Detector.load(_exported_file(run, fmt, tmp_path), backend=backend)
+    assert det.backend == backend and det.names == eager.names
+    assert det.threshold == eager.threshold
+    b = det.predict(images, batch_size=1, keep_images=False)
     matched, total = parity(a, b)
     assert total > 1000 and matched >= 0.99 * total, (matched, total)
     assert len(b[-1]) and b[-1].boxes[:, 2].max() <= 520  # boxes on the given image
     assert [r.number for r in a] == [r.number for r in b]
+
+
+def test_a_runtime_that_cannot_run_the_file_is_refused(exported, tmp_path):
+    run, onnx = exported
+    with pytest.raises(ConfigError, match="runtime 'torchscript' does not run .onnx files. "
+                                          "Fix: use onnxruntime or openvino"):
+        Detector.load(onnx, backend="torchscript")
+    with pytest.raises(ConfigError, match="backend 'openvino' runs exported models"):
+        Detector.load(run, backend="openvino")
+    ts = _exported_file(run, "torchscript", tmp_path)
+    ts.with_suffix(".json").unlink()
+    with pytest.raises(MissingFileError, match="m.json: the sidecar of m.torchscript is "
+                                               "missing"):
+        Detector.load(ts)
 
 
 def test_onnx_map_equals_eager_map_on_a_split(exported, synth_dir):
@@ -78,7 +116,8 @@ def test_sidecar_and_cli_predict_with_the_exported_file(exported, synth_dir, tmp
                                           "the PyTorch model only"):
         Detector.load(onnx, overrides=["eval.nms=gaussian"])
     bad = CliRunner().invoke(app, ["export", str(run), "--format", "tflite"])
-    assert bad.exit_code == 2 and "--format tflite: use one of onnx" in bad.output
+    assert bad.exit_code == 2 and "--format tflite: use one of onnx, torchscript, openvino" in (
+        bad.output)
 
 
 def test_proposals_are_an_inference_option_and_held_by_the_export(exported, tmp_path):
@@ -100,17 +139,3 @@ def test_proposals_are_an_inference_option_and_held_by_the_export(exported, tmp_
     assert total > 0 and matched >= 0.99 * total
     full = Detector.load(run, device="cpu").predict(files, batch_size=1, keep_images=False)
     assert sum(map(len, a)) < sum(map(len, full))  # fewer proposals, fewer boxes scored
-
-
-def test_openvino_runs_the_exported_file_like_eager(exported):
-    pytest.importorskip("openvino", reason="the openvino extra is not installed")
-    run, onnx = exported
-    data = load_coco(shared_path("orand-car-a", "instances_train.json"))
-    files = [data.image_root / img["file_name"] for img in data.images[:8]]
-    eager = Detector.load(run, device="cpu").predict(files, batch_size=1, keep_images=False)
-    vino = Detector.load(onnx, backend="openvino")
-    assert vino.backend == "openvino"
-    matched, total = parity(eager, vino.predict(files, batch_size=1, keep_images=False))
-    assert total > 500 and matched >= 0.99 * total, (matched, total)
-    with pytest.raises(ConfigError, match="backend 'openvino' runs exported models"):
-        Detector.load(run, backend="openvino")

@@ -25,6 +25,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from rcnnlab.errors import ConfigError
 from rcnnlab.models.build import ARCHS, build_model, describe_model, load_weights_file
 from rcnnlab.models.heads import total_loss
 from rcnnlab.models.resfpn import ResidualFPNBackbone
@@ -580,3 +581,59 @@ def test_roi_pooler_scales_are_the_backbone_strides(arch, expected):
     with torch.no_grad():
         model([torch.rand(3, 33, 40)])
     assert pooler.scales == expected
+
+
+# --------------------------------------------------------------------------- head and FPN sizes
+
+
+def test_fpn_levels_follow_the_strides_and_the_trunk_ends_at_the_last():
+    model = build_model(arch="resnet18_fpn", num_classes=4, fpn_strides=[8, 16, 32], **SMALL)
+    levels = describe_model(model)["levels"]
+    assert [lv["stride"] for lv in levels] == [8, 16, 32]
+    assert [lv["anchor_sizes"] for lv in levels] == [[32], [64], [128]]  # 4x the stride
+    assert model.backbone.fpn.extra_blocks is None  # no max-pool level
+    assert model.roi_heads.box_roi_pool.scales == [1 / 8, 1 / 16, 1 / 32]
+    assert "layer4" in dict(model.backbone.body.named_children())
+    assert all(torch.isfinite(v) for v in train_step_losses(model).values())
+    outputs = model(*batch())
+    assert outputs["rpn_level_losses"].shape == (3,) and outputs["roi_level_losses"].shape == (3,)
+    up_to_16 = build_model(arch="resnet18_fpn", num_classes=4, fpn_strides=[4, 8, 16], **SMALL)
+    assert "layer4" not in dict(up_to_16.backbone.body.named_children())  # never computed
+    pooled = build_model(arch="resnet18_fpn", num_classes=4, fpn_strides=[8, 16, 32, 64],
+                         **SMALL)
+    assert [lv["stride"] for lv in describe_model(pooled)["levels"]] == [8, 16, 32, 64]
+
+
+def test_fpn_channels_roi_size_and_head_width_shape_the_heads():
+    model = build_model(arch="resnet18_fpn", num_classes=4, fpn_channels=128,
+                        roi_output_size=5, roi_sampling_ratio=1, box_head_dim=256, **SMALL)
+    assert model.backbone.out_channels == 128
+    assert model.rpn.head.conv[0][0].in_channels == 128
+    assert model.roi_heads.box_roi_pool.output_size == (5, 5)
+    assert model.roi_heads.box_roi_pool.sampling_ratio == 1
+    assert model.roi_heads.box_head.fc6.in_features == 128 * 5 * 5
+    assert model.roi_heads.box_head.fc7.out_features == 256
+    assert model.roi_heads.box_predictor.cls_score.in_features == 256
+    assert model.roi_heads.box_predictor.cls_score.out_features == 4
+    assert all(torch.isfinite(v).all() for v in train_step_losses(model).values())
+
+
+def test_default_sizes_build_the_layout_of_earlier_runs():
+    # torchvision's own FPN and box head when nothing is changed: old checkpoints load, and
+    # the parameters are drawn in the same order (tests/test_equivalence.py checks the values)
+    model = build_model(arch="resnet18_fpn", num_classes=4, **SMALL)
+    torch.manual_seed(0)
+    ours = build_model(arch="resnet18_fpn", num_classes=4, **SMALL).state_dict()
+    torch.manual_seed(0)
+    reference = resnet_fpn_backbone(backbone_name="resnet18", weights=None,
+                                    norm_layer=nn.BatchNorm2d, trainable_layers=5).state_dict()
+    assert all(torch.equal(ours[f"backbone.{k}"], v) for k, v in reference.items())
+    assert model.roi_heads.box_head.fc6.in_features == 256 * 7 * 7
+    assert model.roi_heads.box_predictor.cls_score.in_features == 1024
+
+
+def test_fpn_options_are_refused_where_they_do_not_apply():
+    with pytest.raises(ConfigError, match="apply to the resnet.*_fpn archs"):
+        build_model(arch="fasterrcnn_mobilenet_v3_large_fpn", num_classes=3, fpn_channels=128)
+    with pytest.raises(ConfigError, match="the stride-64 level pools the stride-32 one"):
+        build_model(arch="resnet18_fpn", num_classes=3, fpn_strides=[8, 64])

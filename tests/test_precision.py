@@ -1,12 +1,17 @@
-"""Reduced-precision inference (eval.amp): the backbone in bf16, the heads and boxes in float32."""
+"""Reduced-precision inference (eval.amp): the backbone in bf16, the heads and boxes in float32;
+`auto` precision (train.amp, eval.amp): bf16 only where the CPU computes it natively."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from rcnnlab.engine.precision import MixedPrecision
 from rcnnlab.errors import ConfigError
 from rcnnlab.inference.predictor import Predictor
+from rcnnlab.models import precision
 from rcnnlab.models.build import build_model
 from rcnnlab.models.precision import AutocastBackbone, with_autocast_backbone
 
@@ -54,3 +59,34 @@ def test_fp16_inference_on_cpu_is_refused(detector):
     with pytest.raises(ConfigError, match="eval.amp=fp16 on cpu: fp16 autocast needs CUDA. "
                                           "Fix: eval.amp=bf16"):
         Predictor(detector, amp="fp16")
+
+
+@pytest.mark.parametrize("flags,expected", [
+    ({"avx512f", "avx512_bf16"}, "bf16"),   # AMD Zen 4, Intel Cooper Lake
+    ({"amx_tile", "amx_bf16"}, "bf16"),     # Intel Sapphire Rapids
+    ({"asimd", "bf16"}, "bf16"),            # Arm (Graviton 3, Neoverse V1)
+    ({"avx2", "avx512f"}, "off"),           # no native bf16: autocast would be emulated
+    (set(), "off"),                         # flags unknown (not Linux)
+])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it(monkeypatch, flags, expected):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
+    cpu = torch.device("cpu")
+    assert precision.resolve_amp("auto", cpu) == expected
+    assert MixedPrecision("auto", cpu).mode == expected
+    assert precision.resolve_amp("off", cpu) == "off"  # the others are themselves
+    assert precision.resolve_amp("bf16", cpu) == "bf16"
+
+
+def test_auto_inference_follows_the_cpu(detector, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
+    assert isinstance(with_autocast_backbone(detector, "auto").backbone, AutocastBackbone)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert with_autocast_backbone(detector, "auto") is detector
+
+
+def test_cpu_flags_reads_this_machine():
+    flags = precision.cpu_flags()
+    if not Path("/proc/cpuinfo").is_file():
+        assert flags == set()
+    else:
+        assert flags, "a Linux machine lists its CPU flags in /proc/cpuinfo"

@@ -95,7 +95,7 @@ def _user_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         _setup_logging()
-        from rcnnlab.inference.detect import PROGRESS
+        from rcnnlab.progress import PROGRESS
 
         token = PROGRESS.set(_phase_bar if err_console.is_terminal else None)
         try:
@@ -358,7 +358,8 @@ def predict(
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
     device: DeviceOpt = "auto",
     backend: Annotated[str, typer.Option(
-        help="For an exported RUN (.onnx): onnxruntime (auto) or openvino.")] = "auto",
+        help="For an exported RUN: onnxruntime (auto) or openvino for .onnx; openvino for "
+        ".xml; torchscript for .torchscript.")] = "auto",
     overrides: EvalOverridesArg = None,
 ):
     """Write pred.json (COCO results) and pred.csv (image_id,pred_label) for new images."""
@@ -407,20 +408,20 @@ def _progress(description: str):
 @_user_errors
 def export(
     run: Annotated[Path, typer.Argument(help="Run folder (or checkpoint).")],
-    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    format: Annotated[str, typer.Option(
+        "--format", help="onnx, torchscript or openvino.")] = "onnx",
     out: Annotated[Path | None, typer.Option(
-        help="The model file to write (default: RUN/export/model.onnx).")] = None,
+        help="The model file to write (default: RUN/export/model.onnx, .torchscript or "
+        ".xml).")] = None,
     overrides: EvalOverridesArg = None,
 ):
-    """Export the run's best model to ONNX, with a sidecar json (categories, threshold,
-    config); `Detector.load(file)` and `rcnnlab predict FILE ...` run it with ONNX Runtime.
-    eval.proposals=N sets the proposals the graph's box head scores."""
-    from rcnnlab.export import FORMATS, export_onnx
+    """Export the run's best model to ONNX, TorchScript or OpenVINO IR, with a sidecar json
+    (categories, threshold, config); `Detector.load(file)` and `rcnnlab predict FILE ...`
+    run it (ONNX Runtime, torch, OpenVINO). eval.proposals=N sets the proposals the graph's
+    box head scores."""
+    from rcnnlab.export import export_model
 
-    if format not in FORMATS:
-        raise ConfigError(f"--format {format}: use one of {', '.join(FORMATS)} (TorchScript "
-                          "and OpenVINO are not built yet; OpenVINO reads the ONNX file)")
-    path = export_onnx(run, out, overrides or [])
+    path = export_model(run, out, format=format, overrides=overrides or [])
     console.print(f"model: {path}\nsidecar: {path.with_suffix('.json')}")
 
 

@@ -10,10 +10,18 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    model_validator,
+)
 
 from rcnnlab.errors import ConfigError
 
@@ -78,6 +86,13 @@ class ModelConfig(_Section):
     backbone_weights: str | None = None  # the same, for the backbone only
     trainable_backbone_layers: int | None = None  # None = all without weights, 3 with
     residual_fpn: bool = False  # residual block after every FPN output
+    # resnet*_fpn archs: the FPN's levels by stride (4 = P2 .. 32 = P5, 64 = the max-pool P6;
+    # None = all five) and its channels. A trunk stage past the last level is not built.
+    fpn_strides: list[Literal[4, 8, 16, 32, 64]] | None = None
+    fpn_channels: PositiveInt = 256
+    roi_output_size: PositiveInt = 7  # RoIAlign's output grid (n x n) per RoI
+    roi_sampling_ratio: int = Field(2, ge=0)  # RoIAlign's samples per bin side (0 = adaptive)
+    box_head_dim: PositiveInt = 1024  # the box head's fully connected width (representation)
     anchors: Literal["given", "auto"] = "given"  # auto: fit sizes/ratios to the training boxes
     anchor_sizes: list[list[int]] | None = None  # one list per FPN level; None = arch default
     # h/w ratios: one list per level, or one list for every level
@@ -124,6 +139,15 @@ class AugmentConfig(_Section):
 RENAMED_TRAIN_KEYS = {"objective": "roi_loss", "cls_loss": "roi_loss"}
 
 
+def _off_is_a_word(value: Any) -> Any:
+    """YAML 1.1 reads a bare `off` as false (`train.amp=off`): the mode named off."""
+    return "off" if value is False else value
+
+
+# train.amp / eval.amp: off, auto, bf16 or fp16
+AmpMode = Annotated[Literal["off", "auto", "bf16", "fp16"], BeforeValidator(_off_is_a_word)]
+
+
 class TrainConfig(_Section):
     """Optimisation, schedule, checkpoints and budgets of one run."""
 
@@ -150,7 +174,9 @@ class TrainConfig(_Section):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     ema_warmup: PositiveInt = 2000  # iterations over which d ramps up (YOLOX's 2000)
     channels_last: bool = False  # convolution weights in NHWC memory order (CPU and CUDA)
-    amp: Literal["off", "bf16", "fp16"] = "off"  # mixed precision of the training step
+    # mixed precision of the training step; auto = bf16 where the device computes bf16
+    # natively (CUDA, CPUs with AVX512-BF16 / AMX / Arm BF16), else off
+    amp: AmpMode = "off"
     sync_bn: bool = False  # torchrun: BatchNorm statistics over all processes (SyncBatchNorm)
     finetune_from: str | None = None  # start from another checkpoint's weights (not its state)
     seed: int = 0
@@ -250,8 +276,9 @@ class EvalConfig(_Section):
     tta_hflip: bool = False  # TTA: also the mirrored image (refused on digit classes)
     tta_merge: Literal["nms", "wbf"] = "nms"  # TTA passes merged by NMS or weighted box fusion
     tta_iou: float = Field(0.55, gt=0, le=1)  # IoU at which TTA boxes merge
-    # the backbone in bf16 (CPU, CUDA) or fp16 (CUDA) during inference; the heads stay float32
-    amp: Literal["off", "bf16", "fp16"] = "off"
+    # the backbone in bf16 (CPU, CUDA) or fp16 (CUDA) during inference; the heads stay float32;
+    # auto = bf16 where the device computes bf16 natively, else off
+    amp: AmpMode = "off"
     # RPN proposals per image the box head scores (None = model.rpn_post_nms_top_n_test): the
     # box head's cost grows with them; a few digits an image need far fewer than 100
     proposals: PositiveInt | None = None

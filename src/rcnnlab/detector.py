@@ -31,7 +31,7 @@ from rcnnlab.config import Config
 from rcnnlab.data.categories import digit_names
 from rcnnlab.errors import ConfigError
 from rcnnlab.evaluation.sequence import read_number
-from rcnnlab.export import OnnxDetector, is_exported
+from rcnnlab.export import ExportedDetector, is_exported
 from rcnnlab.inference.detect import coco_records
 from rcnnlab.inference.predictor import Predictor
 from rcnnlab.inference.sources import Source, SourceImage
@@ -97,8 +97,12 @@ class Result:
         out.paste(picture, (0, banner))
         text = (f"read: {self.number}" if self.number != "-1" else "read: nothing") + (
             f"   (threshold {threshold:.2f})")
-        ImageDraw.Draw(out).text((6, 4), text, fill="black",
-                                 font=ImageFont.load_default(size=banner - 10))
+        size = banner - 10
+        font = ImageFont.load_default(size=size)
+        while size > 8 and font.getlength(text) > picture.width - 12:  # a narrow image
+            size -= 1
+            font = ImageFont.load_default(size=size)
+        ImageDraw.Draw(out).text((6, 4), text, fill="black", font=font)
         return out
 
 
@@ -132,7 +136,8 @@ class Detector:
         self._names = {c["id"]: str(c["name"]) for c in self.categories}
         self._ids = torch.tensor([c["id"] for c in self.categories])
         e = self.cfg.eval
-        if backend != "torch" and (e.nms != "nms" or e.nms_iou is not None or e.amp != "off"
+        if backend != "torch" and (e.nms != "nms" or e.nms_iou is not None
+                                   or e.amp not in ("off", "auto")
                                    or e.tta_scales != [1.0] or e.tta_hflip
                                    or e.proposals is not None):
             raise ConfigError("an exported model runs its graph as exported: Soft-NMS, another "
@@ -145,18 +150,19 @@ class Detector:
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", overrides: Sequence[str] = (),
              backend: str = "auto") -> Detector:
-        """A run folder (its best.pt), a checkpoint file, or an exported model (`.onnx` with
-        its sidecar json, run on the CPU by `backend`: onnxruntime (auto) or openvino);
+        """A run folder (its best.pt), a checkpoint file, or an exported model with its
+        sidecar json, run on the CPU by `backend`: a `.onnx` file by onnxruntime (auto) or
+        openvino, a `.xml` (OpenVINO IR) by openvino, a `.torchscript` file by torchscript;
         `overrides` are `eval.*` inference options (``["eval.amp=bf16"]``; PyTorch models
         only)."""
         if is_exported(path):
-            runtime = "onnxruntime" if backend == "auto" else backend
-            model = OnnxDetector(path, runtime=runtime)
+            model = ExportedDetector(path, runtime=backend)
             return cls(model, model.config, model.info["categories"], model.info["threshold"],
-                       torch.device("cpu"), overrides, backend=runtime)
+                       torch.device("cpu"), overrides, backend=model.runtime)
         if backend not in ("auto", "torch"):
-            raise ConfigError(f"backend {backend!r} runs exported models (.onnx): export the "
-                              "run first (rcnnlab export RUN), or use backend torch")
+            raise ConfigError(f"backend {backend!r} runs exported models (.onnx, .xml, "
+                              ".torchscript): export the run first (rcnnlab export RUN), or use "
+                              "backend torch")
         dev = resolve_device(device)
         model, ckpt = load_detector(path, device=dev)
         return cls(model, ckpt.config, ckpt.categories, ckpt.threshold, dev, overrides)

@@ -1,26 +1,34 @@
-"""Export a trained detector to ONNX, and run the exported file through ONNX Runtime.
+"""Export a trained detector to ONNX, TorchScript or OpenVINO, and run the exported file.
 
-`export_onnx(run, out)` writes `<out>.onnx` and a sidecar `<out>.json` holding what the graph
-cannot: the categories, the tuned threshold, the run's config (inference options, the resize
-rule) and a description of the input and outputs.
+`export_model(run, out, format=...)` writes the model file and a sidecar json beside it holding
+what the graph cannot: the categories, the tuned threshold, the run's config (inference
+options, the resize rule) and a description of the input and outputs.
 
-The graph takes one float32 CHW RGB image in [0, 1] of any size and returns `boxes` (N, 4 xyxy
-in that image's pixels), `labels` (N, 1..K: category `categories[label - 1]`) and `scores`
-(N); normalisation, the RPN, RoIAlign, the box head and its NMS are inside. The one step that
-stays in Python is the resize: torchvision's transform decides it from Python numbers, which a
-trace would freeze, so the graph is traced at scale 1 and `OnnxDetector` resizes an image the
-way the eager model does (native size: only shrink past `model.min_size` / `max_size`; else
-torchvision's rule) before it runs the graph, then maps the boxes back.
+Every format holds the same traced graph. It takes one float32 CHW RGB image in [0, 1] of any
+size and returns `boxes` (N, 4 xyxy in that image's pixels), `labels` (N, 1..K: category
+`categories[label - 1]`) and `scores` (N); normalisation, the RPN, RoIAlign, the box head and
+its NMS are inside. The one step that stays in Python is the resize: torchvision's transform
+decides it from Python numbers, which a trace would freeze, so the graph is traced at scale 1
+and `ExportedDetector` resizes an image the way the eager model does (native size: only shrink
+past `model.min_size` / `max_size`; else torchvision's rule) before it runs the graph, then maps
+the boxes back.
 
-Needs the `onnx` extra (`pip install 'rcnnlab[onnx]'`: onnx to export, onnxruntime to run);
-OpenVINO runs the same file with the `openvino` extra.
+- onnx (`model.onnx`): the legacy (TorchScript-based) exporter at opset 17; runs in ONNX
+  Runtime (`pip install 'rcnnlab[onnx]'`) or OpenVINO, which reads ONNX files.
+- torchscript (`model.torchscript`): `torch.jit.trace` of the same graph (scripting fails on
+  torchvision's detection heads' Python types); runs with torch alone, also from C++ (libtorch).
+  torch marks TorchScript deprecated in favour of torch.export; the trace is used because
+  it holds the very graph the ONNX export holds, and is checked against eager the same way.
+- openvino (`model.xml` + `model.bin`): OpenVINO's IR converted from the ONNX graph, weights
+  kept in float32 (`pip install 'rcnnlab[onnx,openvino]'`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +46,11 @@ from rcnnlab.version import __version__
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx",)
+FORMATS = ("onnx", "torchscript", "openvino")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript", "openvino": ".xml"}
+# the runtimes that run each format's file; the first is the default
+RUNTIMES = {".onnx": ("onnxruntime", "openvino"), ".torchscript": ("torchscript",),
+            ".xml": ("openvino",)}
 OPSET = 17
 
 
@@ -63,12 +75,31 @@ def input_scale(cfg: Config, height: int, width: int) -> float:
     return resize_scale(height, width, m.min_size, m.max_size)
 
 
-def export_onnx(run: str | Path, out: str | Path | None = None,
-                overrides: Sequence[str] = ()) -> Path:
-    """Export a run's best checkpoint (or a checkpoint file) to ONNX; returns the .onnx path
-    (default: `<run>/export/model.onnx`), with its sidecar json beside it. `overrides` may set
-    `eval.proposals=N` (the RPN proposals the box head scores), which the graph then holds."""
-    _need("onnx", "onnx")
+class _OneImage(torch.nn.Module):
+    """The eager model as the exported graph sees it: one image in, (boxes, labels, scores)
+    out (a trace cannot return torchvision's list of dicts)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        found = self.model([image])[0]
+        return found["boxes"], found["labels"], found["scores"]
+
+
+def export_model(run: str | Path, out: str | Path | None = None, *, format: str = "onnx",
+                 overrides: Sequence[str] = ()) -> Path:
+    """Export a run's best checkpoint (or a checkpoint file) as `format` (onnx, torchscript,
+    openvino); returns the model file's path (default: `<run>/export/model.<suffix>`), with
+    its sidecar json beside it. `overrides` may set `eval.proposals=N` (the RPN proposals the
+    box head scores), which the graph then holds."""
+    if format not in FORMATS:
+        raise ConfigError(f"--format {format}: use one of {', '.join(FORMATS)}")
+    if format in ("onnx", "openvino"):
+        _need("onnx", "onnx")
+    if format == "openvino":
+        _need("openvino", "openvino")
     model, ckpt = load_detector(run, device="cpu")
     cfg = ckpt.config
     options = cfg.eval.with_overrides(list(overrides))
@@ -79,10 +110,10 @@ def export_onnx(run: str | Path, out: str | Path | None = None,
         model = with_proposals(model, options.proposals)
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
             update={"rpn_post_nms_top_n_test": options.proposals})})
+    suffix = SUFFIXES[format]
     path = Path(out) if out else (Path(run) if Path(run).is_dir() else Path(run).parent) / (
-        "export/model.onnx")
-    if path.suffix != ".onnx":
-        path = path.with_suffix(".onnx")
+        f"export/model{suffix}")
+    path = path.with_suffix(suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
     # traced at scale 1 (see the module docstring): native size keeps any image within the
     # caps, torchvision's rule keeps one whose short side is min_size
@@ -92,18 +123,15 @@ def export_onnx(run: str | Path, out: str | Path | None = None,
         raise ConfigError(f"{ckpt.path}: model.min_size / max_size leave no square image "
                           "unresized; export needs one. Fix: export a run with max_size >= "
                           "min_size")
-    import warnings
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # the tracer's notes on Python numbers it freezes
-        torch.onnx.export(model, ([example],), str(path), dynamo=False, opset_version=OPSET,
-                          input_names=["image"], output_names=["boxes", "labels", "scores"],
-                          dynamic_axes={"image": {1: "height", 2: "width"},
-                                        "boxes": {0: "detections"},
-                                        "labels": {0: "detections"},
-                                        "scores": {0: "detections"}})
+    graph = _OneImage(model.eval())
+    if format == "torchscript":
+        _trace_torchscript(graph, example, path)
+    elif format == "onnx":
+        _trace_onnx(graph, example, path)
+    else:
+        _convert_openvino(graph, example, path)
     sidecar = {
-        "format": "onnx", "opset": OPSET, "rcnnlab_version": __version__,
+        "format": format, "rcnnlab_version": __version__, "torch_version": torch.__version__,
         "source": str(ckpt.path), "categories": ckpt.categories, "threshold": ckpt.threshold,
         "proposals": cfg.model.rpn_post_nms_top_n_test,
         "input": "image: float32 [3, height, width], RGB in [0, 1], already resized by the "
@@ -112,50 +140,75 @@ def export_onnx(run: str | Path, out: str | Path | None = None,
                    "categories[label - 1]), scores [N]",
         "config": cfg.model_dump(mode="json"),
     }
+    if format != "torchscript":
+        sidecar["opset"] = OPSET
     sidecar_path(path).write_text(json.dumps(sidecar, indent=1))
-    log.info("exported %s -> %s (%.1f MB)", ckpt.path, path, path.stat().st_size / 2**20)
+    size = sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.is_file())
+    log.info("exported %s -> %s (%.1f MB)", ckpt.path, path, size / 2**20)
     return path
 
 
-RUNTIMES = ("onnxruntime", "openvino")
+def _trace_onnx(graph: torch.nn.Module, example: Tensor, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes on the Python numbers it freezes
+        torch.onnx.export(graph, (example,), str(path), dynamo=False, opset_version=OPSET,
+                          input_names=["image"], output_names=["boxes", "labels", "scores"],
+                          dynamic_axes={"image": {1: "height", 2: "width"},
+                                        "boxes": {0: "detections"},
+                                        "labels": {0: "detections"},
+                                        "scores": {0: "detections"}})
 
 
-class OnnxDetector:
-    """An exported detector run by ONNX Runtime or OpenVINO (which reads the ONNX file), called
-    like the eager model in eval mode: a list of float CHW images in [0, 1] -> a list of
-    {"boxes", "labels", "scores"}. OpenVINO computes in float32 (its CPU plugin would pick
-    bf16 on CPUs that have it, which moves scores by more than 1e-3)."""
+def _trace_torchscript(graph: torch.nn.Module, example: Tensor, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the tracer's notes; TorchScript's deprecation
+        traced = torch.jit.trace(graph, (example,), check_trace=False)
+        traced.save(str(path))
 
-    def __init__(self, path: str | Path, *, runtime: str = "onnxruntime",
+
+def _convert_openvino(graph: torch.nn.Module, example: Tensor, path: Path) -> None:
+    import tempfile
+
+    import openvino as ov
+
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        _trace_onnx(graph, example, onnx_path)
+        # float32 weights: fp16 compression (OpenVINO's default) moves scores by > 1e-3
+        ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)
+
+
+class ExportedDetector:
+    """An exported detector, called like the eager model in eval mode: a list of float CHW
+    images in [0, 1] -> a list of {"boxes", "labels", "scores"}. `runtime`: onnxruntime or
+    openvino for a .onnx file, openvino for .xml, torchscript for .torchscript (default: the
+    first). OpenVINO computes in float32 (its CPU plugin would pick bf16 on CPUs that have
+    it, which moves scores by more than 1e-3)."""
+
+    def __init__(self, path: str | Path, *, runtime: str = "auto",
                  threads: int | None = None):
-        if runtime not in RUNTIMES:
-            raise ConfigError(f"runtime {runtime!r}: use onnxruntime or openvino")
-        self.path, self.runtime = Path(path), runtime
+        self.path = Path(path)
+        allowed = RUNTIMES.get(self.path.suffix.lower())
+        if allowed is None:
+            raise ConfigError(f"{self.path}: not an exported model. Fix: give the .onnx, "
+                              ".torchscript or .xml file rcnnlab export wrote")
+        runtime = allowed[0] if runtime == "auto" else runtime
+        if runtime not in allowed:
+            raise ConfigError(f"{self.path.name}: runtime {runtime!r} does not run "
+                              f"{self.path.suffix} files. Fix: use {' or '.join(allowed)}")
+        self.runtime = runtime
+        if not self.path.is_file():
+            raise MissingFileError(f"{self.path}: exported model not found")
         side = sidecar_path(self.path)
         if not side.is_file():
             raise MissingFileError(f"{side}: the sidecar of {self.path.name} is missing. Fix: "
                                    "keep the .json rcnnlab export wrote beside the model")
         self.info: dict[str, Any] = json.loads(side.read_text())
         self.config = config_from_dict(self.info["config"])
-        if runtime == "openvino":
-            ov = _need("openvino", "openvino")
-            settings: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
-            if threads:
-                settings["INFERENCE_NUM_THREADS"] = threads
-            compiled = ov.Core().compile_model(str(self.path), "CPU", settings)
-            request = compiled.create_infer_request()
-            outputs = compiled.outputs
-            self._run = lambda image: [request.infer({0: image})[o] for o in outputs]
-        else:
-            ort = _need("onnxruntime", "onnx")
-            options = ort.SessionOptions()
-            if threads:
-                options.intra_op_num_threads = threads
-            session = ort.InferenceSession(str(self.path), options,
-                                           providers=["CPUExecutionProvider"])
-            self._run = lambda image: session.run(None, {"image": image})
+        self._run = {"onnxruntime": _onnxruntime, "openvino": _openvino,
+                     "torchscript": _torchscript}[runtime](self.path, threads)
 
-    def eval(self) -> OnnxDetector:
+    def eval(self) -> ExportedDetector:
         """For code written for torch modules: an exported graph is always in eval mode."""
         return self
 
@@ -167,13 +220,53 @@ class OnnxDetector:
         h, w = (int(s) for s in image.shape[-2:])
         scale = input_scale(self.config, h, w)
         fed = image if scale == 1.0 else rescale(image, None, scale)[0]
-        boxes, labels, scores = self._run(fed.numpy())
-        boxes = torch.from_numpy(boxes)
+        boxes, labels, scores = self._run(fed)
         if scale != 1.0:  # back to the given image, per axis as torchvision's postprocess
             fh, fw = fed.shape[-2:]
             boxes = clip_boxes_to_image(boxes * torch.tensor([w / fw, h / fh] * 2), (h, w))
-        return {"boxes": boxes, "labels": torch.from_numpy(labels).long(),
-                "scores": torch.from_numpy(scores)}
+        return {"boxes": boxes, "labels": labels.long(), "scores": scores}
+
+
+Runner = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def _onnxruntime(path: Path, threads: int | None) -> Runner:
+    ort = _need("onnxruntime", "onnx")
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda image: tuple(torch.from_numpy(a)  # type: ignore[return-value]
+                               for a in session.run(None, {"image": image.numpy()}))
+
+
+def _openvino(path: Path, threads: int | None) -> Runner:
+    ov = _need("openvino", "openvino")
+    settings: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        settings["INFERENCE_NUM_THREADS"] = threads
+    compiled = ov.Core().compile_model(str(path), "CPU", settings)
+    request = compiled.create_infer_request()
+    outputs = compiled.outputs
+    def run(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        found = request.infer({0: image.numpy()})  # once: one inference, three outputs
+        return tuple(torch.from_numpy(found[o]) for o in outputs)  # type: ignore[return-value]
+
+    return run
+
+
+def _torchscript(path: Path, threads: int | None) -> Runner:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load's deprecation note
+        module = torch.jit.load(str(path), map_location="cpu")
+    if threads:
+        torch.set_num_threads(threads)
+
+    def run(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            return module(image)
+
+    return run
 
 
 def parity(reference: Sequence[Any], other: Sequence[Any], *, iou: float = 0.99,
@@ -195,4 +288,4 @@ def parity(reference: Sequence[Any], other: Sequence[Any], *, iou: float = 0.99,
 
 def is_exported(path: str | Path) -> bool:
     """Whether `path` is a model file `export` writes."""
-    return Path(path).suffix.lower() == ".onnx"
+    return Path(path).suffix.lower() in RUNTIMES

@@ -35,6 +35,7 @@ import yaml
 
 from rcnnlab.data.images import image_size
 from rcnnlab.errors import ConfigError, DatasetError
+from rcnnlab.progress import tracked
 
 log = logging.getLogger(__name__)
 
@@ -292,7 +293,7 @@ def _yolo_split(source: Path, images_dir: Path, labels_dir: Path, classes: dict[
     out = _Builder("yolo", source, images_dir,
                    ("missing_label_files", "labels_without_image", "polygons_as_boxes"))
     image_paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    for image_id, image_path in enumerate(image_paths, 1):
+    for image_id, image_path in enumerate(tracked(image_paths, f"reading {images_dir}"), 1):
         width, height = image_size(image_path)
         image = out.add_image(image_id, image_path.name, width, height)
         label_path = labels_dir / (image_path.stem + ".txt")
@@ -441,13 +442,14 @@ def _svhn_entries(mat_path: Path, image_dir: Path, present: set[str],
             bbox_refs = mat["digitStruct/bbox"][()].ravel()
         except KeyError:
             raise _error(mat_path, "no digitStruct/name and digitStruct/bbox", fix) from None
-        names = [_mat_string(mat[ref]) for ref in name_refs]
+        names = [_mat_string(mat[ref])
+                 for ref in tracked(name_refs, f"reading {mat_path.name}'s names")]
         if len(set(names)) != len(names):
             raise _error(mat_path, "an image name is listed twice", fix)
         kept = [(i, name) for i, name in enumerate(names) if name in present]
         out.counts["skipped_missing_images"] = len(names) - len(kept)
         numeric = all(Path(name).stem.isdigit() for _, name in kept)
-        for i, name in kept:
+        for i, name in tracked(kept, f"reading {mat_path.name}'s boxes"):
             image = out.add_image(int(Path(name).stem) if numeric else i + 1, name,
                                   *image_size(image_dir / name))
             try:
@@ -548,7 +550,8 @@ def voc_to_coco(annotations_dir: Path, image_dir: Path | None = None, *,
         voc_images = annotations_dir.parent / "JPEGImages"
         image_dir = voc_images if voc_images.is_dir() else annotations_dir
     image_dir = Path(image_dir)
-    records = [(path, *_voc_record(path)) for path in xml_paths]
+    records = [(path, *_voc_record(path))
+               for path in tracked(xml_paths, f"reading {annotations_dir}")]
 
     found = {obj[0] for *_, objects in records for obj in objects}
     if classes is None:

@@ -13,17 +13,18 @@ from contextlib import AbstractContextManager
 import torch
 from torch import Tensor
 
-from rcnnlab.models.precision import DTYPES, check_amp
+from rcnnlab.models.precision import DTYPES, check_amp, resolve_amp
 
 
 class MixedPrecision:
-    """How a training step computes: `off` (float32), `bf16` or `fp16` (CUDA only). The loop
+    """How a training step computes: `off` (float32), `bf16`, `fp16` (CUDA only) or `auto`
+    (bf16 where the device computes it natively, else off; `mode` holds the choice). The loop
     owns it; the checkpoint hook saves its state with the loop's. With `off` a step is exactly
     the float32 step: autocast disabled, plain backward, clip, optimizer step."""
 
     def __init__(self, mode: str, device: torch.device):
         check_amp(mode, device, "train.amp")
-        self.mode, self.device = mode, device
+        self.mode, self.device = resolve_amp(mode, device), device
         self.scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
 
     def autocast(self) -> AbstractContextManager:

@@ -46,6 +46,7 @@ from rcnnlab.models.anchors import auto_anchors
 from rcnnlab.models.build import build_model, describe_model, load_weights_file
 from rcnnlab.models.heads import RoIClassifierLoss
 from rcnnlab.models.losses import class_counts, inverse_frequency_weights
+from rcnnlab.models.precision import native_bf16
 from rcnnlab.runs.device import peak_memory_mb, resolve_device
 from rcnnlab.runs.distributed import World, init_distributed
 from rcnnlab.runs.environment import environment_rows
@@ -238,9 +239,13 @@ def train(cfg: Config, splits: dict[str, CocoData],
                   Progress(reporter or ProgressReporter(log_every=t.log_every))]
     else:
         hooks.append(checkpointer)
+    precision = MixedPrecision(t.amp, device)
+    if t.amp == "auto" and main:
+        log.info("train.amp auto: %s on %s (%s)", precision.mode, device,
+                 native_bf16(device) or "no native bf16")
     loop = TrainLoop(model, loader, optimizer, scheduler, epochs=t.epochs,
                      iters_per_epoch=iters_per_epoch, device=device, grad_clip=t.grad_clip,
-                     hooks=hooks, precision=MixedPrecision(t.amp, device), forward=forward,
+                     hooks=hooks, precision=precision, forward=forward,
                      world_size=world.size)
 
     if main:

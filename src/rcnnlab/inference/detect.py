@@ -3,31 +3,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from rcnnlab.inference.predictor import Predictor
-
-# How a long detection pass shows its progress: a factory (description, total) -> a context
-# manager yielding advance(n). The command line sets a progress bar for the command's duration
-# when it writes to a terminal; the Python API and log files stay quiet (None).
-ProgressFactory = Callable[[str, int], AbstractContextManager[Callable[[int], None]]]
-PROGRESS: ContextVar[ProgressFactory | None] = ContextVar("rcnnlab_progress", default=None)
-
-
-@contextlib.contextmanager
-def progress_of(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """advance(n) for a phase of `total` steps: the bar `PROGRESS` makes, or nothing."""
-    factory = PROGRESS.get()
-    if factory is None:
-        yield lambda n=1: None
-        return
-    with factory(description, total) as advance:
-        yield advance
+from rcnnlab.progress import progress_of
 
 
 def _batches(items: Sequence, size: int) -> Iterable[Sequence]:

@@ -62,19 +62,26 @@ from torchvision.models.detection import (
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import (
+    BackboneWithFPN,
     _mobilenet_extractor,
     _resnet_fpn_extractor,
     _validate_trainable_layers,
     resnet_fpn_backbone,
 )
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.faster_rcnn import (
+    FastRCNNConvFCHead,
+    FastRCNNPredictor,
+    TwoMLPHead,
+)
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.resnet import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights, resnet50
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
 from rcnnlab.config import ARCHS, ModelConfig, section_with
 from rcnnlab.errors import ConfigError, DownloadError, MissingFileError, RunError
+from rcnnlab.models.anchors import RESNET_FPN_STRIDES
 from rcnnlab.models.heads import RoIClassifierLoss, install_heads
 from rcnnlab.models.resfpn import ResidualFPNBackbone
 from rcnnlab.models.transform import DetectorTransform
@@ -283,36 +290,49 @@ def build_model(
     # batches are too small to re-estimate them); a trunk trained from scratch needs real BN.
     norm_layer = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
 
-    backbone = _build_backbone(arch, norm_layer, trainable)
+    backbone = _build_backbone(arch, norm_layer, trainable, cfg)
     levels = _probe_levels(backbone)
     level_names = [name for name, _ in levels]
-    sizes, ratios = _resolve_anchors(arch, len(level_names), cfg.anchor_sizes, cfg.aspect_ratios)
+    sizes, ratios = _resolve_anchors(arch, [stride for _, stride in levels], cfg.anchor_sizes,
+                                     cfg.aspect_ratios)
     anchor_generator = AnchorGenerator(sizes, ratios)
     if cfg.residual_fpn:
         backbone = ResidualFPNBackbone(backbone, level_names)
 
     v2 = arch == "fasterrcnn_resnet50_fpn_v2"
     extra: dict[str, Any] = {}
+    # the RPN head is built before the box head, as FasterRCNN would: the same init order
+    rpn_head = RPNHead(
+        backbone.out_channels,
+        anchor_generator.num_anchors_per_location()[0],
+        conv_depth=2 if v2 else 1,
+    )
+    res, dim = cfg.roi_output_size, cfg.box_head_dim
     if v2:
         # torchvision's v2 recipe: a 2-conv RPN head and a 4-conv + 1-FC box head with BN.
         extra["box_head"] = FastRCNNConvFCHead(
-            (backbone.out_channels, 7, 7), [256, 256, 256, 256], [1024], norm_layer=nn.BatchNorm2d
+            (backbone.out_channels, res, res), [256, 256, 256, 256], [dim],
+            norm_layer=nn.BatchNorm2d
         )
+    elif (res, dim) != (7, 1024):
+        extra["box_head"] = TwoMLPHead(backbone.out_channels * res**2, dim)
+    if (res, dim) != (7, 1024):
+        extra["box_predictor"] = FastRCNNPredictor(dim, num_classes)
+    if (res, cfg.roi_sampling_ratio) != (7, 2) or len(level_names) != 5:
+        # RoIs are pooled from the FPN levels, not the max-pool one (as torchvision does)
+        extra["box_roi_pool"] = MultiScaleRoIAlign(
+            [name for name in level_names if name != "pool"], res, cfg.roi_sampling_ratio)
     if arch == "fasterrcnn_mobilenet_v3_large_fpn":
         extra["rpn_score_thresh"] = 0.05  # torchvision's default for this arch
     model = FasterRCNN(
         backbone,
-        num_classes=num_classes,
+        num_classes=None if "box_predictor" in extra else num_classes,
         min_size=min_size,
         max_size=max_size,
         rpn_anchor_generator=anchor_generator,
         # Built here (not by FasterRCNN) so the anchor count follows the configured anchors and
         # the v2 head gets its conv depth.
-        rpn_head=RPNHead(
-            backbone.out_channels,
-            anchor_generator.num_anchors_per_location()[0],
-            conv_depth=2 if v2 else 1,
-        ),
+        rpn_head=rpn_head,
         rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
         rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
@@ -473,17 +493,60 @@ def describe_model(model: FasterRCNN) -> dict[str, Any]:
 # --------------------------------------------------------------------------- building blocks
 
 
-def _build_backbone(arch: str, norm_layer: type[nn.Module], trainable: int) -> nn.Module:
+def _build_backbone(arch: str, norm_layer: type[nn.Module], trainable: int,
+                    cfg: ModelConfig) -> nn.Module:
     """Trunk + FPN for ``arch``, mirroring the torchvision constructors without weights."""
+    custom = cfg.fpn_strides is not None or cfg.fpn_channels != 256
+    if custom and not arch.startswith("resnet"):
+        raise ConfigError(f"model.fpn_strides and model.fpn_channels apply to the resnet*_fpn "
+                          f"archs; {arch}'s FPN is the one its COCO weights were trained with. "
+                          "Fix: leave them unset, or use arch resnet18_fpn / resnet34_fpn / "
+                          "resnet50_fpn")
     if arch == "fasterrcnn_resnet50_fpn_v2":
         # v2 keeps regular BatchNorm in the trunk and adds BN to the FPN, pretrained or not.
         return _resnet_fpn_extractor(resnet50(), trainable, norm_layer=nn.BatchNorm2d)
     if arch == "fasterrcnn_mobilenet_v3_large_fpn":
         return _mobilenet_extractor(mobilenet_v3_large(norm_layer=norm_layer), True, trainable)
     trunk = "resnet50" if arch == "fasterrcnn_resnet50_fpn" else arch.removesuffix("_fpn")
-    return resnet_fpn_backbone(
-        backbone_name=trunk, weights=None, norm_layer=norm_layer, trainable_layers=trainable
+    if not custom:  # torchvision's own constructor: the layout (and init order) of old runs
+        return resnet_fpn_backbone(
+            backbone_name=trunk, weights=None, norm_layer=norm_layer, trainable_layers=trainable
+        )
+    return _resnet_fpn(trunk, norm_layer, trainable, cfg.fpn_strides or RESNET_FPN_STRIDES,
+                       cfg.fpn_channels)
+
+
+def _resnet_fpn(trunk: str, norm_layer: type[nn.Module], trainable: int,
+                strides: Sequence[int], channels: int) -> BackboneWithFPN:
+    """torchvision's ResNet FPN (as `_resnet_fpn_extractor` builds it) with only the levels of
+    `strides` and `channels` FPN channels: stride 4..32 are the outputs of trunk stages 1..4,
+    64 max-pools the stride-32 level. The trunk ends at the last stage used."""
+    strides = sorted(set(strides))
+    if 64 in strides and 32 not in strides:
+        raise ConfigError(f"model.fpn_strides {strides}: the stride-64 level pools the "
+                          "stride-32 one. Fix: add 32, or drop 64")
+    stages = [_STAGE_OF_STRIDE[s] for s in strides if s != 64]
+    if not stages:
+        raise ConfigError(f"model.fpn_strides {strides}: give at least one of 4, 8, 16, 32")
+    backbone = torchvision.models.resnet.__dict__[trunk](weights=None, norm_layer=norm_layer)
+    trained = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
+    if trainable == 5:
+        trained.append("bn1")
+    for name, parameter in backbone.named_parameters():
+        if not any(name.startswith(layer) for layer in trained):
+            parameter.requires_grad_(False)
+    stage2 = backbone.inplanes // 8  # layer1's output channels
+    fpn = BackboneWithFPN(
+        backbone, {f"layer{k}": str(i) for i, k in enumerate(stages)},
+        [stage2 * 2 ** (k - 1) for k in stages], channels,
+        extra_blocks=LastLevelMaxPool() if 64 in strides else None,
     )
+    if 64 not in strides:  # BackboneWithFPN puts the max-pool level in when given None
+        fpn.fpn.extra_blocks = None
+    return fpn
+
+
+_STAGE_OF_STRIDE = {4: 1, 8: 2, 16: 3, 32: 4}
 
 
 @torch.no_grad()
@@ -524,12 +587,17 @@ def _set_pooler_scales(pooler: MultiScaleRoIAlign, strides: Mapping[str, int]) -
 
 def _resolve_anchors(
     arch: str,
-    num_levels: int,
+    strides: Sequence[int],
     anchor_sizes: Sequence[Sequence[int]] | None,
     aspect_ratios: Sequence[Sequence[float]] | Sequence[float] | None,
 ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[float, ...], ...]]:
-    """Validate the anchor config and return (sizes, ratios) with one tuple per level."""
+    """Validate the anchor config and return (sizes, ratios) with one tuple per level (of the
+    given strides)."""
+    num_levels = len(strides)
     default_sizes, default_ratios = _DEFAULT_ANCHORS[arch]
+    if arch.startswith("resnet") and num_levels != len(default_sizes):
+        # fewer FPN levels (model.fpn_strides): each keeps its size, 4x its stride
+        default_sizes = tuple((4 * stride,) for stride in strides)
     sizes = default_sizes if anchor_sizes is None else anchor_sizes
     ratios = default_ratios if aspect_ratios is None else aspect_ratios
     if any(isinstance(s, int | float) for s in sizes):
