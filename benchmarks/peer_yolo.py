@@ -217,16 +217,19 @@ def yolo_detections(image_id: int, boxes_xyxy: Any, classes: Any, scores: Any,
 
 
 def score_split(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]],
-                threshold: float, backend: str = "faster") -> tuple[CocoMetrics, float | None]:
-    """COCO metrics of `detections` on `gt` and the whole-number accuracy at `threshold` (None
-    when the classes are not digits): what rcnnlab's evaluate computes on a split."""
+                threshold: float, backend: str = "faster",
+                read_iou: float | None = None) -> tuple[CocoMetrics, float | None]:
+    """COCO metrics of `detections` on `gt` and the whole-number accuracy at `threshold`, the
+    numbers read with `read_iou` (None when the classes are not digits): what rcnnlab's
+    evaluate computes on a split."""
     metrics = evaluate_detections(gt, detections, backend=backend)
     digits = digit_names(gt["categories"])
     if digits is None:
         return metrics, None
     ids = [img["id"] for img in gt["images"]]
     return metrics, sequence_accuracy(numbers_from_coco(gt, digits),
-                                      numbers_from_detections(detections, digits, threshold, ids))
+                                      numbers_from_detections(detections, digits, threshold, ids,
+                                                              read_iou))
 
 
 # ------------------------------------------------------------------------- network watch
@@ -323,18 +326,20 @@ def predict_yolo(weights: Path, data: CocoData, imgsz: int) -> list[dict]:
 
 
 def yolo_row(seed: int, data_yaml: Path, valid: CocoData, heldout: CocoData,
-             thresholds: Sequence[float], backend: str, args: argparse.Namespace,
-             threads: int) -> Row:
-    """Train, tune on valid and score on the held-out split one YOLO run."""
+             thresholds: Sequence[float], backend: str, read_iou: float | None,
+             args: argparse.Namespace, threads: int) -> Row:
+    """Train, tune on valid and score on the held-out split one YOLO run; its numbers are read
+    as rcnnlab reads its own (`read_iou`)."""
     best, wall, epochs = train_yolo(data_yaml, minutes=args.minutes, imgsz=args.imgsz,
                                     batch=args.batch, workers=args.workers, seed=seed,
                                     threads=threads, epochs=args.yolo_epochs, out=args.out)
     sweep = sweep_thresholds(valid.to_coco_dict(), predict_yolo(best, valid, args.imgsz),
-                             thresholds, backend=backend)
+                             thresholds, backend=backend, read_iou=read_iou)
     if warning := sweep.edge_warning():
         print(f"yolo seed {seed}: {warning}", flush=True)
     metrics, seq_acc = score_split(heldout.to_coco_dict(),
-                                   predict_yolo(best, heldout, args.imgsz), sweep.best, backend)
+                                   predict_yolo(best, heldout, args.imgsz), sweep.best, backend,
+                                   read_iou)
     return Row("yolov8n", seed, wall / 60, epochs, metrics.AP, metrics.AP50, metrics.AP75,
                seq_acc, sweep.best)
 
@@ -474,7 +479,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
         data_yaml = write_yolo_dataset(inner["train"], inner["valid"], work / "yolo")
         for seed in args.seeds:
             rows.append(yolo_row(seed, data_yaml, inner["valid"], inner["test"],
-                                 cfg.eval.sweep_thresholds(), cfg.eval.backend, args, threads))
+                                 cfg.eval.sweep_thresholds(), cfg.eval.backend,
+                                 cfg.eval.read_iou, args, threads))
             print(format_row(rows[-1]), flush=True)
         torch.set_num_threads(threads)
 

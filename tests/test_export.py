@@ -25,9 +25,11 @@ pytest.importorskip("onnx", reason="the onnx extra (onnx) is not installed")
 
 @pytest.fixture(scope="module")
 def exported(synth_dir, tmp_path_factory):
-    """A tiny run that reports every box, and its export."""
+    """A tiny run that reports every box, and its export; with the CPU recipe's FPN width and
+    RoIAlign size, so the export holds the heads built for them."""
     cfg = tiny_config(synth_dir, tmp_path_factory.mktemp("exp"), "train.epochs=1",
-                      "train.iters_per_epoch=2", "model.box_score_thresh=0.0")
+                      "train.iters_per_epoch=2", "model.box_score_thresh=0.0",
+                      "model.fpn_channels=128", "model.roi_output_size=5")
     run = api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
     result = CliRunner().invoke(app, ["export", str(run), "--format", "onnx"])
     assert result.exit_code == 0, result.output

@@ -14,6 +14,7 @@ from rcnnlab.evaluation.sequence import (
     read_number,
     sequence_accuracy,
 )
+from rcnnlab.evaluation.threshold import sweep_thresholds
 
 ORAND_TRAIN = Path("/work/shared/data/orand-car-a/instances_train.json")
 
@@ -174,3 +175,39 @@ def test_real_ground_truth_reads_as_numbers():
     dets = [dict(a, score=1.0) for a in gt["annotations"]]
     pred = numbers_from_detections(dets, digits, 0.5, numbers.keys())
     assert sequence_accuracy(numbers, pred) == 1.0
+
+
+def test_read_iou_drops_a_second_class_on_the_same_digit():
+    digits = {i: str(i) for i in range(10)}
+    # one handwritten "1" also seen as a "7" (NMS is per class), then a "4" beside it
+    boxes = [[0, 0, 10, 20], [1, 0, 11, 20], [14, 0, 24, 20]]
+    cats, scores = [1, 7, 4], [0.9, 0.8, 0.95]
+    assert read_number(boxes, cats, scores, digits, 0.5) == "174"
+    assert read_number(boxes, cats, scores, digits, 0.5, read_iou=0.4) == "14"
+    # the higher score wins whatever the class: swap them and the "7" stays
+    assert read_number(boxes, cats, [0.8, 0.9, 0.95], digits, 0.5, read_iou=0.4) == "74"
+
+
+def test_read_iou_is_a_strict_bound_on_the_overlap():
+    digits = {i: str(i) for i in range(10)}
+    # [0,0,10,10] and [5,0,15,10]: intersection 50, union 150, IoU 1/3
+    boxes, cats, scores = [[0, 0, 10, 10], [5, 0, 15, 10]], [2, 3], [0.9, 0.8]
+    assert read_number(boxes, cats, scores, digits, 0.5, read_iou=0.4) == "23"
+    assert read_number(boxes, cats, scores, digits, 0.5, read_iou=0.3) == "2"
+    # only detections above the threshold suppress others
+    assert read_number(boxes, cats, [0.4, 0.8], digits, 0.5, read_iou=0.3) == "3"
+
+
+def test_numbers_and_the_sweep_read_with_read_iou():
+    gt = {"images": [{"id": 1}], "categories": [{"id": i, "name": str(i)} for i in range(10)],
+          "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 10, 20]},
+                          {"id": 2, "image_id": 1, "category_id": 4, "bbox": [14, 0, 10, 20]}]}
+    dets = [{"image_id": 1, "category_id": c, "bbox": b, "score": s} for c, b, s in
+            ((1, [0, 0, 10, 20], 0.9), (7, [1, 0, 10, 20], 0.8), (4, [14, 0, 10, 20], 0.95))]
+    digits = {i: str(i) for i in range(10)}
+    assert numbers_from_detections(dets, digits, 0.5, [1]) == {1: "174"}
+    assert numbers_from_detections(dets, digits, 0.5, [1], read_iou=0.4) == {1: "14"}
+    plain = sweep_thresholds(gt, dets, [0.5, 0.85])
+    read = sweep_thresholds(gt, dets, [0.5, 0.85], read_iou=0.4)
+    assert [r.accuracy for r in plain.rows] == [0.0, 1.0]  # only a high threshold reads it
+    assert [r.accuracy for r in read.rows] == [1.0, 1.0]

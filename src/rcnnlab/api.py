@@ -186,7 +186,7 @@ class LoadedRun:
                  extra: list[Evaluator] = ()) -> tuple[EvalResult, Evaluation]:
         """COCO metrics and sequence accuracy (plus `extra` evaluators) on one split."""
         evaluation = self.run(data, [CocoMetricsEvaluator(self.cfg.eval.backend),
-                                     SequenceAccuracy(threshold), *extra],
+                                     SequenceAccuracy(threshold, self.cfg.eval.read_iou), *extra],
                               description=f"detecting {split}")
         return EvalResult.of(split, evaluation, threshold, self.cfg.eval.inference_kwargs()), \
             evaluation
@@ -227,7 +227,8 @@ def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = No
 def _sweep(loaded: LoadedRun, data: CocoData,
            detections: list[dict] | None = None) -> tuple[SweepResult, Evaluation]:
     e = loaded.cfg.eval
-    evaluators = [ThresholdSweep(e.sweep_thresholds(), e.backend), CocoMetricsEvaluator(e.backend)]
+    evaluators = [ThresholdSweep(e.sweep_thresholds(), e.backend, e.read_iou),
+                  CocoMetricsEvaluator(e.backend)]
     evaluation = (loaded.run(data, evaluators, description="sweeping thresholds")
                   if detections is None
                   else score(data, detections, evaluators))
@@ -337,7 +338,7 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
     if save_images and seen:
         paths["images"] = folder
     paths.update(write_predictions(out_dir, detections, image_ids or seen,
-                                   det.digits, threshold))
+                                   det.digits, threshold, det.cfg.eval.read_iou))
     return paths
 
 

@@ -267,6 +267,9 @@ class EvalConfig(_Section):
     sweep_max: float = Field(0.90, ge=0, le=1)
     sweep_step: float = Field(0.01, gt=0)
     default_threshold: float = 0.5  # used for sequences until `rcnnlab tune` stores the best
+    # reading a number: a digit detection overlapping a higher-scored one (any class) by more
+    # than this IoU is dropped (two digits do not sit on one another; NMS is per class)
+    read_iou: float | None = Field(None, gt=0, le=1)
     batch_size: PositiveInt = 8  # images per inference batch
     # Inference options: the box head's suppression and test-time augmentation.
     nms: Literal["nms", "linear", "gaussian"] = "nms"  # box head: hard NMS or Soft-NMS decay

@@ -46,7 +46,7 @@ def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
     digits = digit_names(data.categories)
     # The test detections are what `rcnnlab predict` would write for the test json.
     preds = write_predictions(run_dir, test.detections, [img["id"] for img in data.images],
-                              digits, test.threshold)
+                              digits, test.threshold, cfg.eval.read_iou)
     by_image: dict[int, list[dict]] = defaultdict(list)
     for det in test.detections:
         by_image[det["image_id"]].append(det)
@@ -58,7 +58,8 @@ def run_demo(cfg: Config, *, reporter=None, n_samples: int = 12) -> dict:
         plot_detections(
             [data.image_root / img["file_name"] for img in shown], by_image, ids, names,
             test.threshold, run_dir / "samples.png",
-            numbers=numbers_from_detections(test.detections, digits, test.threshold, ids)
+            numbers=numbers_from_detections(test.detections, digits, test.threshold, ids,
+                                            cfg.eval.read_iou)
             if digits else None,
             truth=numbers_from_coco(gt, digits) if digits else None),
     ]

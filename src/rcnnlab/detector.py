@@ -212,7 +212,8 @@ class Detector:
         for item, out in zip(batch, outputs, strict=True):
             boxes, scores = out["boxes"].float().cpu(), out["scores"].float().cpu()
             class_ids = self._ids[out["labels"].cpu() - 1]
-            number = (read_number(boxes, class_ids, scores, self.digits, threshold)
+            number = (read_number(boxes, class_ids, scores, self.digits, threshold,
+                                   self.cfg.eval.read_iou)
                       if self.digits is not None else None)
             image = F.to_dtype(item.image, torch.uint8, scale=True) if keep_images else None
             results.append(Result(boxes, scores, class_ids,

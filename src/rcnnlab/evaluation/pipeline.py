@@ -66,8 +66,8 @@ class SequenceAccuracy(Evaluator):
 
     name = "seq_acc"
 
-    def __init__(self, threshold: float):
-        self.threshold = threshold
+    def __init__(self, threshold: float, read_iou: float | None = None):
+        self.threshold, self.read_iou = threshold, read_iou
 
     def evaluate(self, gt: dict[str, Any], detections: list[dict]) -> float | None:
         """The share of images whose number is read exactly."""
@@ -75,7 +75,8 @@ class SequenceAccuracy(Evaluator):
         if digits is None:
             return None
         return sequence_accuracy(numbers_from_coco(gt, digits), numbers_from_detections(
-            detections, digits, self.threshold, [img["id"] for img in gt["images"]]))
+            detections, digits, self.threshold, [img["id"] for img in gt["images"]],
+            self.read_iou))
 
 
 class ThresholdSweep(Evaluator):
@@ -83,12 +84,14 @@ class ThresholdSweep(Evaluator):
 
     name = "sweep"
 
-    def __init__(self, thresholds: Sequence[float], backend: str = "faster"):
-        self.thresholds, self.backend = list(thresholds), backend
+    def __init__(self, thresholds: Sequence[float], backend: str = "faster",
+                 read_iou: float | None = None):
+        self.thresholds, self.backend, self.read_iou = list(thresholds), backend, read_iou
 
     def evaluate(self, gt: dict[str, Any], detections: list[dict]) -> SweepResult:
         """The sweep table and its best threshold."""
-        return sweep_thresholds(gt, detections, self.thresholds, backend=self.backend)
+        return sweep_thresholds(gt, detections, self.thresholds, backend=self.backend,
+                                read_iou=self.read_iou)
 
 
 class TideErrors(Evaluator):
@@ -209,6 +212,6 @@ def validate(model: torch.nn.Module, data: CocoData, cfg: EvalConfig, *,
     `eval.default_threshold`, with the run's inference options."""
     evaluation = inference_on_dataset(
         predictor_for(model, cfg, data.categories), data,
-        [CocoMetricsEvaluator(cfg.backend), SequenceAccuracy(cfg.default_threshold)],
+        [CocoMetricsEvaluator(cfg.backend), SequenceAccuracy(cfg.default_threshold, cfg.read_iou)],
         device=device, batch_size=cfg.batch_size, description="validating")
     return EvalResult.of("valid", evaluation, cfg.default_threshold, cfg.inference_kwargs())

@@ -32,13 +32,17 @@ def read_number(
     scores: Any,
     digits: Mapping[int, str],
     threshold: float,
+    read_iou: float | None = None,
 ) -> str:
     """The number read left to right from one image's digit detections.
 
-    Keeps detections with ``score >= threshold``, orders them by box x-centre and concatenates
-    their digits; returns "-1" when none is kept. Boxes are xyxy, shape (N, 4); inputs may be
-    lists, numpy arrays or torch tensors. Ties are broken deterministically: equal x-centres are
-    ordered by x1 (the wider box first), then by higher score, then by input order.
+    Keeps detections with ``score >= threshold``; with ``read_iou``, also drops any that
+    overlaps a higher-scored kept one (of any class) by more than that IoU, since two digits
+    do not sit on one another: the detector's NMS is per class, so one handwritten digit often
+    comes back as two classes. Orders the rest by box x-centre and concatenates their digits;
+    returns "-1" when none is kept. Boxes are xyxy, shape (N, 4); inputs may be lists, numpy
+    arrays or torch tensors. Ties are broken deterministically: equal x-centres are ordered by
+    x1 (the wider box first), then by higher score, then by input order.
     Raises ValueError for a kept detection whose category is not in ``digits``.
     """
     boxes = _as_numpy(boxes_xyxy, float).reshape(-1, 4)
@@ -51,6 +55,9 @@ def read_number(
         )
     keep = conf >= threshold
     boxes, cats, conf = boxes[keep], cats[keep], conf[keep]
+    if read_iou is not None and len(cats) > 1:
+        keep = _not_overlapping(boxes, conf, read_iou)
+        boxes, cats, conf = boxes[keep], cats[keep], conf[keep]
     if not len(cats):
         return NO_NUMBER
     x_centre = (boxes[:, 0] + boxes[:, 2]) / 2
@@ -63,6 +70,24 @@ def read_number(
             "map model labels back to dataset category ids first"
         )
     return "".join(digits[int(c)] for c in cats[order])
+
+
+def _not_overlapping(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy class-agnostic NMS: the indices, in input order, of the boxes kept when each one
+    (highest score first; ties in input order) drops the later ones it overlaps by > `iou`."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            k = np.asarray(kept)
+            w = np.minimum(boxes[k, 2], boxes[i, 2]) - np.maximum(boxes[k, 0], boxes[i, 0])
+            h = np.minimum(boxes[k, 3], boxes[i, 3]) - np.maximum(boxes[k, 1], boxes[i, 1])
+            inter = np.clip(w, 0, None) * np.clip(h, 0, None)
+            if (inter / (areas[k] + areas[i] - inter)).max() > iou:
+                continue
+        kept.append(int(i))
+    return np.sort(np.asarray(kept, dtype=np.int64))
 
 
 def _xywh_to_xyxy(boxes_xywh: list[Sequence[float]]) -> np.ndarray:
@@ -98,8 +123,10 @@ def numbers_from_detections(
     digits: Mapping[int, str],
     threshold: float,
     image_ids: Iterable[int],
+    read_iou: float | None = None,
 ) -> dict[int, str]:
-    """Predicted number of every image in ``image_ids`` from COCO results (bbox xywh).
+    """Predicted number of every image in ``image_ids`` from COCO results (bbox xywh), read
+    as :func:`read_number` does (``read_iou`` too).
 
     Images without a detection at or above ``threshold`` read "-1"; detections on images not
     in ``image_ids`` are not read.
@@ -116,6 +143,7 @@ def numbers_from_detections(
             [d["score"] for d in dets],
             digits,
             threshold,
+            read_iou,
         )
     return numbers
 

@@ -105,12 +105,14 @@ def sweep_thresholds(
     detections: Sequence[Mapping[str, Any]],
     thresholds: Sequence[float] | None = None,
     backend: str = "faster",
+    read_iou: float | None = None,
 ) -> SweepResult:
     """Evaluate ``detections`` (COCO results) against ``gt`` at each score threshold.
 
     For every threshold t (default :func:`default_thresholds`) the detections with score >= t
     give one row: mAP, AP50 and, when :func:`~rcnnlab.evaluation.sequence.digit_names` finds a
-    digit dataset, the whole-number accuracy over all ground-truth images.
+    digit dataset, the whole-number accuracy over all ground-truth images (numbers read with
+    ``read_iou``, see :func:`~rcnnlab.evaluation.sequence.read_number`).
     """
     thresholds = default_thresholds() if thresholds is None else sorted(thresholds)
     if not thresholds:
@@ -129,7 +131,7 @@ def sweep_thresholds(
         metrics = previous[1]
         accuracy = None
         if gt_numbers is not None:
-            pred_numbers = numbers_from_detections(kept, digits, t, gt_numbers.keys())
+            pred_numbers = numbers_from_detections(kept, digits, t, gt_numbers.keys(), read_iou)
             accuracy = sequence_accuracy(gt_numbers, pred_numbers)
         rows.append(SweepRow(t, len(kept), metrics.AP, metrics.AP50, accuracy))
     return SweepResult(rows=rows, best=_best_threshold(rows))

@@ -20,11 +20,14 @@ def write_predictions(
     image_ids: Sequence[int],
     digits: dict[int, str] | None,
     threshold: float,
+    read_iou: float | None = None,
 ) -> dict[str, Path]:
-    """Write pred.json (all detections) and, for digit datasets, pred.csv (numbers at threshold)."""
+    """Write pred.json (all detections) and, for digit datasets, pred.csv (numbers at threshold,
+    read with `read_iou`: `rcnnlab.evaluation.sequence.read_number`)."""
     paths = {"json": write_atomic(out_dir / "pred.json", json.dumps(detections))}
     if digits is not None:
-        numbers = numbers_from_detections(detections, digits, threshold, list(image_ids))
+        numbers = numbers_from_detections(detections, digits, threshold, list(image_ids),
+                                          read_iou)
         paths["csv"] = _write_csv(out_dir / "pred.csv", ["image_id", "pred_label"],
                                   [[i, numbers[i]] for i in image_ids])
     return paths

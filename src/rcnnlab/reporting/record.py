@@ -251,7 +251,8 @@ def _grid_panels(ctx: _Context, data: CocoData, matches: Mapping[int, ImageMatch
     shown_ids = [img["id"] for img in worst + rest]
     read = truth = {}
     if digits is not None:
-        read = numbers_from_detections(result.detections, digits, ctx.threshold, shown_ids)
+        read = numbers_from_detections(result.detections, digits, ctx.threshold, shown_ids,
+                                       ctx.cfg.eval.read_iou)
         truth = numbers_from_coco(data.to_coco_dict(), digits)
     panels = []
     for img in worst + rest:
