@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv with the pinned dependencies
 
-demo: $(STAMP)  ## generate data, train ~10 min on the CPU, tune, evaluate, predict
+demo: $(STAMP)  ## generate data, train ~3 min on the CPU, tune, evaluate, predict
 	$(BIN)/rcnnlab demo
 
 test: $(STAMP)  ## the layering contracts, then the test suite (slow-marked tests excluded)

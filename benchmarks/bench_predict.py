@@ -54,7 +54,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     extra = [f"eval.proposals={args.proposals}"] if args.proposals else []
-    det = Detector.load(args.run, device="cpu", overrides=extra)
+    det = Detector.load(args.run, device="cpu", overrides=["eval.amp=off", *extra])
     data = load_splits(det.cfg.data, need=("valid",))["valid"]
     images = [item.image for item in coco_images(data)][: args.images]
     ids = [img["id"] for img in data.images][: len(images)]
