@@ -72,6 +72,8 @@ def main() -> None:
     folder = Path(args.run) / "export"
     exports = {"onnxruntime": "onnx", "torchscript": "torchscript", "openvino": "openvino"}
     for name, fmt in exports.items():
+        if args.only and name != args.only:
+            continue  # not measured: not exported either
         try:  # each format's extra is optional: say why a row is missing
             if name == "onnxruntime" and args.onnx:
                 path = Path(args.onnx)

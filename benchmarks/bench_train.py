@@ -28,34 +28,25 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from old_defaults import OLD_DEFAULTS  # benchmarks/, beside this script
 from rcnnlab.config import load_config
-from rcnnlab.data.coco import CocoDetection, collate, load_coco
+from rcnnlab.data.coco import CocoDetection, load_coco
 from rcnnlab.data.synth import generate_dataset
-from rcnnlab.data.transforms import build_train_transforms, to_model_input
+from rcnnlab.data.transforms import to_model_input
 from rcnnlab.engine.loop import TrainLoop
-from rcnnlab.engine.optim import build_optimizer, build_scheduler
+from rcnnlab.engine.optim import build_scheduler
 from rcnnlab.engine.precision import MixedPrecision
 from rcnnlab.inference.detect import detect_dataset
 from rcnnlab.inference.predictor import Predictor
-from rcnnlab.models.build import build_model
 from rcnnlab.runs.device import peak_memory_mb, resolve_device
 from rcnnlab.runs.environment import machine_description
-from step_timer import StepTimer
+from step_timer import StepTimer, training_pieces
 
 
 def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> dict:
     """Time `iters` training iterations after `warmup`, then batched inference."""
-    torch.manual_seed(0)
-    model = build_model(cfg.model, num_classes=len(data.categories) + 1).to(device)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.train)
-    train_set = CocoDetection(data, build_train_transforms(cfg.augment, digit_classes=True))
-    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
-                        collate_fn=collate, num_workers=cfg.data.workers, drop_last=True)
+    model, optimizer, loader = training_pieces(cfg, data, device)
     timer = StepTimer(warmup, device)
     steps = warmup + iters
     loop = TrainLoop(model, loader, optimizer, build_scheduler(optimizer, cfg.train, steps),

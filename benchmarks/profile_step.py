@@ -31,18 +31,18 @@ from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Subset
 
 from rcnnlab.config import load_config
-from rcnnlab.data.coco import CocoDetection, collate, load_coco
-from rcnnlab.data.transforms import build_train_transforms, to_model_input
+from rcnnlab.data.coco import CocoDetection, load_coco
+from rcnnlab.data.transforms import to_model_input
 from rcnnlab.engine.loop import HookBase, TrainLoop
-from rcnnlab.engine.optim import build_optimizer, build_scheduler
+from rcnnlab.engine.optim import build_scheduler
 from rcnnlab.engine.precision import MixedPrecision
 from rcnnlab.inference.detect import detect_dataset
 from rcnnlab.inference.predictor import Predictor
-from rcnnlab.models.build import build_model
 from rcnnlab.runs.environment import machine_description
+from step_timer import training_pieces  # benchmarks/, beside this script
 
 # The detector's parts, as (label, attribute path); nested parts are indented in the table.
 PARTS = [
@@ -166,14 +166,7 @@ def main() -> None:
     cfg = load_config(args.config, args.overrides)
     device = torch.device("cpu")
     data = load_coco(args.data)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, num_classes=len(data.categories) + 1)
-    if cfg.train.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg.train)
-    train_set = CocoDetection(data, build_train_transforms(cfg.augment, digit_classes=True))
-    loader = DataLoader(train_set, batch_size=cfg.train.batch_size, shuffle=True,
-                        collate_fn=collate, num_workers=cfg.data.workers, drop_last=True)
+    model, optimizer, loader = training_pieces(cfg, data, device)
     print(f"{machine_description()}; config {Path(args.config).name} {' '.join(args.overrides)}"
           f"; {Path(args.data).name}, batch {cfg.train.batch_size}, train.amp "
           f"{cfg.train.amp}, {args.warmup}+{args.steps} steps")
