@@ -30,6 +30,7 @@ from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.models.build import build_model
 from rcnnlab.runs.checkpoint import load_checkpoint
+from rcnnlab.runs.distributed import barrier, close_distributed
 from tests.conftest import write_coco
 from tests.tiny import TINY, tiny_config
 
@@ -106,8 +107,15 @@ def _worker(rank: int, world_size: int, port: int, cfg: Config, folders: list[st
     try:
         api.train(cfg, resume=resume, reporter=ProgressReporter(quiet=True), extra_hooks=hooks)
     except KeyboardInterrupt:
-        from rcnnlab.runs.distributed import close_distributed
+        # both ranks stop before the same epoch: leave the group together, as train() does
+        barrier()
         close_distributed()
+    # The work is done and saved. Skip interpreter finalization: gloo's worker threads can
+    # abort it ("terminate called without an active exception", SIGABRT; pytorch#179291),
+    # which failed this test once in CI after both ranks had finished.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_ddp(cfg: Config, folders: list[Path], *, stop_before: int | None = None,
