@@ -10,6 +10,9 @@ memory of the process. Nothing is asserted; the figures go into the README.
     python benchmarks/bench_train.py --old \
         --data ../shared/data/orand-car-a/instances_train.json \
         --data ../shared/data/number-extraction-yolo/data.yaml:val
+    # the backbone and FPN under torch.compile, against eager:
+    python benchmarks/bench_train.py --config orand --compile --warmup 10 \
+        --data ../shared/data/orand-car-a/instances_train.json
     # fp32 vs bf16 (training and inference) on the ORAND images at their native size:
     python benchmarks/bench_train.py --config orand \
         --data ../shared/data/orand-car-a/instances_train.json \
@@ -44,9 +47,15 @@ from rcnnlab.runs.environment import machine_description
 from step_timer import StepTimer, training_pieces
 
 
-def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> dict:
-    """Time `iters` training iterations after `warmup`, then batched inference."""
+def measure(cfg, data, device, iters: int, warmup: int, infer_images: int,
+            compile_backbone: bool = False) -> dict:
+    """Time `iters` training iterations after `warmup`, then batched inference. With
+    `compile_backbone` the backbone and FPN run under `torch.compile(dynamic=True)` (the
+    warm-up iterations, whose time is returned as `warmup_s`, pay for compiling)."""
     model, optimizer, loader = training_pieces(cfg, data, device)
+    if compile_backbone:
+        model.backbone = torch.compile(model.backbone, dynamic=True)
+    started = time.perf_counter()
     timer = StepTimer(warmup, device)
     steps = warmup + iters
     loop = TrainLoop(model, loader, optimizer, build_scheduler(optimizer, cfg.train, steps),
@@ -56,6 +65,7 @@ def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> di
     while loop.iteration < steps:
         loop.train_one_epoch()
     train_ips = timer.images_per_s()
+    warmup_s = timer.start - started
 
     test_set = CocoDetection(data, to_model_input())
     subset = torch.utils.data.Subset(test_set, range(min(infer_images, len(test_set))))
@@ -67,7 +77,8 @@ def measure(cfg, data, device, iters: int, warmup: int, infer_images: int) -> di
     detect_dataset(predictor, subset, data.category_ids, device=device,
                    batch_size=cfg.eval.batch_size)
     infer_ips = len(subset) / (time.perf_counter() - start)
-    return {"train": train_ips, "infer": infer_ips, "mem": peak_memory_mb(device)}
+    return {"train": train_ips, "infer": infer_ips, "mem": peak_memory_mb(device),
+            "warmup_s": warmup_s}
 
 
 def main() -> None:
@@ -85,17 +96,22 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=20, help="timed training iterations")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--infer-images", type=int, default=128)
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure the config with its backbone and FPN under "
+                        "torch.compile ('compiled'; its warm-up time is printed)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    variants = [("old defaults", list(OLD_DEFAULTS))] if args.old else []
-    variants.append(("default", []))
+    variants = [("old defaults", list(OLD_DEFAULTS), False)] if args.old else []
+    variants.append(("default", [], False))
+    if args.compile:
+        variants.append(("compiled", [], True))
     for spec in args.variant:
         label, _, rest = spec.partition("=")
-        variants.append((label, rest.split()))
+        variants.append((label, rest.split(), False))
     print(f"{machine_description()}, device {device}; config {Path(args.config).name}; "
           f"{args.warmup}+{args.iters} training iterations")
 
@@ -111,12 +127,16 @@ def main() -> None:
             print(f"{'variant':<14}{'arch':<16}{'train img/s':>12}{'infer img/s':>12}"
                   f"{'peak MB*':>10}")
             rows = {}
-            for label, overrides in variants:
+            for label, overrides, compiled in variants:
                 cfg = load_config(args.config, overrides)
                 r = rows[label] = measure(cfg, data, device, args.iters, args.warmup,
-                                          args.infer_images)
+                                          args.infer_images, compile_backbone=compiled)
                 print(f"{label:<14}{cfg.model.arch:<16}{r['train']:>12.2f}{r['infer']:>12.2f}"
                       f"{r['mem']:>10.0f}", flush=True)
+            if args.compile:
+                print(f"warm-up ({args.warmup} iterations): default "
+                      f"{rows['default']['warmup_s']:.1f} s, compiled "
+                      f"{rows['compiled']['warmup_s']:.1f} s")
             if args.old:
                 old, new = rows["old defaults"], rows["default"]
                 print(f"default / old defaults: train x{new['train'] / old['train']:.2f}, "
