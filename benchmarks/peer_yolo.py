@@ -73,16 +73,11 @@ from typing import Any
 import torch
 import yaml
 
-from rcnnlab.data.categories import digit_names
 from rcnnlab.data.coco import CocoData
 from rcnnlab.data.convert import write_coco
 from rcnnlab.data.splits import load_splits
 from rcnnlab.evaluation.coco import CocoMetrics, evaluate_detections
-from rcnnlab.evaluation.sequence import (
-    numbers_from_coco,
-    numbers_from_detections,
-    sequence_accuracy,
-)
+from rcnnlab.evaluation.pipeline import SequenceAccuracy
 from rcnnlab.evaluation.threshold import sweep_thresholds
 
 DEFAULT_DATA = (Path(__file__).resolve().parents[1].parent
@@ -223,13 +218,7 @@ def score_split(gt: Mapping[str, Any], detections: Sequence[Mapping[str, Any]],
     numbers read with `read_iou` (None when the classes are not digits): what rcnnlab's
     evaluate computes on a split."""
     metrics = evaluate_detections(gt, detections, backend=backend)
-    digits = digit_names(gt["categories"])
-    if digits is None:
-        return metrics, None
-    ids = [img["id"] for img in gt["images"]]
-    return metrics, sequence_accuracy(numbers_from_coco(gt, digits),
-                                      numbers_from_detections(detections, digits, threshold, ids,
-                                                              read_iou))
+    return metrics, SequenceAccuracy(threshold, read_iou).evaluate(gt, list(detections))
 
 
 # ------------------------------------------------------------------------- network watch

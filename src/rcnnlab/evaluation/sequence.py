@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from rcnnlab.evaluation.errors import box_iou
+
 NO_NUMBER = "-1"
 """What an image with no digit reads as, in ground truth and predictions alike."""
 
@@ -75,18 +77,11 @@ def read_number(
 def _not_overlapping(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Greedy class-agnostic NMS: the indices, in input order, of the boxes kept when each one
     (highest score first; ties in input order) drops the later ones it overlaps by > `iou`."""
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    overlaps = box_iou(boxes, boxes) > iou
     kept: list[int] = []
-    for i in order:
-        if kept:
-            k = np.asarray(kept)
-            w = np.minimum(boxes[k, 2], boxes[i, 2]) - np.maximum(boxes[k, 0], boxes[i, 0])
-            h = np.minimum(boxes[k, 3], boxes[i, 3]) - np.maximum(boxes[k, 1], boxes[i, 1])
-            inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-            if (inter / (areas[k] + areas[i] - inter)).max() > iou:
-                continue
-        kept.append(int(i))
+    for i in np.argsort(-scores, kind="stable"):
+        if not overlaps[i, kept].any():
+            kept.append(int(i))
     return np.sort(np.asarray(kept, dtype=np.int64))
 
 
