@@ -39,10 +39,11 @@ The protocol (both detectors see exactly the same data):
   images (COCO results in the held-out json's own image and category ids). YOLO predicts with
   Ultralytics' validation settings (conf=0.001, iou=0.7) and max_det=100. The sequence-accuracy
   threshold is tuned on the ~97 validation images (never the held-out ones) with
-  `rcnnlab.evaluation.threshold.sweep_thresholds` over the same range for both (`--sweep`,
-  default 0.05-0.95 as in ablation.py: YOLO's confidences are not scaled like rcnnlab's scores,
-  and `rcnnlab tune`'s 0.45-0.90 could cut one detector's scores off), then applied to the
-  held-out split. rcnnlab's row is `api.train`, `api.tune`, `api.evaluate(split="test")`.
+  `rcnnlab.evaluation.threshold.sweep_thresholds`, each detector over the range its user would
+  sweep: rcnnlab over its recipe's `eval.sweep_min..max` (what `rcnnlab tune` does, 0.45-0.90),
+  YOLO over `--yolo-sweep` (default 0.05-0.95: its confidences are lower, its best thresholds
+  0.07-0.15 here); `--sweep MIN MAX` sets one range for both. It is then applied to the held-out
+  split. rcnnlab's row is `api.train`, `api.tune`, `api.evaluate(split="test")`.
 
     python benchmarks/peer_yolo.py                          # 10 minutes each, seeds 0 1 2
     python benchmarks/peer_yolo.py --minutes 0.5 --seeds 0 --out /tmp/peer_smoke
@@ -125,15 +126,18 @@ def write_protocol(outer: Mapping[str, CocoData], work: Path) -> tuple[Path, Pat
 
 
 def rcnnlab_overrides(train_side: Path, heldout: Path, images: Path, *, minutes: float,
-                      seed: int, out: Path, sweep: Sequence[float], threads: int | None,
+                      seed: int, out: Path, sweep: Sequence[float] | None, threads: int | None,
                       workers: int | None, extra: Sequence[str] = ()) -> list[str]:
     """The overrides of rcnnlab's run: trained on the training side (10 % of it held out as
     valid, the threshold's tuning data), tested on the held-out json, for `minutes` of wall time;
-    the user's `extra` last, so they win."""
+    the threshold swept over `sweep` (None: the recipe's range); the user's `extra` last, so they
+    win."""
     items = [f"data.train_json={train_side}", f"data.train_images={images}",
              "data.val_fraction=0.1", f"data.test_json={heldout}", f"data.test_images={images}",
              f"train.time_budget={minutes}", f"train.seed={seed}", f"out_dir={out}",
-             f"name=rcnnlab_s{seed}", f"eval.sweep_min={sweep[0]}", f"eval.sweep_max={sweep[1]}"]
+             f"name=rcnnlab_s{seed}"]
+    if sweep is not None:
+        items += [f"eval.sweep_min={sweep[0]}", f"eval.sweep_max={sweep[1]}"]
     if threads is not None:
         items.append(f"train.threads={threads}")
     if workers is not None:
@@ -412,8 +416,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--yolo-epochs", type=int, default=None,
                         help="YOLO's planned epochs before time= re-plans them (default: "
                         "Ultralytics' 100; it also picks optimizer=auto's choice)")
-    parser.add_argument("--sweep", type=float, nargs=2, default=[0.05, 0.95],
-                        metavar=("MIN", "MAX"), help="threshold range tuned for both")
+    parser.add_argument("--sweep", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="one threshold range tuned for both (default: rcnnlab's recipe "
+                        "range, and --yolo-sweep for YOLO)")
+    parser.add_argument("--yolo-sweep", type=float, nargs=2, default=[0.05, 0.95],
+                        metavar=("MIN", "MAX"), help="YOLO's threshold range (default 0.05-0.95)")
     parser.add_argument("--out", type=Path, default=Path("runs/peer"))
     parser.add_argument("--work", type=Path, default=None,
                         help="folder of the split jsons and the YOLO dataset (default: a new "
@@ -449,11 +456,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
     cfg = load_config(args.config, rcnnlab_overrides(train_side, heldout_json, images, seed=0,
                                                      **common))
     inner = load_splits(cfg.data, need=("train", "valid", "test"))
+    yolo_sweep = args.sweep or args.yolo_sweep
+    yolo_thresholds = cfg.eval.model_copy(update={"sweep_min": yolo_sweep[0],
+                                                  "sweep_max": yolo_sweep[1]}).sweep_thresholds()
     print(f"source {len(outer['train'].images) + len(outer['valid'].images)} images: held out "
           f"{len(inner['test'].images)}; training side {len(outer['train'].images)} = "
           f"{len(inner['train'].images)} train + {len(inner['valid'].images)} valid; budget "
           f"{args.minutes:g} min a run; {threads} torch threads; threshold tuned on valid over "
-          f"{args.sweep[0]:g}-{args.sweep[1]:g}; work folder {work}", flush=True)
+          f"rcnnlab {cfg.eval.sweep_min:g}-{cfg.eval.sweep_max:g}, YOLO "
+          f"{yolo_sweep[0]:g}-{yolo_sweep[1]:g}; work folder {work}", flush=True)
 
     rows: list[Row] = []
     # rcnnlab first for every seed: Ultralytics changes process-wide torch state (deterministic
@@ -468,7 +479,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
         data_yaml = write_yolo_dataset(inner["train"], inner["valid"], work / "yolo")
         for seed in args.seeds:
             rows.append(yolo_row(seed, data_yaml, inner["valid"], inner["test"],
-                                 cfg.eval.sweep_thresholds(), cfg.eval.backend,
+                                 yolo_thresholds, cfg.eval.backend,
                                  cfg.eval.read_iou, args, threads))
             print(format_row(rows[-1]), flush=True)
         torch.set_num_threads(threads)

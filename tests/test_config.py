@@ -101,3 +101,13 @@ def test_amp_off_is_the_word_not_yaml_false(tmp_path):
     assert load_config("orand").train.amp == "auto"  # the CPU recipes choose by the machine
     with pytest.raises(ConfigError, match="train.amp"):
         load_config(None, ["train.amp=true"])
+
+
+def test_label_smoothing_only_with_a_cross_entropy_loss():
+    assert load_config(None, ["train.label_smoothing=0.1"]).train.label_smoothing == 0.1
+    assert load_config(None, ["train.roi_loss=weighted_ce", "train.class_weights=inverse_frequency",
+                              "train.label_smoothing=0.1"]).train.label_smoothing == 0.1
+    with pytest.raises(ConfigError, match="train.label_smoothing is for train.roi_loss=ce"):
+        load_config(None, ["train.roi_loss=focal", "train.label_smoothing=0.1"])
+    with pytest.raises(ConfigError, match="train.label_smoothing"):
+        load_config(None, ["train.label_smoothing=1.0"])

@@ -123,6 +123,18 @@ def test_real_policy_gradient_step_is_finite_and_reproducible():
     assert 0.0 <= figures["pg_baseline_ap"] <= 1.0 and 0.0 <= figures["pg_mean_reward"] <= 1.0
 
 
+def test_label_smoothing_reaches_the_roi_head():
+    # smoothed CE is linear in eps, (1 - eps) CE + eps * mean_k(-log p_k), so on the same
+    # sampled RoIs the change at eps 0.2 is twice the change at eps 0.1
+    ce = classifier_loss_of(RoIClassifierLoss())
+    at_01 = classifier_loss_of(RoIClassifierLoss(label_smoothing=0.1))
+    at_02 = classifier_loss_of(RoIClassifierLoss(label_smoothing=0.2))
+    assert not torch.isclose(at_01, ce)
+    torch.testing.assert_close(at_02 - ce, 2 * (at_01 - ce), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="label smoothing"):
+        RoIClassifierLoss("focal", label_smoothing=0.1)
+
+
 def test_validation_losses_use_cross_entropy_and_leave_the_model_as_it_was():
     pg = build(RoIClassifierLoss("policy_gradient", generator=torch.Generator().manual_seed(3)))
     pg.eval()

@@ -187,3 +187,43 @@ def test_roi_classification_loss_refuses_bad_configs(kind, weights):
     logits, labels = _random_head(3)
     with pytest.raises(ValueError):
         roi_classification_loss(kind, logits, labels, class_weights=weights)
+
+
+# --------------------------------------------------------------------------- label smoothing
+
+
+def test_label_smoothing_hand_case():
+    # Softmax (0.2, 0.6, 0.2), true class 1, eps 0.3 over 3 classes: the target is
+    # (0.1, 0.8, 0.1), so the loss is -0.2 log 0.2 - 0.8 log 0.6 = 0.7305480.
+    logits = _logits_of([0.2, 0.6, 0.2])
+    labels = torch.tensor([1])
+    got = roi_classification_loss("ce", logits, labels, label_smoothing=0.3)
+    assert got.item() == pytest.approx(-0.2 * math.log(0.2) - 0.8 * math.log(0.6), rel=1e-9)
+    assert got.item() == pytest.approx(0.7305480, abs=1e-6)
+    # eps 0 is plain cross-entropy: -log 0.6
+    assert roi_classification_loss("ce", logits, labels).item() == pytest.approx(-math.log(0.6))
+
+
+def test_label_smoothing_weighted_hand_case():
+    # Weights (1, 2, 0.5), same head: (1 - eps) w_y CE_y + eps / 3 * sum_k w_k (-log p_k)
+    # = 0.7 * 2 * 0.5108256 + 0.1 * (1.6094379 + 2 * 0.5108256 + 0.5 * 1.6094379) = 1.0587373,
+    # divided by N = 1 RoI.
+    logits = _logits_of([0.2, 0.6, 0.2])
+    labels = torch.tensor([1])
+    weights = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    got = roi_classification_loss("weighted_ce", logits, labels, class_weights=weights,
+                                  label_smoothing=0.3)
+    assert got.item() == pytest.approx(1.0587373, abs=1e-6)
+
+
+def test_label_smoothing_keeps_a_confident_right_answer_from_a_zero_loss():
+    # the point of smoothing: certainty on the true class is no longer the minimum
+    logits, labels = torch.tensor([[0.0, 20.0, 0.0]]), torch.tensor([1])
+    assert roi_classification_loss("ce", logits, labels).item() < 1e-6
+    assert roi_classification_loss("ce", logits, labels, label_smoothing=0.1).item() > 0.5
+
+
+def test_label_smoothing_is_refused_with_focal_loss():
+    logits, labels = _random_head(4)
+    with pytest.raises(ValueError, match="label smoothing"):
+        roi_classification_loss("focal", logits, labels, label_smoothing=0.1)

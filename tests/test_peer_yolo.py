@@ -121,6 +121,14 @@ def test_splits_are_disjoint_and_cover_the_source(peer, tmp_path):
     assert (len(inner_ids["train"]), len(inner_ids["valid"])) == (875, 97)
     # the boxes travel unchanged through the written jsons
     assert inner["test"].num_boxes == outer["valid"].num_boxes
+    # the threshold range: the given one, else the recipe's (what `rcnnlab tune` sweeps)
+    given = load_config("orand", overrides).eval
+    assert (given.sweep_min, given.sweep_max) == (0.05, 0.95)
+    recipe_range = load_config("orand", peer.rcnnlab_overrides(
+        train_side, heldout, images, minutes=1, seed=3, out=tmp_path, sweep=None, threads=None,
+        workers=None)).eval
+    assert (recipe_range.sweep_min, recipe_range.sweep_max) == (cfg.eval.sweep_min,
+                                                                cfg.eval.sweep_max)
 
 
 def test_labels_read_back_by_ultralytics_give_the_coco_box(peer, tmp_path, monkeypatch):

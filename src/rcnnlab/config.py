@@ -195,6 +195,8 @@ class TrainConfig(_Section):
     # weighted_ce: one weight per class in category-id order, or inverse_frequency (from the
     # training boxes, foreground weights averaging 1); background keeps weight 1
     class_weights: list[float] | Literal["inverse_frequency"] | None = None
+    # ce / weighted_ce: the target is 1 - eps on the true class plus eps / (C + 1) on each class
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
     pg_samples: PositiveInt = 10  # policy gradient: actions sampled per image (k)
     pg_gamma: float = Field(1.0, ge=0)  # policy gradient: + gamma x cross-entropy (0 = PG alone)
 
@@ -304,6 +306,9 @@ class Config(_Section):
         if (t.class_weights is None) == (t.roi_loss == "weighted_ce"):
             raise ValueError("train.class_weights is needed by train.roi_loss=weighted_ce and "
                              "only by it (a list per class, or inverse_frequency)")
+        if t.label_smoothing and t.roi_loss not in ("ce", "weighted_ce"):
+            raise ValueError(f"train.label_smoothing is for train.roi_loss=ce or weighted_ce, not "
+                             f"{t.roi_loss}. Fix: train.label_smoothing=0 or train.roi_loss=ce")
         if self.augment.no_aug_epochs > self.train.epochs:
             self.augment.no_aug_epochs = self.train.epochs
         return self

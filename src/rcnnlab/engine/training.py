@@ -115,8 +115,8 @@ def classifier_loss(cfg: Config, train: CocoData,
                  ", ".join(f"{w:.3f}" for w in weights.tolist()))
     return RoIClassifierLoss(
         kind=t.roi_loss, focal_alpha=t.focal_alpha, focal_gamma=t.focal_gamma,
-        class_weights=weights, pg_samples=t.pg_samples, pg_gamma=t.pg_gamma,
-        pg_nms_iou=cfg.model.box_nms_thresh, generator=generator)
+        class_weights=weights, label_smoothing=t.label_smoothing, pg_samples=t.pg_samples,
+        pg_gamma=t.pg_gamma, pg_nms_iou=cfg.model.box_nms_thresh, generator=generator)
 
 
 def train_sampler(cfg: Config, dataset: CocoDetection, generator: torch.Generator,

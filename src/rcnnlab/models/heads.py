@@ -54,6 +54,7 @@ class RoIClassifierLoss:
     focal_alpha: float | None = 0.25
     focal_gamma: float = 2.0
     class_weights: Tensor | None = None  # [C+1], index 0 = background (weighted_ce)
+    label_smoothing: float = 0.0  # ce / weighted_ce: target 1 - eps, plus eps / (C + 1) each
     pg_samples: int = 10  # k, actions sampled per image (policy_gradient)
     pg_gamma: float = 1.0  # 0 = policy gradient alone, 1 = plus cross-entropy
     pg_nms_iou: float = 0.5  # the NMS whose detections give the baseline r'
@@ -66,6 +67,8 @@ class RoIClassifierLoss:
             raise ValueError(f"unknown RoI classification loss {self.kind!r}; choose from {kinds}")
         if (self.class_weights is None) == (self.kind == "weighted_ce"):
             raise ValueError("class weights are required by the weighted_ce loss and only by it")
+        if self.label_smoothing and self.kind not in ("ce", "weighted_ce"):
+            raise ValueError("label smoothing is for the ce and weighted_ce losses only")
 
 
 def _smooth_l1_rows(pred: Tensor, target: Tensor) -> Tensor:
@@ -191,7 +194,8 @@ class LossRoIHeads(RoIHeads):
         pg = cfg.kind == "policy_gradient"
         rows = roi_classification_loss(
             "ce" if pg else cfg.kind, class_logits, labels, alpha=cfg.focal_alpha,
-            gamma=cfg.focal_gamma, class_weights=cfg.class_weights, reduction="none")
+            gamma=cfg.focal_gamma, class_weights=cfg.class_weights, reduction="none",
+            label_smoothing=cfg.label_smoothing)
         if not pg:
             return rows, {}
         # the boxes the detector would output for each RoI's assigned class, as NMS sees them

@@ -58,7 +58,7 @@ def focal_loss(logits: Tensor, labels: Tensor, alpha: float | None = 0.25, gamma
 
 
 def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor,
-                           reduction: str = "mean") -> Tensor:
+                           reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """Class-weighted cross-entropy ``w[y_i] * CE_i`` of logits [N, C+1], labels [N].
 
     ``class_weights`` is [C+1] (index 0 = background), e.g. :func:`inverse_frequency_weights`.
@@ -68,11 +68,14 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, class_weights: Tensor
     dividing by N makes a class's weight a fixed multiplier of its RoIs' loss, keeps the loss
     equal to cross-entropy when all weights are 1, and keeps it on cross-entropy's scale when the
     weights average about 1 (as :func:`inverse_frequency_weights` makes them).
+    ``label_smoothing`` is ``F.cross_entropy``'s (each class's term carries its own weight).
     """
     weight = class_weights.to(device=logits.device, dtype=logits.dtype)
     if reduction == "mean":
-        return F.cross_entropy(logits, labels, weight=weight, reduction="sum") / labels.numel()
-    return F.cross_entropy(logits, labels, weight=weight, reduction=reduction)
+        return F.cross_entropy(logits, labels, weight=weight, reduction="sum",
+                               label_smoothing=label_smoothing) / labels.numel()
+    return F.cross_entropy(logits, labels, weight=weight, reduction=reduction,
+                           label_smoothing=label_smoothing)
 
 
 def class_counts(data: CocoData) -> list[int]:
@@ -118,12 +121,15 @@ def inverse_frequency_weights(counts: Sequence[int], background_weight: float = 
 def roi_classification_loss(kind: str, class_logits: Tensor, labels: Tensor, *,
                             alpha: float | None = 0.25, gamma: float = 2.0,
                             class_weights: Tensor | None = None,
-                            reduction: str = "mean") -> Tensor:
+                            reduction: str = "mean", label_smoothing: float = 0.0) -> Tensor:
     """The RoI classification loss ``kind`` ("ce", "focal" or "weighted_ce").
 
     ``alpha`` and ``gamma`` are the focal loss's; ``class_weights`` [C+1] is required by
     "weighted_ce" and refused by the others (a weight that is silently unused is a config error).
     ``reduction``: ``"mean"`` over RoIs, ``"sum"`` or ``"none"`` (one value per RoI).
+    ``label_smoothing`` ε (cross-entropy kinds only): the target is ``1 - ε`` on the true class
+    plus ``ε / (C + 1)`` on every class, background included (Szegedy et al. 2016, as in
+    ``F.cross_entropy``), so the classifier is not pushed toward certainty on every RoI.
     """
     if kind not in LOSS_KINDS:
         raise ValueError(f"unknown RoI classification loss {kind!r}; choose one of {LOSS_KINDS}")
@@ -131,7 +137,11 @@ def roi_classification_loss(kind: str, class_logits: Tensor, labels: Tensor, *,
         raise ValueError(f"class_weights are {'required' if class_weights is None else 'unused'}"
                          f" with the {kind!r} loss")
     if kind == "focal":
+        if label_smoothing:
+            raise ValueError("label smoothing is for the cross-entropy losses, not focal")
         return focal_loss(class_logits, labels, alpha=alpha, gamma=gamma, reduction=reduction)
     if kind == "weighted_ce":
-        return weighted_cross_entropy(class_logits, labels, class_weights, reduction=reduction)
-    return F.cross_entropy(class_logits, labels, reduction=reduction)
+        return weighted_cross_entropy(class_logits, labels, class_weights, reduction=reduction,
+                                      label_smoothing=label_smoothing)
+    return F.cross_entropy(class_logits, labels, reduction=reduction,
+                           label_smoothing=label_smoothing)
