@@ -42,8 +42,9 @@ The protocol (both detectors see exactly the same data):
   `rcnnlab.evaluation.threshold.sweep_thresholds`, each detector over the range its user would
   sweep: rcnnlab over its recipe's `eval.sweep_min..max` (what `rcnnlab tune` does, 0.45-0.90),
   YOLO over `--yolo-sweep` (default 0.05-0.95: its confidences are lower, its best thresholds
-  0.07-0.15 here); `--sweep MIN MAX` sets one range for both. It is then applied to the held-out
-  split. rcnnlab's row is `api.train`, `api.tune`, `api.evaluate(split="test")`.
+  0.07-0.28 in the README's runs); `--sweep MIN MAX` sets one range for both. It is then
+  applied to the held-out split. rcnnlab's row is `api.train`, `api.tune`,
+  `api.evaluate(split="test")`.
 
     python benchmarks/peer_yolo.py                          # 10 minutes each, seeds 0 1 2
     python benchmarks/peer_yolo.py --minutes 0.5 --seeds 0 --out /tmp/peer_smoke

@@ -38,7 +38,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import boxes as box_ops
 
 from rcnnlab.methods.policy_gradient import policy_gradient_coefficients
-from rcnnlab.models.losses import LOSS_KINDS, roi_classification_loss
+from rcnnlab.models.losses import LOSS_KINDS, SMOOTHED_KINDS, roi_classification_loss
 
 __all__ = ["LevelLossRPN", "LossRoIHeads", "RoIClassifierLoss", "install_heads", "level_losses",
            "total_loss", "validation_losses"]
@@ -67,8 +67,9 @@ class RoIClassifierLoss:
             raise ValueError(f"unknown RoI classification loss {self.kind!r}; choose from {kinds}")
         if (self.class_weights is None) == (self.kind == "weighted_ce"):
             raise ValueError("class weights are required by the weighted_ce loss and only by it")
-        if self.label_smoothing and self.kind not in ("ce", "weighted_ce"):
-            raise ValueError("label smoothing is for the ce and weighted_ce losses only")
+        if self.label_smoothing and self.kind not in SMOOTHED_KINDS:
+            raise ValueError(f"label smoothing is for the {' and '.join(SMOOTHED_KINDS)} losses "
+                             "only")
 
 
 def _smooth_l1_rows(pred: Tensor, target: Tensor) -> Tensor:

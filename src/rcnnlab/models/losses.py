@@ -32,6 +32,7 @@ from torch import Tensor
 from rcnnlab.data.coco import CocoData
 
 LOSS_KINDS = ("ce", "focal", "weighted_ce")
+SMOOTHED_KINDS = ("ce", "weighted_ce")  # the losses that take label smoothing
 
 
 def focal_loss(logits: Tensor, labels: Tensor, alpha: float | None = 0.25, gamma: float = 2.0,
@@ -136,9 +137,9 @@ def roi_classification_loss(kind: str, class_logits: Tensor, labels: Tensor, *,
     if (class_weights is None) == (kind == "weighted_ce"):
         raise ValueError(f"class_weights are {'required' if class_weights is None else 'unused'}"
                          f" with the {kind!r} loss")
+    if label_smoothing and kind not in SMOOTHED_KINDS:
+        raise ValueError(f"label smoothing is for the {' and '.join(SMOOTHED_KINDS)} losses only")
     if kind == "focal":
-        if label_smoothing:
-            raise ValueError("label smoothing is for the cross-entropy losses, not focal")
         return focal_loss(class_logits, labels, alpha=alpha, gamma=gamma, reduction=reduction)
     if kind == "weighted_ce":
         return weighted_cross_entropy(class_logits, labels, class_weights, reduction=reduction,
