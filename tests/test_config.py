@@ -107,7 +107,8 @@ def test_label_smoothing_only_with_a_cross_entropy_loss():
     assert load_config(None, ["train.label_smoothing=0.1"]).train.label_smoothing == 0.1
     assert load_config(None, ["train.roi_loss=weighted_ce", "train.class_weights=inverse_frequency",
                               "train.label_smoothing=0.1"]).train.label_smoothing == 0.1
-    with pytest.raises(ConfigError, match="train.label_smoothing is for train.roi_loss=ce"):
+    with pytest.raises(ConfigError, match="invalid config: train.label_smoothing is for "
+                                          "train.roi_loss=ce"):
         load_config(None, ["train.roi_loss=focal", "train.label_smoothing=0.1"])
     with pytest.raises(ConfigError, match="train.label_smoothing"):
         load_config(None, ["train.label_smoothing=1.0"])

@@ -341,7 +341,9 @@ def problems(exc: ValidationError, section: str = "") -> str:
     parts = []
     for err in exc.errors():
         loc = ".".join([*([section] if section else []), *(str(p) for p in err["loc"])])
-        text = f"{loc}: {err['msg'].removeprefix('Value error, ')}"
+        message = err["msg"].removeprefix("Value error, ")
+        # a check across sections (Config._check) has no key path: its message names the keys
+        text = f"{loc}: {message}" if loc else message
         if err["type"] == "extra_forbidden":  # the closest key of the same section
             parent, _, leaf = loc.rpartition(".")
             siblings = {k.rpartition(".")[2]: k for k in config_keys()
