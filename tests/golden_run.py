@@ -4,8 +4,10 @@ Two epochs of two iterations on generated house numbers with multi-scale trainin
 sampling, the policy-gradient objective and RLO scale weighting all on (every source of random
 draws and of training-time state), as the resume test runs them. `tests/data/golden_run.json`
 holds what the engine produced before it was restructured: a SHA-256 of the final weights and
-metrics.csv without its timing columns, with the machine it was recorded on (other CPUs round
-differently). Record it again, on purpose only, with ``python tests/golden_run.py --record``.
+metrics.csv without its timing columns, one record per machine it was recorded on (CPUs round
+differently, and after a few policy-gradient steps a rounding difference moves a discrete AP).
+Add this machine's record, from a commit whose results are the reference, with
+``python tests/golden_run.py --record``; it replaces an earlier record of the same machine.
 
 Since it was recorded, metrics.csv logs each loss under one name: `loss_classifier` and
 `loss_box_reg` are logged as `loss_cls` and `loss_bbox` only (`ONE_NAME`); the comparison drops
@@ -89,13 +91,16 @@ def run_golden(root: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--record", action="store_true", help=f"write {GOLDEN}")
+    parser.add_argument("--record", action="store_true",
+                        help=f"add this machine's record to {GOLDEN}")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         result = {"machine": machine(), **run_golden(Path(tmp))}
     print(json.dumps(result, indent=1))
     if args.record:
-        GOLDEN.write_text(json.dumps(result, indent=1) + "\n")
+        records = [r for r in json.loads(GOLDEN.read_text())["records"]
+                   if r["machine"] != result["machine"]]
+        GOLDEN.write_text(json.dumps({"records": [*records, result]}, indent=1) + "\n")
         print(f"written: {GOLDEN}")
 
 
