@@ -2,8 +2,10 @@
 backward pass through a gradient scaler (whose state last.pt keeps).
 
 bf16 has float32's range, so its gradients need no scaling; fp16 does, and autocast on the CPU
-has no fp16 kernels worth having, so fp16 is refused there. The losses come out in float32
-(torchvision computes them from float32 casts; the per-level split is kept in float32).
+has no fp16 kernels worth having, so fp16 is refused there. Autocast speeds up the
+convolutions and matrix products (backbone, FPN, the heads' layers); the heads hand their
+outputs on in float32, so anchors, proposals, box encoding and decoding, the samplers and the
+losses are float32 (`rcnnlab.models.heads.float32_boxes`).
 """
 
 from __future__ import annotations

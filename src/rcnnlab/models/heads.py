@@ -1,15 +1,18 @@
 """torchvision's RPN and RoI heads with their training losses split by FPN level, and the RoI
 classifier's loss made configurable (cross-entropy, focal, class-weighted, policy gradient).
 
-Inference is torchvision's, untouched. In training the two heads compute the same losses as
-torchvision (`loss_objectness`, `loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`, each a
-mean over the sampled anchors or RoIs), from per-item losses, so that each head can also return
-its losses split by FPN level: `rpn_level_losses` and `roi_level_losses`, tensors [L] over the
-levels (in the backbone's feature order) whose sum is the head's two losses. The RPN assigns
-an anchor to the level it was generated on; the RoI head assigns a RoI to the level it is
-pooled from (torchvision's LevelMapper, i.e. FPN's eq. 1), so the RoI losses fall on the first
-four levels only. This split is what multi-scale loss
-weighting (AVW/RLO, :mod:`rcnnlab.methods.scale_weighting`) weighs.
+Inference is torchvision's, untouched. Under mixed precision the heads' layers compute in bf16 /
+fp16 but hand their outputs on in float32 (`float32_boxes`): anchors, proposals, box encoding
+and decoding, the samplers and the losses are float32, as in a float32 run.
+
+In training the two heads compute the same losses as torchvision (`loss_objectness`,
+`loss_rpn_box_reg`, `loss_classifier`, `loss_box_reg`, each a mean over the sampled anchors or
+RoIs), from per-item losses, so that each head can also return its losses split by FPN level:
+`rpn_level_losses` and `roi_level_losses`, tensors [L] over the levels (in the backbone's
+feature order) whose sum is the head's two losses. The RPN assigns an anchor to the level it was
+generated on; the RoI head assigns a RoI to the level it is pooled from (torchvision's
+LevelMapper, i.e. FPN's eq. 1), so the RoI losses fall on the first four levels only. This split
+is what multi-scale loss weighting (AVW/RLO, :mod:`rcnnlab.methods.scale_weighting`) weighs.
 
 RoI classification losses (`RoIClassifierLoss`): "ce" (torchvision's), "focal" and "weighted_ce"
 (:mod:`rcnnlab.models.losses`), and "policy_gradient" (Rao et al. 2018,
@@ -26,7 +29,7 @@ The objective is a constructor argument of the RoI head, chosen when the model i
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -34,14 +37,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.models.detection.rpn import RegionProposalNetwork
+from torchvision.models.detection.rpn import RegionProposalNetwork, concat_box_prediction_layers
 from torchvision.ops import boxes as box_ops
 
 from rcnnlab.methods.policy_gradient import policy_gradient_coefficients
 from rcnnlab.models.losses import LOSS_KINDS, SMOOTHED_KINDS, roi_classification_loss
 
-__all__ = ["LevelLossRPN", "LossRoIHeads", "RoIClassifierLoss", "install_heads", "level_losses",
-           "total_loss", "validation_losses"]
+__all__ = ["LevelLossRPN", "LossRoIHeads", "RoIClassifierLoss", "float32_boxes", "install_heads",
+           "level_losses", "total_loss", "validation_losses"]
 
 LOSS_PREFIX = "loss_"  # training outputs minimised (summed); the other entries are figures
 
@@ -72,6 +75,22 @@ class RoIClassifierLoss:
                              "only")
 
 
+def float32_boxes(outputs: Tensor | Sequence[Tensor]) -> Tensor | list[Tensor]:
+    """A head's outputs (a tensor or a list of them) in float32, whatever autocast computed
+    them in.
+
+    torchvision decodes boxes in the dtype of the regression output and casts the ground-truth
+    boxes to the proposals' dtype. In bfloat16, whose 8-bit mantissa spaces coordinates 4 px
+    apart between 512 and 1024, a box 1.5 px high at the bottom of a 640-px image (as
+    augmentation leaves one it cuts at the edge) becomes 0 px high, and its regression target
+    (a division by that height) NaN; every box moves by up to 2 px. So the heads compute in
+    reduced precision, and the box arithmetic, the sampling and the losses see float32.
+    """
+    if isinstance(outputs, Tensor):
+        return outputs.float()
+    return [o.float() for o in outputs]
+
+
 def _smooth_l1_rows(pred: Tensor, target: Tensor) -> Tensor:
     """torchvision's detection box loss (smooth-L1, beta 1/9), summed per row."""
     return F.smooth_l1_loss(pred, target, beta=1 / 9, reduction="none").sum(dim=1)
@@ -79,7 +98,8 @@ def _smooth_l1_rows(pred: Tensor, target: Tensor) -> Tensor:
 
 class LevelLossRPN(RegionProposalNetwork):
     """A :class:`RegionProposalNetwork` whose training losses also come split by FPN level
-    (`rpn_level_losses` in its loss dict)."""
+    (`rpn_level_losses` in its loss dict), and whose box arithmetic stays in float32 under
+    mixed precision (`float32_boxes`)."""
 
     @classmethod
     def from_torchvision(cls, rpn: RegionProposalNetwork) -> LevelLossRPN:
@@ -90,26 +110,39 @@ class LevelLossRPN(RegionProposalNetwork):
                    dict(rpn._post_nms_top_n), rpn.nms_thresh, rpn.score_thresh)
 
     def forward(self, images, features, targets=None):
-        """torchvision's, plus `rpn_level_losses` [L] among the training losses."""
-        # what this call's filter_proposals and compute_loss pass on to each other
-        self._step: dict[str, object] = {}
-        try:
-            boxes, losses = super().forward(images, features, targets)
-            if self.training:
-                losses["rpn_level_losses"] = self._step["level_losses"]
-        finally:
-            del self._step  # nothing of a call stays on the module
-        return boxes, losses
+        """torchvision's forward, plus `rpn_level_losses` [L] among the training losses.
 
-    def filter_proposals(self, proposals, objectness, image_shapes, num_anchors_per_level):
-        """torchvision's; notes the anchors per level for `compute_loss`."""
-        self._step["anchors_per_level"] = list(num_anchors_per_level)
-        return super().filter_proposals(proposals, objectness, image_shapes,
-                                        num_anchors_per_level)
+        The head's convolutions run in whatever precision autocast gives them; its outputs,
+        the anchors, the proposals, their encoding and the losses are float32 (see
+        `float32_boxes`)."""
+        objectness, deltas = self.head(list(features.values()))
+        objectness, deltas = float32_boxes(objectness), float32_boxes(deltas)
+        # the anchor generator reads only the maps' grid size, dtype and device: the float32
+        # objectness maps share the features' grids
+        anchors = self.anchor_generator(images, objectness)
+        anchors_per_level = [o[0].numel() for o in objectness]
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)
+        # Faster R-CNN does not backpropagate through the proposals
+        proposals = self.box_coder.decode(deltas.detach(), anchors).view(len(anchors), -1, 4)
+        boxes, _ = self.filter_proposals(proposals, objectness, images.image_sizes,
+                                         anchors_per_level)
+        if not self.training:
+            return boxes, {}
+        if targets is None:
+            raise ValueError("targets should not be None")
+        labels, matched_gt_boxes = self.assign_targets_to_anchors(anchors, targets)
+        regression_targets = self.box_coder.encode(matched_gt_boxes, anchors)
+        loss_objectness, loss_rpn_box_reg, levels = self.level_losses(
+            objectness, deltas, labels, regression_targets, anchors_per_level)
+        return boxes, {"loss_objectness": loss_objectness, "loss_rpn_box_reg": loss_rpn_box_reg,
+                       "rpn_level_losses": levels}
 
-    def compute_loss(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
-                     regression_targets: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """torchvision's two RPN losses, computed per sampled anchor and also summed per level."""
+    def level_losses(self, objectness: Tensor, pred_bbox_deltas: Tensor, labels: list[Tensor],
+                     regression_targets: list[Tensor], anchors_per_level: list[int]
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+        """torchvision's two RPN losses, computed per sampled anchor, and their sum per level
+        ([L]; anchors are image-major, level-minor, as `concat_box_prediction_layers` lays
+        them out)."""
         sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
         pos = torch.where(torch.cat(sampled_pos, dim=0))[0]
         neg = torch.where(torch.cat(sampled_neg, dim=0))[0]
@@ -122,15 +155,13 @@ class LevelLossRPN(RegionProposalNetwork):
         obj_rows = F.binary_cross_entropy_with_logits(
             objectness[sampled], labels[sampled], reduction="none") / n
 
-        # anchors are image-major, level-minor (concat_box_prediction_layers)
-        per_level = torch.tensor(self._step["anchors_per_level"], device=objectness.device)
+        per_level = torch.tensor(anchors_per_level, device=objectness.device)
         level_of = torch.arange(len(per_level), device=objectness.device).repeat_interleave(
             per_level).repeat(len(sampled_pos))
-        # in float32 whatever autocast made of the rows (mixed precision mixes their types)
         zeros = objectness.new_zeros(len(per_level), dtype=torch.float32)
-        self._step["level_losses"] = (zeros.index_add(0, level_of[sampled], obj_rows.float())
-                                      .index_add(0, level_of[pos], box_rows.float()))
-        return obj_rows.sum(), box_rows.sum()
+        levels = (zeros.index_add(0, level_of[sampled], obj_rows.float())
+                  .index_add(0, level_of[pos], box_rows.float()))
+        return obj_rows.sum(), box_rows.sum(), levels
 
 
 class LossRoIHeads(RoIHeads):
@@ -162,7 +193,7 @@ class LossRoIHeads(RoIHeads):
         proposals, _, labels, regression_targets = self.select_training_samples(
             proposals, targets)
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)
+        class_logits, box_regression = float32_boxes(self.box_predictor(box_features))
 
         per_image = [len(lab) for lab in labels]
         labels_cat = torch.cat(labels, dim=0)
