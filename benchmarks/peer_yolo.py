@@ -1,58 +1,63 @@
-"""rcnnlab against a peer detector: Ultralytics YOLOv8n from scratch, same data, same budget.
+"""rcnnlab against a peer detector on several datasets: Ultralytics YOLOv8n from scratch, same
+data, same wall-clock budget, same scorer.
 
-Trains Ultralytics YOLOv8n from scratch (the model built from `yolov8n.yaml`, no pretrained
-weights) with Ultralytics' own recipe, and rcnnlab with its `--config` recipe, each for the same
-wall-clock budget on the same images; then scores both on the same held-out split with the same
-scorer and prints one row per detector and seed, then mean ± std per detector over the seeds.
-Nothing is asserted: the script measures and prints.
+For each dataset and seed, one invocation trains rcnnlab (by default with no recipe: the plan
+`rcnnlab train` makes for the data; `--config NAME` adds rows of a recipe) and YOLOv8n from
+scratch at each `--imgsz` (320 and 640 by default; the better one counts), each for `--minutes`
+of wall clock with validation included; then scores every model on the same held-out test split
+with rcnnlab's COCO scorer and prints one row per dataset, detector and seed: mAP, AP50, AP75,
+sequence accuracy where the classes are digits, train img/s and predict img/s; then the mean
+± std over seeds and, per dataset, rcnnlab's lead over YOLOv8n's better size. Nothing is
+asserted: the script measures and prints.
 
-The protocol (both detectors see exactly the same data):
-* Source: ORAND-CAR-A's `instances_train.json` (`--data`; default
-  `../shared/data/orand-car-a/instances_train.json` beside the repository).
-* Held-out split: the valid split that rcnnlab's `--config` recipe (`orand`: 10 %, split seed 0)
-  holds out of the source, 108 of 1,080 images, got with `rcnnlab.data.splits.load_splits`.
-  The other 972 images are the training side.
-* The training side is written to a json (`<work>/train_side.json`) and split again the way
-  rcnnlab splits it when trained on it with `data.val_fraction=0.1`: ~875 training images and
-  ~97 validation images. rcnnlab trains and validates on exactly these; so does YOLO, through a
-  YOLO dataset written from them (`<work>/yolo/`: images symlinked, labels `class cx cy w h`
-  normalised, class = the category's index in id order, names = the category names).
+The datasets (`--datasets NAME[:SEEDS]`, seeds comma-separated, else `--seeds`):
+* `orand`: ORAND-CAR-A (`../shared/data/orand-car-a`, 1,080 cheque amounts, ~155x53 px). The
+  `orand` recipe's held-out 10 % (108 images, split seed 0) is the test split; the other 972
+  are split again the way rcnnlab splits them with `data.val_fraction=0.1`: 875 train, 97 valid.
+* `building`: building-characters-yolo (640x640 crops, 1-4 large characters, one class
+  `character`): its own train (888), valid (36) and test (37) splits.
+* `numbers`: number-extraction-yolo (640x640 screenshots and photos, up to 27 small digits an
+  image): its valid split (63) is the training side, 10 % of it held out as valid (6), and its
+  test split (13) is scored.
+* `synth`: generated house numbers, the demo's data (1,200 / 300 / 500 images, seed 0),
+  written once into the work folder.
+
+The protocol (both detectors see exactly the same images):
+* Every split is written as a COCO json into `<work>/<dataset>/`; rcnnlab trains on train,
+  validates on valid (its best checkpoint, and `rcnnlab tune`'s threshold on digit classes), and
+  is evaluated on test; YOLO trains on a YOLO dataset of the same train and valid images
+  (`<work>/<dataset>/yolo/`: images symlinked, labels `class cx cy w h` normalised, class = the
+  category's index in id order).
 * Budget: rcnnlab `train.time_budget=<minutes>` (training + validation); YOLO `time=<minutes>/60`
   hours (Ultralytics stops then, validation included, and re-plans its epochs after the first).
-  The `wall min` column is the wall time of each side's whole training call (data loading, the
-  training, its validation, and for YOLO its final validation of best.pt). Both sides run on the
-  same number of torch threads (`--threads`, default torch's): left alone, Ultralytics would
-  train on the CPU with cpu_count - 1 threads, one of 2 here.
-* YOLO: Ultralytics' default hyperparameters; set are only data, imgsz (640, Ultralytics' own),
-  time, batch (16, its default), workers (on the CPU Ultralytics uses 0 whatever is given), the
-  CPU device, the seed, plots=False, pretrained=False (from scratch), and the run folder.
-  `epochs` is left at Ultralytics' default (100; `time=` overrides it, "re-estimated after the
-  first epoch"): a large `epochs` would change what `optimizer=auto` picks (MuSGD at lr 0.01 past
-  10,000 planned iterations, instead of AdamW at its fitted lr), i.e. the recipe itself.
-* No download: Ultralytics runs with `YOLO_OFFLINE=1` (no online check, no update check, no
-  analytics), `YOLO_AUTOINSTALL=0` (no pip installs), a private settings folder
-  (`YOLO_CONFIG_DIR=<work>/ultralytics`, settings `sync=False`), and a font file in it named
-  `Arial.ttf` (matplotlib's DejaVu Sans): its dataset check looks for that font and otherwise
-  fetches it from GitHub even offline (plots=False never draws text). The script watches the
+  `wall min` is each side's whole training call. Both run on the same number of torch threads
+  (`--threads`, default torch's): left alone, Ultralytics would train on cpu_count - 1 threads.
+* YOLO: Ultralytics' default hyperparameters; set are only data, imgsz, time, batch (16, its
+  default), the CPU device, the seed, plots=False, pretrained=False (from scratch) and the run
+  folder. `epochs` is left at Ultralytics' default (100; `time=` overrides it): a large
+  `epochs` would change what `optimizer=auto` picks, i.e. the recipe itself.
+* No download: Ultralytics runs with `YOLO_OFFLINE=1`, `YOLO_AUTOINSTALL=0`, a private settings
+  folder with sync off, and a font named `Arial.ttf` in it (matplotlib's DejaVu Sans): its
+  dataset check otherwise fetches Arial from GitHub even offline. The script watches the
   process (a `sys.addaudithook`) and prints every network attempt it saw, or "none".
-* Scoring, the same for both: `rcnnlab.evaluation.coco.evaluate_detections` on the 108 held-out
-  images (COCO results in the held-out json's own image and category ids). YOLO predicts with
-  Ultralytics' validation settings (conf=0.001, iou=0.7) and max_det=100. The sequence-accuracy
-  threshold is tuned on the ~97 validation images (never the held-out ones) with
-  `rcnnlab.evaluation.threshold.sweep_thresholds`, each detector over the range its user would
-  sweep: rcnnlab over its recipe's `eval.sweep_min..max` (what `rcnnlab tune` does, 0.45-0.90),
-  YOLO over `--yolo-sweep` (default 0.05-0.95: its confidences are lower, its best thresholds
-  0.07-0.28 in the README's runs); `--sweep MIN MAX` sets one range for both. It is then
-  applied to the held-out split. rcnnlab's row is `api.train`, `api.tune`,
-  `api.evaluate(split="test")`.
+* Scoring, the same for both: `rcnnlab.evaluation.coco.evaluate_detections` on the test split,
+  COCO results in its own image and category ids. YOLO predicts with Ultralytics' validation
+  settings (conf=0.001, iou=0.7) and max_det=100. On digit classes the threshold of the number
+  read is tuned on valid (never test) with `rcnnlab.evaluation.threshold.sweep_thresholds`, each
+  detector over the range its user would sweep (rcnnlab: `rcnnlab tune`'s, 0.45-0.90; YOLO:
+  `--yolo-sweep`, 0.05-0.95, its confidences being lower), and applied to test; both read
+  numbers with `eval.read_iou` 0.4.
+* Speed: `train img/s` is the images trained (iterations x batch, or epochs x training images)
+  over the training call's wall time, validation included; `predict img/s` the test images over
+  one prediction pass of them from their files, batches of 8, after a warm-up batch.
 
-    python benchmarks/peer_yolo.py                          # 10 minutes each, seeds 0 1 2
-    python benchmarks/peer_yolo.py --minutes 0.5 --seeds 0 --out /tmp/peer_smoke
-    python benchmarks/peer_yolo.py --only yolo --imgsz 320
-    python benchmarks/peer_yolo.py --only rcnnlab train.batch_size=4    # rcnnlab overrides
+    python benchmarks/peer_yolo.py --datasets orand:0,1,2 building numbers synth  # the README's
+    python benchmarks/peer_yolo.py --minutes 0.5 --datasets numbers --imgsz 320 --out /tmp/p
+    python benchmarks/peer_yolo.py --datasets orand --config orand   # plan and -c orand rows
+    python benchmarks/peer_yolo.py --only rcnnlab --datasets building train.batch_size=4
 
 Needs ultralytics (`pip install 'rcnnlab[peer]'`); without it the rcnnlab rows still run. Writes
-the rows to `<out>/peer.csv`, the runs to `<out>/rcnnlab_s<seed>` and `<out>/yolo_s<seed>`.
+the rows to `<out>/peer.csv`, the runs to `<out>/<dataset>/`.
 """
 
 from __future__ import annotations
@@ -65,9 +70,8 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -75,26 +79,29 @@ from typing import Any
 import torch
 import yaml
 
-from rcnnlab.data.coco import CocoData
+from rcnnlab.data.categories import digit_names
+from rcnnlab.data.coco import CocoData, holdout_split, load_coco
 from rcnnlab.data.convert import write_coco
 from rcnnlab.data.splits import load_splits
 from rcnnlab.evaluation.coco import CocoMetrics, evaluate_detections
 from rcnnlab.evaluation.pipeline import SequenceAccuracy
 from rcnnlab.evaluation.threshold import sweep_thresholds
 
-DEFAULT_DATA = (Path(__file__).resolve().parents[1].parent
-                / "shared/data/orand-car-a/instances_train.json")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 NO_ULTRALYTICS = "ultralytics is not installed: pip install 'rcnnlab[peer]'"
 # Ultralytics' validation settings for the detections that are scored
 YOLO_CONF, YOLO_IOU, MAX_DET = 0.001, 0.7, 100
+PREDICT_BATCH = 8
+READ_IOU = 0.4  # how both read numbers (rcnnlab's eval.read_iou on digit data)
 NETWORK_EVENTS = frozenset({"socket.connect", "socket.getaddrinfo", "socket.gethostbyname",
                             "socket.gethostbyaddr", "socket.sendto", "urllib.Request"})
 
 
 @dataclass
 class Row:
-    """One detector trained from one seed, scored on the held-out split."""
+    """One detector trained from one seed on one dataset, scored on its test split."""
 
+    dataset: str
     detector: str
     seed: int
     wall_min: float  # wall time of the training call (training, validation, data loading)
@@ -102,11 +109,27 @@ class Row:
     mAP: float | None
     AP50: float | None
     AP75: float | None
-    seq_acc: float | None
-    threshold: float
+    seq_acc: float | None  # None where the classes are not digits
+    threshold: float | None
+    train_ips: float  # images trained per wall second of the training call
+    predict_ips: float  # test images per second of a prediction pass
 
 
-# ------------------------------------------------------------------------- the data protocol
+# ------------------------------------------------------------------------- the datasets
+@dataclass
+class Splits:
+    """A dataset's train, valid and test splits, as both detectors see them."""
+
+    train: CocoData
+    valid: CocoData
+    test: CocoData
+
+    @property
+    def digits(self) -> bool:
+        """Whether the classes are digits (a number is read and scored)."""
+        return digit_names(self.train.categories) is not None
+
+
 def heldout_split(source: str | Path, config: str, overrides: Sequence[str] = ()
                   ) -> dict[str, CocoData]:
     """The source split as rcnnlab's `config` recipe splits it: {"train": the training side,
@@ -117,32 +140,62 @@ def heldout_split(source: str | Path, config: str, overrides: Sequence[str] = ()
     return load_splits(cfg.data, need=("train", "valid"))
 
 
-def write_protocol(outer: Mapping[str, CocoData], work: Path) -> tuple[Path, Path, Path]:
-    """Write the training side and the held-out split as COCO jsons into `work`: (train-side
-    json, held-out json, their image folder). File names stay relative to the source's image
-    folder (`load_coco` refuses absolute ones): give it as `data.*_images`."""
-    train_side = write_coco(outer["train"].to_coco_dict(), work / "train_side.json")
-    heldout = write_coco(outer["valid"].to_coco_dict(), work / "heldout.json")
-    return train_side, heldout, outer["train"].image_root
+def orand_splits(shared: Path, work: Path) -> Splits:
+    """ORAND-CAR-A: the orand recipe's held-out tenth is test; the rest 90 / 10."""
+    outer = heldout_split(shared / "orand-car-a" / "instances_train.json", "orand")
+    train, valid = holdout_split(outer["train"], 0.1, 0)
+    return Splits(train, valid, outer["valid"])
 
 
-def rcnnlab_overrides(train_side: Path, heldout: Path, images: Path, *, minutes: float,
-                      seed: int, out: Path, sweep: Sequence[float] | None, threads: int | None,
-                      workers: int | None, extra: Sequence[str] = ()) -> list[str]:
-    """The overrides of rcnnlab's run: trained on the training side (10 % of it held out as
-    valid, the threshold's tuning data), tested on the held-out json, for `minutes` of wall time;
-    the threshold swept over `sweep` (None: the recipe's range); the user's `extra` last, so they
-    win."""
-    items = [f"data.train_json={train_side}", f"data.train_images={images}",
-             "data.val_fraction=0.1", f"data.test_json={heldout}", f"data.test_images={images}",
-             f"train.time_budget={minutes}", f"train.seed={seed}", f"out_dir={out}",
-             f"name=rcnnlab_s{seed}"]
-    if sweep is not None:
-        items += [f"eval.sweep_min={sweep[0]}", f"eval.sweep_max={sweep[1]}"]
+def building_splits(shared: Path, work: Path) -> Splits:
+    """building-characters-yolo: its own train, valid and test splits."""
+    spec = shared / "building-characters-yolo" / "data.yaml"
+    return Splits(*(load_coco(f"{spec}:{key}") for key in ("train", "val", "test")))
+
+
+def numbers_splits(shared: Path, work: Path) -> Splits:
+    """number-extraction-yolo: trained on its valid split (a tenth held out), scored on test."""
+    spec = shared / "number-extraction-yolo" / "data.yaml"
+    train, valid = holdout_split(load_coco(f"{spec}:val"), 0.1, 0)
+    return Splits(train, valid, load_coco(f"{spec}:test"))
+
+
+def synth_splits(shared: Path, work: Path) -> Splits:
+    """The demo's generated house numbers, generated once into the work folder."""
+    from rcnnlab.config import load_config
+    from rcnnlab.data.splits import ensure_synth
+
+    data = load_config("demo").data
+    data = data.model_copy(update={"synth": data.synth.model_copy(
+        update={"out_dir": str(work / "synth")})})
+    ensure_synth(data)
+    return Splits(*(load_splits(data, need=(s,))[s] for s in ("train", "valid", "test")))
+
+
+DATASETS: dict[str, Callable[[Path, Path], Splits]] = {
+    "orand": orand_splits, "building": building_splits, "numbers": numbers_splits,
+    "synth": synth_splits}
+
+
+def write_splits(splits: Splits, folder: Path) -> list[str]:
+    """Write the three splits as COCO jsons into `folder`; the rcnnlab overrides that name them
+    (file names stay relative to each split's image folder, given as `data.*_images`)."""
+    items = []
+    for name in ("train", "valid", "test"):
+        data = getattr(splits, name)
+        path = write_coco(data.to_coco_dict(), folder / f"{name}.json")
+        items += [f"data.{name}_json={path}", f"data.{name}_images={data.image_root}"]
+    return items
+
+
+def rcnnlab_overrides(split_items: Sequence[str], *, minutes: float, seed: int, out: Path,
+                      name: str, threads: int | None, extra: Sequence[str] = ()) -> list[str]:
+    """The overrides of an rcnnlab run: the written splits, `minutes` of wall time, the seed and
+    the run folder; the user's `extra` last, so they win."""
+    items = [*split_items, f"train.time_budget={minutes}", f"train.seed={seed}",
+             f"out_dir={out}", f"name={name}"]
     if threads is not None:
         items.append(f"train.threads={threads}")
-    if workers is not None:
-        items.append(f"data.workers={workers}")
     return [*items, *extra]
 
 
@@ -270,7 +323,7 @@ def offline_ultralytics(config_dir: Path) -> None:
 
 def train_yolo(data_yaml: Path, *, minutes: float, imgsz: int, batch: int,
                workers: int | None, seed: int, threads: int, epochs: int | None,
-               out: Path) -> tuple[Path, float, int]:
+               out: Path, name: str | None = None) -> tuple[Path, float, int]:
     """Train YOLOv8n from scratch with Ultralytics' recipe for `minutes` of wall time; returns
     (its best.pt, the training call's wall seconds, epochs run)."""
     import ultralytics.utils.torch_utils as torch_utils
@@ -279,7 +332,7 @@ def train_yolo(data_yaml: Path, *, minutes: float, imgsz: int, batch: int,
     # Ultralytics sets torch's CPU threads to this constant (cpu_count - 1, at most 8) each time
     # it picks the device: give it the threads rcnnlab gets.
     torch_utils.NUM_THREADS = threads
-    run = out / f"yolo_s{seed}"
+    run = out / (name or f"yolo_s{seed}")
     if run.exists():  # Ultralytics appends to an existing results.csv: start clean
         shutil.rmtree(run)
     kwargs = dict(data=str(data_yaml), imgsz=imgsz, time=minutes / 60, batch=batch,
@@ -299,60 +352,80 @@ def train_yolo(data_yaml: Path, *, minutes: float, imgsz: int, batch: int,
     return save_dir / "weights" / "best.pt", wall, epochs_run
 
 
-def predict_yolo(weights: Path, data: CocoData, imgsz: int) -> list[dict]:
-    """COCO results of a YOLO checkpoint on every image of `data`, in its category ids."""
+def predict_yolo(weights: Path, data: CocoData, imgsz: int) -> tuple[list[dict], float]:
+    """COCO results of a YOLO checkpoint on every image of `data`, in its category ids, and the
+    images per second of that pass (after one warm-up batch)."""
     from ultralytics import YOLO
 
     model = YOLO(str(weights))
     paths = [str(data.image_root / img["file_name"]) for img in data.images]
+    options = dict(conf=YOLO_CONF, iou=YOLO_IOU, max_det=MAX_DET, imgsz=imgsz, device="cpu",
+                   verbose=False, batch=PREDICT_BATCH)
+    model.predict(paths[:PREDICT_BATCH], **options)  # warm-up
     detections: list[dict] = []
-    results = model.predict(paths, conf=YOLO_CONF, iou=YOLO_IOU, max_det=MAX_DET, imgsz=imgsz,
-                            device="cpu", stream=True, verbose=False)
+    start = time.perf_counter()
+    results = model.predict(paths, stream=True, **options)
     count = 0
     for img, result in zip(data.images, results, strict=True):
         boxes = result.boxes
         detections += yolo_detections(img["id"], boxes.xyxy.tolist(), boxes.cls.tolist(),
                                       boxes.conf.tolist(), data.category_ids)
         count += 1
+    seconds = time.perf_counter() - start
     if count != len(paths):
         raise RuntimeError(f"YOLO returned {count} results for {len(paths)} images")
-    return detections
+    return detections, len(paths) / seconds
 
 
-def yolo_row(seed: int, data_yaml: Path, valid: CocoData, heldout: CocoData,
-             thresholds: Sequence[float], backend: str, read_iou: float | None,
-             args: argparse.Namespace, threads: int) -> Row:
-    """Train, tune on valid and score on the held-out split one YOLO run; its numbers are read
-    as rcnnlab reads its own (`read_iou`)."""
-    best, wall, epochs = train_yolo(data_yaml, minutes=args.minutes, imgsz=args.imgsz,
-                                    batch=args.batch, workers=args.workers, seed=seed,
-                                    threads=threads, epochs=args.yolo_epochs, out=args.out)
-    sweep = sweep_thresholds(valid.to_coco_dict(), predict_yolo(best, valid, args.imgsz),
-                             thresholds, backend=backend, read_iou=read_iou)
-    if warning := sweep.edge_warning():
-        print(f"yolo seed {seed}: {warning}", flush=True)
-    metrics, seq_acc = score_split(heldout.to_coco_dict(),
-                                   predict_yolo(best, heldout, args.imgsz), sweep.best, backend,
-                                   read_iou)
-    return Row("yolov8n", seed, wall / 60, epochs, metrics.AP, metrics.AP50, metrics.AP75,
-               seq_acc, sweep.best)
+def yolo_row(dataset: str, seed: int, imgsz: int, data_yaml: Path, splits: Splits,
+             thresholds: Sequence[float], args: argparse.Namespace, threads: int,
+             out: Path) -> Row:
+    """Train one YOLO run, tune its threshold on valid (digits) and score it on test."""
+    best, wall, epochs = train_yolo(data_yaml, minutes=args.minutes, imgsz=imgsz,
+                                    batch=args.batch, workers=None, seed=seed, threads=threads,
+                                    epochs=None, out=out, name=f"yolo{imgsz}_s{seed}")
+    threshold, read_iou = None, None
+    if splits.digits:
+        read_iou = READ_IOU
+        valid_dets, _ = predict_yolo(best, splits.valid, imgsz)
+        sweep = sweep_thresholds(splits.valid.to_coco_dict(), valid_dets, thresholds,
+                                 read_iou=read_iou)
+        if warning := sweep.edge_warning():
+            print(f"{dataset} yolo{imgsz} seed {seed}: {warning}", flush=True)
+        threshold = sweep.best
+    test_dets, predict_ips = predict_yolo(best, splits.test, imgsz)
+    metrics, seq_acc = score_split(splits.test.to_coco_dict(), test_dets,
+                                   threshold if threshold is not None else 0.5,
+                                   read_iou=read_iou)
+    return Row(dataset, f"yolov8n-{imgsz}", seed, wall / 60, epochs, metrics.AP, metrics.AP50,
+               metrics.AP75, seq_acc if splits.digits else None, threshold,
+               epochs * len(splits.train.images) / wall, predict_ips)
 
 
 # ------------------------------------------------------------------------- rcnnlab
-def rcnnlab_row(seed: int, config: str, overrides: list[str]) -> Row:
-    """Train, tune on valid and evaluate on the held-out (test) split one rcnnlab run."""
-    from rcnnlab import api
-    from rcnnlab.config import load_config
+def rcnnlab_row(dataset: str, seed: int, config: str | None, overrides: list[str],
+                splits: Splits) -> Row:
+    """Train one rcnnlab run (the plan, or the recipe `config`), tune its threshold on valid
+    (digits), evaluate it on test and time a prediction pass over the test images."""
+    from rcnnlab import Detector, api
 
-    cfg = load_config(config, overrides)
+    cfg = api.configure(config, overrides)
     start = time.perf_counter()
     fit = api.train(cfg, exist_ok=True)  # a folder of an earlier attempt starts over
     wall = time.perf_counter() - start
-    sweep = api.tune(fit.run_dir)  # over eval.sweep_min..max, on valid (the ~97 images)
-    result = api.evaluate(fit.run_dir, split="test", threshold=sweep.best)
+    threshold = api.tune(fit.run_dir).best if splits.digits else None
+    result = api.evaluate(fit.run_dir, split="test", threshold=threshold)
+    detector = Detector.load(fit.run_dir)
+    paths = [splits.test.image_root / img["file_name"] for img in splits.test.images]
+    detector.predict(paths[:PREDICT_BATCH], keep_images=False)  # warm-up
+    begin = time.perf_counter()
+    detector.predict(paths, batch_size=PREDICT_BATCH, keep_images=False)
+    predict_ips = len(paths) / (time.perf_counter() - begin)
     m = result.metrics
-    return Row("rcnnlab", seed, wall / 60, fit.epochs, m.AP, m.AP50, m.AP75, result.seq_acc,
-               result.threshold)
+    label = "rcnnlab" if config is None else f"rcnnlab -c {config}"
+    return Row(dataset, label, seed, wall / 60, fit.epochs, m.AP, m.AP50, m.AP75,
+               result.seq_acc if splits.digits else None, threshold,
+               fit.iterations * cfg.train.batch_size / wall, predict_ips)
 
 
 # ------------------------------------------------------------------------- the table
@@ -361,15 +434,17 @@ def _cell(value: float | None, width: int, digits: int = 4) -> str:
     return f"{'-' if value is None else f'{value:.{digits}f}':>{width}}"
 
 
+HEADER = (f"{'dataset':<10}{'detector':<18}{'seed':>5}{'wall min':>9}{'epochs':>7}{'mAP':>8}"
+          f"{'AP50':>8}{'AP75':>8}{'seq acc':>8}{'thresh':>7}{'train/s':>9}{'pred/s':>8}")
+
+
 def format_row(row: Row) -> str:
     """One table line."""
-    return (f"{row.detector:<10}{row.seed:>6}{row.wall_min:>10.2f}{row.epochs:>8}"
-            + "".join(_cell(v, 9) for v in (row.mAP, row.AP50, row.AP75, row.seq_acc))
-            + f"{row.threshold:>11.2f}")
-
-
-HEADER = (f"{'detector':<10}{'seed':>6}{'wall min':>10}{'epochs':>8}{'mAP':>9}{'AP50':>9}"
-          f"{'AP75':>9}{'seq acc':>9}{'threshold':>11}")
+    return (f"{row.dataset:<10}{row.detector:<18}{row.seed:>5}{row.wall_min:>9.2f}"
+            f"{row.epochs:>7}" + "".join(_cell(v, 8) for v in (row.mAP, row.AP50, row.AP75,
+                                                                row.seq_acc))
+            + _cell(row.threshold, 7, 2) + _cell(row.train_ips, 9, 2)
+            + _cell(row.predict_ips, 8, 1))
 
 
 def mean_std(values: Sequence[float | None]) -> str:
@@ -380,14 +455,33 @@ def mean_std(values: Sequence[float | None]) -> str:
     return f"{statistics.fmean(values):.3f}±{std:.3f}"
 
 
+SUMMARY_KEYS = ("mAP", "AP50", "AP75", "seq_acc", "train_ips", "predict_ips")
+
+
 def summary(rows: Sequence[Row]) -> list[str]:
-    """mean ± std per detector over its seeds, one line each."""
-    lines = []
-    for detector in dict.fromkeys(r.detector for r in rows):
-        mine = [r for r in rows if r.detector == detector]
-        cells = [mean_std([getattr(r, k) for r in mine])
-                 for k in ("wall_min", "epochs", "mAP", "AP50", "AP75", "seq_acc", "threshold")]
-        lines.append(f"{detector:<10}{f'n={len(mine)}':>6}" + "".join(f"{c:>14}" for c in cells))
+    """mean ± std per dataset and detector over its seeds, then per dataset rcnnlab's mAP
+    against YOLOv8n's better image size (by mean mAP)."""
+    lines = [f"{'dataset':<10}{'detector':<18}{'n':>3}"
+             + "".join(f"{k:>14}" for k in SUMMARY_KEYS)]
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        mine = [r for r in rows if r.dataset == dataset]
+        for detector in dict.fromkeys(r.detector for r in mine):
+            group = [r for r in mine if r.detector == detector]
+            lines.append(f"{dataset:<10}{detector:<18}{len(group):>3}" + "".join(
+                f"{mean_std([getattr(r, k) for r in group]):>14}" for k in SUMMARY_KEYS))
+    lines.append("")
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        mine = [r for r in rows if r.dataset == dataset]
+        means = {d: statistics.fmean(r.mAP or 0.0 for r in mine if r.detector == d)
+                 for d in dict.fromkeys(r.detector for r in mine)}
+        yolo = {d: v for d, v in means.items() if d.startswith("yolo")}
+        if not yolo:
+            continue
+        best = max(yolo, key=yolo.get)
+        for detector in (d for d in means if d.startswith("rcnnlab")):
+            lead = means[detector] - yolo[best]
+            lines.append(f"{dataset}: {detector} mAP {means[detector]:.3f} vs {best} (YOLO's "
+                         f"better size) {yolo[best]:.3f}: {lead:+.3f}")
     return lines
 
 
@@ -399,39 +493,44 @@ def write_csv(rows: Sequence[Row], path: Path) -> None:
         writer.writerows(asdict(r) for r in rows)
 
 
+def parse_datasets(specs: Sequence[str], seeds: Sequence[int]) -> list[tuple[str, list[int]]]:
+    """`NAME[:S,S,...]` -> (name, seeds); the seeds default to `seeds`."""
+    out = []
+    for spec in specs:
+        name, _, given = spec.partition(":")
+        if name not in DATASETS:
+            raise SystemExit(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
+        out.append((name, [int(s) for s in given.split(",")] if given else list(seeds)))
+    return out
+
+
 # ------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> list[Row]:
     """Run the comparison and return its rows."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the source COCO json")
+    parser.add_argument("--datasets", nargs="+", default=["orand:0,1,2", "building", "numbers",
+                                                          "synth"],
+                        help=f"NAME[:SEEDS] of {', '.join(DATASETS)}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="seeds of a dataset given without its own")
     parser.add_argument("--minutes", type=float, default=10.0,
                         help="wall-clock training budget of each run (training + validation)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--only", choices=("rcnnlab", "yolo"), default=None)
-    parser.add_argument("--imgsz", type=int, default=640, help="YOLO's image size")
+    parser.add_argument("--config", action="append", default=[],
+                        help="also train this rcnnlab recipe (repeatable); the plan always runs")
+    parser.add_argument("--imgsz", type=int, nargs="+", default=[320, 640],
+                        help="YOLO's image sizes (one row each)")
     parser.add_argument("--batch", type=int, default=16, help="YOLO's batch size")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="data loader workers of both (default: each one's own)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads of both sides (default: torch's)")
-    parser.add_argument("--yolo-epochs", type=int, default=None,
-                        help="YOLO's planned epochs before time= re-plans them (default: "
-                        "Ultralytics' 100; it also picks optimizer=auto's choice)")
-    parser.add_argument("--sweep", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
-                        help="one threshold range tuned for both (default: rcnnlab's recipe "
-                        "range, and --yolo-sweep for YOLO)")
     parser.add_argument("--yolo-sweep", type=float, nargs=2, default=[0.05, 0.95],
                         metavar=("MIN", "MAX"), help="YOLO's threshold range (default 0.05-0.95)")
+    parser.add_argument("--shared", type=Path, default=SHARED, help="the shared data folder")
     parser.add_argument("--out", type=Path, default=Path("runs/peer"))
-    parser.add_argument("--work", type=Path, default=None,
-                        help="folder of the split jsons and the YOLO dataset (default: a new "
-                        "temporary folder in --out)")
-    parser.add_argument("--config", default="orand", help="rcnnlab's recipe")
     parser.add_argument("overrides", nargs="*", help="extra key=value for rcnnlab's runs")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     network = watch_network()
-
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -442,57 +541,46 @@ def main(argv: list[str] | None = None) -> list[Row]:
     have_yolo = importlib.util.find_spec("ultralytics") is not None
     if not have_yolo and args.only != "rcnnlab":
         print(NO_ULTRALYTICS, flush=True)
-        if args.only == "yolo":
-            return []
     args.out.mkdir(parents=True, exist_ok=True)
-    work = args.work or Path(tempfile.mkdtemp(prefix="work-", dir=args.out))
-    work.mkdir(parents=True, exist_ok=True)
-
-    outer = heldout_split(args.data, args.config)
-    train_side, heldout_json, images = write_protocol(outer, work)
-    # rcnnlab's config for seed 0 gives its own training / validation split of the training
-    # side (the split seed is the config's, not the run's): YOLO gets the same images
-    common = dict(minutes=args.minutes, out=args.out, sweep=args.sweep, threads=args.threads,
-                  workers=args.workers, extra=args.overrides)
-    cfg = load_config(args.config, rcnnlab_overrides(train_side, heldout_json, images, seed=0,
-                                                     **common))
-    inner = load_splits(cfg.data, need=("train", "valid", "test"))
-    yolo_sweep = args.sweep or args.yolo_sweep
-    yolo_thresholds = cfg.eval.model_copy(update={"sweep_min": yolo_sweep[0],
-                                                  "sweep_max": yolo_sweep[1]}).sweep_thresholds()
-    print(f"source {len(outer['train'].images) + len(outer['valid'].images)} images: held out "
-          f"{len(inner['test'].images)}; training side {len(outer['train'].images)} = "
-          f"{len(inner['train'].images)} train + {len(inner['valid'].images)} valid; budget "
-          f"{args.minutes:g} min a run; {threads} torch threads; threshold tuned on valid over "
-          f"rcnnlab {cfg.eval.sweep_min:g}-{cfg.eval.sweep_max:g}, YOLO "
-          f"{yolo_sweep[0]:g}-{yolo_sweep[1]:g}; work folder {work}", flush=True)
+    eval_cfg = load_config("base").eval
+    yolo_thresholds = eval_cfg.model_copy(update={
+        "sweep_min": args.yolo_sweep[0], "sweep_max": args.yolo_sweep[1]}).sweep_thresholds()
 
     rows: list[Row] = []
-    # rcnnlab first for every seed: Ultralytics changes process-wide torch state (deterministic
-    # algorithms, threads) that must not leak into rcnnlab's runs
-    if args.only != "yolo":
-        for seed in args.seeds:
-            rows.append(rcnnlab_row(seed, args.config, rcnnlab_overrides(
-                train_side, heldout_json, images, seed=seed, **common)))
-            print(format_row(rows[-1]), flush=True)
-    if args.only != "rcnnlab" and have_yolo:
-        offline_ultralytics(work / "ultralytics")
-        data_yaml = write_yolo_dataset(inner["train"], inner["valid"], work / "yolo")
-        for seed in args.seeds:
-            rows.append(yolo_row(seed, data_yaml, inner["valid"], inner["test"],
-                                 yolo_thresholds, cfg.eval.backend,
-                                 cfg.eval.read_iou, args, threads))
-            print(format_row(rows[-1]), flush=True)
-        torch.set_num_threads(threads)
+    for dataset, seeds in parse_datasets(args.datasets, args.seeds):
+        out = args.out / dataset
+        splits = DATASETS[dataset](args.shared, args.out)
+        split_items = write_splits(splits, out / "splits")
+        print(f"{dataset}: train {len(splits.train.images)}, valid {len(splits.valid.images)}, "
+              f"test {len(splits.test.images)} images; {args.minutes:g} min a run; {threads} "
+              "torch threads", flush=True)
+        # rcnnlab first for every seed: Ultralytics changes process-wide torch state
+        # (deterministic algorithms, threads) that must not leak into rcnnlab's runs
+        if args.only != "yolo":
+            for config in [None, *args.config]:
+                for seed in seeds:
+                    tag = "plan" if config is None else Path(config).stem
+                    rows.append(rcnnlab_row(dataset, seed, config, rcnnlab_overrides(
+                        split_items, minutes=args.minutes, seed=seed, out=out,
+                        name=f"rcnnlab_{tag}_s{seed}", threads=args.threads,
+                        extra=args.overrides), splits))
+                    print(format_row(rows[-1]), flush=True)
+        if args.only != "rcnnlab" and have_yolo:
+            offline_ultralytics(args.out / "ultralytics")
+            data_yaml = write_yolo_dataset(splits.train, splits.valid, out / "yolo")
+            for imgsz in args.imgsz:
+                for seed in seeds:
+                    rows.append(yolo_row(dataset, seed, imgsz, data_yaml, splits,
+                                         yolo_thresholds, args, threads, out))
+                    print(format_row(rows[-1]), flush=True)
+            torch.set_num_threads(threads)
+        write_csv(rows, args.out / "peer.csv")
 
     print(f"\n{machine_description()}\n{HEADER}", flush=True)
     for row in rows:
         print(format_row(row))
-    print(f"\nmean ± std over seeds {args.seeds}\n{'detector':<10}{'':>6}"
-          + "".join(f"{c:>14}" for c in ("wall min", "epochs", "mAP", "AP50", "AP75",
-                                          "seq acc", "threshold")))
+    print("\nmean ± std over seeds")
     print("\n".join(summary(rows)))
-    write_csv(rows, args.out / "peer.csv")
     print(f"\nrows written to {args.out / 'peer.csv'}; network attempts: "
           + ("none" if not network else "; ".join(dict.fromkeys(network))), flush=True)
     return rows

@@ -152,7 +152,8 @@ def _operators(events, steps: int, total_ms: float, top: int) -> Iterator[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="config overrides (key=value)")
-    parser.add_argument("--config", default="orand")
+    parser.add_argument("--config", default="orand",
+                        help="a recipe, or plan (the plan for --data, as rcnnlab train plans)")
     parser.add_argument("--data", required=True, help="a COCO json (its images at the "
                         "config's size)")
     parser.add_argument("--steps", type=int, default=10, help="profiled training steps")
@@ -163,7 +164,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, args.overrides)
+    if args.config == "plan":  # what rcnnlab train plans for the data, without a recipe
+        from rcnnlab import api
+
+        cfg = api.configure(None, [*api.data_overrides(args.data), *args.overrides])
+    else:
+        cfg = load_config(args.config, args.overrides)
     device = torch.device("cpu")
     data = load_coco(args.data)
     model, optimizer, loader = training_pieces(cfg, data, device)

@@ -453,8 +453,9 @@ def test_channels_last_trains_and_its_checkpoint_predicts(synth_dir, tmp_path):
     assert layouts == [True, True]  # the backbone and the RPN head trained in NHWC
     row = next(csv.DictReader((run / "metrics.csv").open()))
     assert all(math.isfinite(float(row[k])) for k in ("loss", "loss_cls", "loss_anchor"))
-    model, _ = load_detector(run)  # the checkpoint loads into an ordinary model
-    assert model.backbone.body.conv1.weight.is_contiguous()
+    model, _ = load_detector(run)  # the checkpoint predicts in the layout it trained in
+    weight = model.backbone.body.conv1.weight
+    assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     paths = api.predict(run, synth_dir / "test" / "annotations.json", tmp_path / "pred",
                         device="cpu")
     assert isinstance(json.loads(paths["json"].read_text()), list)

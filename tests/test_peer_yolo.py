@@ -97,38 +97,59 @@ def test_score_split_perfect_detections(peer):
     assert peer.score_split(gt, dets, threshold=0.05)[1] == 0.0  # "395"
 
 
-def test_splits_are_disjoint_and_cover_the_source(peer, tmp_path):
+def test_orand_splits_are_disjoint_and_cover_the_source(peer, tmp_path):
     source = shared_path("orand-car-a", "instances_train.json")
-    outer = peer.heldout_split(source, "orand")
-    # exactly what the orand recipe holds out of the source
+    splits = peer.orand_splits(source.parents[1], tmp_path)
+    # the test split is exactly what the orand recipe holds out of the source
     cfg = load_config("orand", [f"data.train_json={source}"])
     recipe = load_splits(cfg.data, need=("train", "valid"))
-    ids = {name: {img["id"] for img in data.images} for name, data in outer.items()}
-    assert ids == {name: {img["id"] for img in data.images} for name, data in recipe.items()}
-    all_ids = {img["id"] for img in load_coco(source, check_files=False).images}
-    assert not ids["train"] & ids["valid"] and ids["train"] | ids["valid"] == all_ids
-    assert (len(ids["train"]), len(ids["valid"])) == (972, 108)
+    ids = {name: {img["id"] for img in getattr(splits, name).images}
+           for name in ("train", "valid", "test")}
+    assert ids["test"] == {img["id"] for img in recipe["valid"].images}
+    assert ids["train"] | ids["valid"] == {img["id"] for img in recipe["train"].images}
+    assert not ids["train"] & ids["valid"]
+    assert [len(ids[s]) for s in ("train", "valid", "test")] == [875, 97, 108]
+    assert splits.digits
 
-    train_side, heldout, images = peer.write_protocol(outer, tmp_path)
-    overrides = peer.rcnnlab_overrides(train_side, heldout, images, minutes=1, seed=3,
-                                       out=tmp_path, sweep=(0.05, 0.95), threads=None,
-                                       workers=None)
-    inner = load_splits(load_config("orand", overrides).data, need=("train", "valid", "test"))
-    inner_ids = {name: {img["id"] for img in data.images} for name, data in inner.items()}
-    assert inner_ids["test"] == ids["valid"]
-    assert not inner_ids["train"] & inner_ids["valid"]
-    assert inner_ids["train"] | inner_ids["valid"] == ids["train"]
-    assert (len(inner_ids["train"]), len(inner_ids["valid"])) == (875, 97)
-    # the boxes travel unchanged through the written jsons
-    assert inner["test"].num_boxes == outer["valid"].num_boxes
-    # the threshold range: the given one, else the recipe's (what `rcnnlab tune` sweeps)
-    given = load_config("orand", overrides).eval
-    assert (given.sweep_min, given.sweep_max) == (0.05, 0.95)
-    recipe_range = load_config("orand", peer.rcnnlab_overrides(
-        train_side, heldout, images, minutes=1, seed=3, out=tmp_path, sweep=None, threads=None,
-        workers=None)).eval
-    assert (recipe_range.sweep_min, recipe_range.sweep_max) == (cfg.eval.sweep_min,
-                                                                cfg.eval.sweep_max)
+
+def test_written_splits_are_what_rcnnlab_trains_on(peer, tmp_path):
+    from rcnnlab import api
+
+    splits = peer.numbers_splits(shared_path("number-extraction-yolo").parent, tmp_path)
+    assert [len(getattr(splits, s).images) for s in ("train", "valid", "test")] == [57, 6, 13]
+    items = peer.write_splits(splits, tmp_path / "splits")
+    overrides = peer.rcnnlab_overrides(items, minutes=1, seed=3, out=tmp_path, name="x",
+                                       threads=None)
+    cfg = api.configure(None, overrides)  # the plan, as the benchmark trains it
+    assert cfg.plan is not None and cfg.train.time_budget == 1 and cfg.train.seed == 3
+    assert cfg.data.val_fraction == 0  # the valid split is given
+    loaded = load_splits(cfg.data, need=("train", "valid", "test"))
+    for name in ("train", "valid", "test"):
+        ours, theirs = loaded[name], getattr(splits, name)
+        assert [i["id"] for i in ours.images] == [i["id"] for i in theirs.images]
+        assert ours.num_boxes == theirs.num_boxes  # the boxes travel unchanged
+    building = peer.building_splits(shared_path("building-characters-yolo").parent, tmp_path)
+    assert [len(getattr(building, s).images) for s in ("train", "valid", "test")] == \
+        [888, 36, 37]
+    assert not building.digits
+
+
+def test_datasets_parse_with_their_own_seeds(peer):
+    assert peer.parse_datasets(["orand:0,1,2", "building"], [5]) == [
+        ("orand", [0, 1, 2]), ("building", [5])]
+    with pytest.raises(SystemExit, match="unknown dataset"):
+        peer.parse_datasets(["coco"], [0])
+
+
+def test_summary_compares_with_yolos_better_size(peer):
+    def row(detector, seed, m):
+        return peer.Row("building", detector, seed, 10.0, 5, m, m, m, None, None, 10.0, 50.0)
+
+    lines = peer.summary([row("rcnnlab", 0, 0.70), row("yolov8n-320", 0, 0.60),
+                          row("yolov8n-640", 0, 0.65)])
+    assert lines[-1] == ("building: rcnnlab mAP 0.700 vs yolov8n-640 (YOLO's better size) "
+                         "0.650: +0.050")
+    assert any("0.700±0.000" in line for line in lines)
 
 
 def test_labels_read_back_by_ultralytics_give_the_coco_box(peer, tmp_path, monkeypatch):

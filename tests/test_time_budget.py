@@ -27,7 +27,8 @@ def simulate(monkeypatch, *, budget_min=10.0, full=100, s_iter=1.0, val_s=12.0, 
     """Run the hook through a loop on a fake clock; returns (elapsed seconds, loop, lrs)."""
     clock = [0.0]
     monkeypatch.setattr(time_budget.time, "perf_counter", lambda: clock[0])
-    t = TrainConfig(epochs=12, batch_size=4, warmup_iters=10, eta_min=0.01, **cfg)
+    t = TrainConfig(**{"epochs": 12, "batch_size": 4, "warmup_iters": 10, "eta_min": 0.01,
+                       **cfg})
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     loop = SimpleNamespace(epoch=0, epochs=t.epochs, iteration=0, iters_per_epoch=full,
                            train_seconds=0.0, row={}, scheduler=build_scheduler(optimizer, t, full))
@@ -119,3 +120,23 @@ def test_a_tiny_run_logs_writes_and_records_its_plan(synth_dir, tmp_path, caplog
     assert plan["took_minutes"] > 0 and plan["budget_minutes"] == 0.25
     report = (fit.run_dir / "report.md").read_text()
     assert "| time budget | 0.25 min:" in report and "(chosen by the time budget)" in report
+
+
+def test_warm_up_is_cut_to_a_tenth_of_a_short_run(monkeypatch):
+    # 2 minutes at 1 s a step hold about 100 iterations: a 200-iteration warm-up would cover
+    # the whole run and the learning rate would never decay
+    elapsed, loop, lrs, hook = simulate(monkeypatch, budget_min=2.0, full=40, val_s=2.0,
+                                        warmup_iters=200)
+    total = loop.iteration
+    assert 80 <= total <= 120
+    assert hook.plan["warmup_iters"] == int(0.1 * hook.plan["total_iterations"])
+    # the warm-up is over by the first plan (after 13 timed steps, the cosine already under
+    # way), not after 200 iterations
+    assert max(lrs[:16]) >= 0.85 and lrs[0] < 0.01
+    assert lrs[-1] == pytest.approx(0.01, abs=2e-3)  # the cosine reaches its floor
+
+
+def test_a_long_run_keeps_its_warm_up(monkeypatch):
+    elapsed, loop, lrs, hook = simulate(monkeypatch, warmup_iters=30)  # ~540 iterations
+    assert hook.plan["warmup_iters"] == 30
+    assert lrs[28] < lrs[30] and lrs[30] == pytest.approx(max(lrs), abs=1e-3)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rcnnlab.config import Config
+from rcnnlab.config import Config, config_of, deep_merge, read_recipe
 from rcnnlab.data.coco import CocoData, load_coco, require_boxes
 from rcnnlab.data.splits import SPLITS, ensure_synth, load_splits
 from rcnnlab.detector import Detector, Result
@@ -27,7 +27,7 @@ from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.engine.training import FitResult
 from rcnnlab.engine.training import train as train_run
-from rcnnlab.errors import DatasetError, MissingFileError
+from rcnnlab.errors import ConfigError, DatasetError, MissingFileError
 from rcnnlab.evaluation.diagnosis import Diagnosis, find_causes, last_training_row, recall_by_size
 from rcnnlab.evaluation.pipeline import (
     CocoMetricsEvaluator,
@@ -48,6 +48,7 @@ from rcnnlab.evaluation.threshold import SweepResult
 from rcnnlab.inference.sources import Source, coco_images
 from rcnnlab.methods.scale_weighting import IntervalRecord
 from rcnnlab.models.build import build_model, describe_model
+from rcnnlab.planning import Plan, plan_data
 from rcnnlab.reporting.plots import plot_scale_weights
 from rcnnlab.reporting.predictions import write_id_map, write_predictions
 from rcnnlab.reporting.record import write_record
@@ -56,10 +57,77 @@ from rcnnlab.runs.device import resolve_device
 from rcnnlab.runs.distributed import barrier, close_distributed, init_distributed
 from rcnnlab.runs.rundir import RunDir, read_csv_rows
 
-__all__ = ["EvalResult", "LoadedRun", "TrainResult", "diagnose", "evaluate", "load_run",
-           "predict", "report", "report_loaded", "train", "tune", "tune_loaded"]
+__all__ = ["EvalResult", "LoadedRun", "TrainResult", "configure", "data_overrides", "diagnose",
+           "evaluate", "load_run", "plan", "predict", "report", "report_loaded", "train", "tune",
+           "tune_loaded"]
 
 log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------ configuration
+def data_overrides(data: str | Path) -> list[str]:
+    """The override that names a dataset: `data.yolo` for a YOLO data.yaml, `data.train_json`
+    for a COCO json or one split of a data.yaml (`data.yaml:val`)."""
+    text = str(data)
+    if Path(text).suffix.lower() in (".yaml", ".yml"):
+        return [f"data.yolo={text}"]
+    return [f"data.train_json={text}"]
+
+
+def plan(data: str | Path | None = None, overrides: Sequence[str] = (), *,
+         budget_minutes: float | None = None, device: str | None = None) -> Plan:
+    """The training plan for a dataset: its fingerprint and the config values the planner's
+    rules choose for it (`rcnnlab.planning.rules`), for a time budget in minutes and a device.
+
+    `data` is a COCO json, a YOLO data.yaml or `data.yaml:KEY`; `overrides` may name the data
+    instead (`data.train_json=...`, `data.valid_json=...`) and set the budget
+    (`train.time_budget`) and device (`train.device`), which the arguments replace."""
+    items = [*(data_overrides(data) if data is not None else []), *overrides]
+    draft = config_of({}, items)
+    if budget_minutes is None:
+        budget_minutes = draft.train.time_budget
+    return _plan_for(draft, budget_minutes, device or draft.train.device)
+
+
+def _plan_for(draft: Config, budget_minutes: float | None, device: str) -> Plan:
+    d = draft.data
+    if d.yolo is None and d.train_json is None and d.synth is None:
+        raise ConfigError(
+            "nothing to plan for: without a recipe (-c) rcnnlab plans from the training data. "
+            "Fix: name it, e.g. data.yolo=path/to/data.yaml or data.train_json=path/to/ann.json "
+            "(or -c demo for generated house numbers, -c orand for ORAND-CAR-A)")
+    ensure_synth(d)
+    return plan_data(d, device=device, budget_minutes=budget_minutes)
+
+
+def configure(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The config of a run, as `rcnnlab train -c RECIPE key=value ...` builds it.
+
+    Without a recipe, or with one whose `base:` chain starts at `base: plan`, the values come
+    from the plan for the data the config names (`plan`), and the recipe's keys and the
+    overrides apply on top, key by key; the plan's choices and reasons are kept in
+    `Config.plan`. A recipe that does not start from the plan (`-c orand`, `-c base`) is taken
+    as it is, like `rcnnlab.config.load_config`."""
+    tree, planned = read_recipe(recipe)
+    where = str(recipe) if recipe is not None else "config"
+    if not planned:
+        return config_of(tree, list(overrides), where)
+    draft = config_of(tree, list(overrides), where)
+    chosen = _plan_for(draft, draft.train.time_budget, draft.train.device)
+    return config_of(deep_merge(chosen.tree(), tree), list(overrides), where)
+
+
+def plan_table(cfg: Config) -> str:
+    """The run's plan as a text table: each choice, its values (those the run changed marked
+    with the planned one) and its reason."""
+    record = cfg.plan
+    budget = f"{record.budget_minutes:g} minutes" if record.budget_minutes else "no time budget"
+    rows = record.rows(cfg)
+    width = max(len(topic) for topic, _, _ in rows)
+    lines = [f"plan for {record.data} on {record.device} ({record.machine}), {budget}:"]
+    for topic, values, reason in rows:
+        lines += [f"  {topic:<{width}}  {values}", f"  {'':<{width}}  -> {reason}"]
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ training
@@ -83,9 +151,14 @@ def train(cfg: Config, *, resume: bool = False, exist_ok: bool = False,
 
     Under `torchrun` every process calls this: rank 0 prepares the run folder and, after
     training, writes the record; every rank returns the training's figures (`validation` is
-    rank 0's)."""
+    rank 0's).
+
+    `cfg` is trained as it is: a `Config` built in Python (or by `load_config`) plans nothing;
+    `configure` gives the plan for the data, which is then logged as a table."""
     here, _ = init_distributed(resolve_device(cfg.train.device))
     if here.is_main:
+        log.info("%s", plan_table(cfg) if cfg.plan is not None else
+                 "config as given (no plan; rcnnlab.api.configure plans from the data)")
         RunDir(cfg.run_dir).prepare(resume=resume, exist_ok=exist_ok)
         ensure_synth(cfg.data)
     barrier()

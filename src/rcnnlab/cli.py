@@ -21,7 +21,6 @@ from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
-from rcnnlab.config import load_config
 from rcnnlab.errors import ConfigError, UserError
 
 app = typer.Typer(
@@ -69,7 +68,8 @@ OverridesArg = Annotated[list[str] | None, typer.Argument(
     show_default=False)]
 ConfigOpt = Annotated[str | None, typer.Option(
     "--config", "-c", help="YAML config file, or a built-in recipe (orand, demo, base: see "
-    "`rcnnlab configs`); overrides apply on top.")]
+    "`rcnnlab configs`); overrides apply on top. Without it, the plan for the data "
+    "(rcnnlab plan).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 EvalOverridesArg = Annotated[list[str] | None, typer.Argument(
     help="Inference options of this call as eval.key=value, e.g. eval.nms=gaussian "
@@ -249,12 +249,15 @@ def data_show(
     seed: Annotated[int, typer.Option(help="Which images and which augmentations.")] = 0,
 ):
     """Draw N augmented training samples (config's augment section) with their boxes."""
+    from rcnnlab import api
     from rcnnlab.data.categories import digit_names
     from rcnnlab.data.coco import load_coco
     from rcnnlab.data.show import render_augmented_grid
     from rcnnlab.data.transforms import build_train_transforms
 
-    cfg = load_config(config, overrides)
+    # as training would: the recipe's augmentation, or without one the plan for this data
+    cfg = api.configure(config, [*(api.data_overrides(json_path) if config is None else []),
+                                 *(overrides or [])])
     data = load_coco(json_path, images)
     transforms = build_train_transforms(cfg.augment,
                                         digit_classes=digit_names(data.categories) is not None)
@@ -262,6 +265,50 @@ def data_show(
     png = render_augmented_grid(data, transforms, out, n=n, seed=seed, short_sides=sides,
                                 max_size=cfg.model.max_size)
     console.print(f"grid: {png}")
+
+
+# ---------------------------------------------------------------------------------- plan
+def _print_fingerprint(source: str, rows) -> None:
+    table = Table(title=f"fingerprint of {source}", title_justify="left")
+    table.add_column("what")
+    table.add_column("value")
+    for what, value in rows:
+        table.add_row(what, escape(value))
+    console.print(table)
+
+
+@app.command()
+@_user_errors
+def plan(
+    data: Annotated[str, typer.Argument(
+        help="A COCO json, a YOLO data.yaml, or one split of it (data.yaml:val).")],
+    overrides: OverridesArg = None,
+    budget: Annotated[float | None, typer.Option(
+        help="Minutes of training (and validation) to plan for; default: a number of epochs.")]
+    = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    out: Annotated[Path | None, typer.Option(
+        help="Write the plan as a recipe: rcnnlab train -c PLAN.yaml trains it.")] = None,
+):
+    """Read a dataset once and print its fingerprint and the training plan derived from it.
+
+    `rcnnlab train` without -c trains this plan (its key=value overrides win key by key)."""
+    from rcnnlab import api
+    from rcnnlab.config import apply_overrides, config_of
+
+    chosen = api.plan(data, overrides or [], budget_minutes=budget, device=device)
+    _print_fingerprint(chosen.fingerprint.source, chosen.fingerprint.rows())
+    given = [*api.data_overrides(data), *(overrides or [])]
+    console.print(api.plan_table(config_of(chosen.tree(), given)), highlight=False,
+                  soft_wrap=True)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # the data and the overrides go in too: -c PLAN.yaml needs nothing else
+        out.write_text(chosen.to_yaml(apply_overrides({}, given)))
+        console.print(f"plan written to {out}: rcnnlab train -c {out}")
+    else:
+        console.print(f"train it: rcnnlab train {' '.join(api.data_overrides(data))}"
+                      + (f" train.time_budget={budget:g}" if budget else ""))
 
 
 # ---------------------------------------------------------------------------------- train
@@ -278,11 +325,13 @@ def train(
 ):
     """Train a detector; writes runs/<name>/ (config, metrics.csv, TensorBoard, checkpoints).
 
-    On several GPUs or machines: torchrun --nproc_per_node N -m rcnnlab train ..."""
+    Without -c it trains the plan for the data (rcnnlab plan DATA shows it): name the data
+    with data.yolo=data.yaml or data.train_json=ann.json. On several GPUs or machines:
+    torchrun --nproc_per_node N -m rcnnlab train ..."""
     from rcnnlab import api
     from rcnnlab.runs.distributed import env_rank
 
-    cfg = load_config(config, overrides)
+    cfg = api.configure(config, overrides or [])
     result = api.train(cfg, resume=resume, exist_ok=exist_ok)
     if env_rank() != 0:  # under torchrun rank 0 reports for all
         return
@@ -517,10 +566,11 @@ def demo(
     """Generate house numbers, train the CPU default, tune, evaluate on test, write outputs."""
     from rich.progress import Progress
 
+    from rcnnlab import api
     from rcnnlab.data.splits import ensure_synth
     from rcnnlab.demo import run_demo
 
-    cfg = load_config(config, overrides)
+    cfg = api.configure(config, overrides or [])
     with Progress(console=err_console, disable=not err_console.is_terminal) as bar:
         task = bar.add_task("generating data", total=None)
         ensure_synth(cfg.data, progress=lambda n: bar.advance(task, n))

@@ -289,8 +289,43 @@ class EvalConfig(_Section):
     proposals: PositiveInt | None = None
 
 
+# ------------------------------------------------------------------------------------ plan
+class PlanRecord(_Section):
+    """What the planner chose for this run and why (`rcnnlab plan`, or `rcnnlab train` without a
+    recipe). Written by the planner and kept with the run; training reads nothing from it."""
+
+    data: str  # the training split the plan was made from
+    device: str  # the device planned for
+    machine: str  # that device in words
+    budget_minutes: float | None = None  # the time budget planned for
+    fingerprint: dict[str, Any]  # the dataset's statistics the rules read
+    choices: list[dict[str, Any]]  # per decision: its topic, the values it set, its reason
+
+    def rows(self, cfg: Config | None = None) -> list[tuple[str, str, str]]:
+        """(topic, its values as `key=value` text, reason) per choice; with the run's `cfg`, a
+        value the run changed reads `key=value (planned: value)`."""
+        out = []
+        for choice in self.choices:
+            cells = []
+            for key, planned in choice["values"].items():
+                text = f"{key}={value_text(planned)}"
+                if cfg is not None and cfg.value(key) != planned:
+                    text = f"{key}={value_text(cfg.value(key))} (planned: {value_text(planned)})"
+                cells.append(text)
+            out.append((choice["topic"], " ".join(cells), choice["reason"]))
+        return out
+
+
+def value_text(value: Any) -> str:
+    """A config value as it is written on the command line (`null`, `true`, `[8, 16]`)."""
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
+
+
 class Config(_Section):
-    """One run: name and output folder, then the sections in pipeline order."""
+    """One run: name and output folder, then the sections in pipeline order.
+
+    `Config()` and `load_config(None)` hold the defaults below and plan nothing; the plan for
+    the data (what `rcnnlab train` without `-c` trains) comes from `rcnnlab.api.configure`."""
 
     name: str = "run"  # run folder name under out_dir
     out_dir: str = "runs"
@@ -299,6 +334,7 @@ class Config(_Section):
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    plan: PlanRecord | None = None  # set when the run's values came from a plan
 
     @model_validator(mode="after")
     def _check(self) -> Config:
@@ -312,6 +348,13 @@ class Config(_Section):
         if self.augment.no_aug_epochs > self.train.epochs:
             self.augment.no_aug_epochs = self.train.epochs
         return self
+
+    def value(self, key: str) -> Any:
+        """The value of a dotted key (`train.lr`), lists and tuples as lists."""
+        node: Any = self
+        for part in key.split("."):
+            node = getattr(node, part)
+        return list(node) if isinstance(node, tuple) else node
 
     @property
     def run_dir(self) -> Path:
@@ -407,8 +450,24 @@ def config_path(name: str | Path) -> Path:
                       "(rcnnlab configs lists them)")
 
 
-def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
-    """Read a YAML config, resolving its `base:` chain (paths relative to the file)."""
+# `base: plan` in a recipe: its keys apply on top of the plan for its data
+PLAN_BASE = "plan"
+
+
+def read_recipe(path: str | Path | None) -> tuple[dict, bool]:
+    """A recipe's tree (its `base:` chain resolved) and whether the chain starts from the plan
+    (`base: plan`); no recipe is the plan with nothing on top."""
+    if path is None:
+        return {}, True
+    planned: list[bool] = []
+    tree = read_yaml_tree(config_path(path), _planned=planned)
+    return tree, bool(planned)
+
+
+def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = (),
+                   _planned: list[bool] | None = None) -> dict:
+    """Read a YAML config, resolving its `base:` chain (paths relative to the file). A chain
+    that ends at `base: plan` appends True to `_planned` (see `read_recipe`)."""
     path = Path(path).resolve()
     if path in _seen:
         chain = " -> ".join(map(str, _seen))
@@ -424,9 +483,31 @@ def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: a config must be a mapping of sections, "
                           f"got {type(tree).__name__}")
     base = tree.pop("base", None)
+    if base == PLAN_BASE:
+        if _planned is None:
+            raise ConfigError(f"{path}: starts from the plan for its data (base: plan). Fix: "
+                              "load it with rcnnlab.api.configure (the CLI does), or name a "
+                              "recipe file as its base")
+        _planned.append(True)
+        return tree
     if base is None:
         return tree
-    return deep_merge(read_yaml_tree(path.parent / base, _seen + (path,)), tree)
+    return deep_merge(read_yaml_tree(path.parent / base, _seen + (path,), _planned), tree)
+
+
+def set_key(tree: dict, key: str, value: Any) -> None:
+    """Set the dotted `key` (`train.lr`) of a config tree to `value`, making sections as
+    needed."""
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {part!r} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
 
 
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
@@ -440,28 +521,28 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"override {item!r}: value is not valid YAML: {exc}") from None
-        node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is a value, not a section")
-            node = child
-        node[parts[-1]] = value
+        try:
+            set_key(tree, key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"override {item!r}: {exc}") from None
     return tree
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Build a validated Config from an optional YAML file (or built-in recipe name: `orand`,
-    `demo`, `base`) and dotted overrides."""
+    `demo`, `base`) and dotted overrides. Nothing is planned: without a file the defaults of
+    this module apply (`rcnnlab.api.configure` plans)."""
     tree = read_yaml_tree(config_path(path)) if path is not None else {}
+    return config_of(tree, overrides, str(path) if path is not None else "config")
+
+
+def config_of(tree: dict, overrides: list[str] | None = None, where: str = "config") -> Config:
+    """A validated Config from a config tree with dotted overrides on top; `where` names the
+    source in the error message."""
     tree = apply_overrides(tree, overrides or [])
     try:
         return Config.model_validate(tree)
     except ValidationError as exc:
-        where = str(path) if path is not None else "config"
         raise ConfigError(f"{where}: invalid config: {problems(exc)}") from None
 
 

@@ -61,8 +61,12 @@ def schedule_factor(cfg: TrainConfig, total_iters: int, iters_per_epoch: int):
 
 
 def refit_scheduler(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: TrainConfig,
-                    total_iters: int, iters_per_epoch: int) -> None:
-    """Make `scheduler` (built by `build_scheduler`) end at `total_iters` instead; it takes
-    effect from the next step (used by `train.time_budget`)."""
+                    total_iters: int, iters_per_epoch: int, warmup_iters: int | None = None
+                    ) -> None:
+    """Make `scheduler` (built by `build_scheduler`) end at `total_iters` instead, with
+    `warmup_iters` of warm-up (default `cfg.warmup_iters`); it takes effect from the next step
+    (used by `train.time_budget`)."""
+    if warmup_iters is not None:
+        cfg = cfg.model_copy(update={"warmup_iters": warmup_iters})
     factor = schedule_factor(cfg, total_iters, iters_per_epoch)
     scheduler.lr_lambdas = [factor] * len(scheduler.lr_lambdas)

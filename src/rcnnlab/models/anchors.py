@@ -79,6 +79,7 @@ __all__ = [
     "anchor_shapes",
     "auto_anchors",
     "best_anchor_iou",
+    "box_sizes_at_scale",
     "coverage",
     "fit_anchors",
     "training_box_sizes",
@@ -119,18 +120,26 @@ def training_box_sizes(
         scaled by the ratio of the resized to the original image size, as torchvision rescales
         targets (the resized size is floored to whole pixels).
     """
+    boxes = [(a["bbox"][2], a["bbox"][3], img["width"], img["height"]) for img in data.images
+             for a in data.annotations.get(img["id"], []) if not a.get("iscrowd", 0)]
+    table = np.asarray(boxes, dtype=float).reshape(-1, 4)
+    return box_sizes_at_scale(table[:, :2], table[:, 2:], min_size=min_size, max_size=max_size,
+                              native_size=native_size)
+
+
+def box_sizes_at_scale(box_wh: np.ndarray, image_wh: np.ndarray, *, min_size: int,
+                       max_size: int, native_size: bool) -> np.ndarray:
+    """(N, 2) box widths and heights at the scale the model sees them, from the boxes' sizes and
+    their images' sizes (both (N, 2), pixels); the transform as in :func:`training_box_sizes`."""
     rows = []
-    for img in data.images:
-        anns = [a for a in data.annotations.get(img["id"], []) if not a.get("iscrowd", 0)]
-        if not anns:
-            continue
-        h, w = img["height"], img["width"]
+    for (bw, bh), (w, h) in zip(np.asarray(box_wh, float).reshape(-1, 2),
+                                np.asarray(image_wh, float).reshape(-1, 2), strict=True):
+        w, h = int(w), int(h)
         if native_size:
             scale = native_scale(h, w, min_size, max_size)
         else:
             scale = min(min_size / min(h, w), max_size / max(h, w))
-        sx, sy = math.floor(w * scale) / w, math.floor(h * scale) / h
-        rows += [(a["bbox"][2] * sx, a["bbox"][3] * sy) for a in anns]
+        rows.append((bw * math.floor(w * scale) / w, bh * math.floor(h * scale) / h))
     return np.asarray(rows, dtype=float).reshape(-1, 2)
 
 

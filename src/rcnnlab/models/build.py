@@ -86,7 +86,8 @@ from rcnnlab.models.heads import RoIClassifierLoss, install_heads
 from rcnnlab.models.resfpn import ResidualFPNBackbone
 from rcnnlab.models.transform import DetectorTransform
 
-__all__ = ["ARCHS", "LoadReport", "build_model", "describe_model", "load_weights_file"]
+__all__ = ["ARCHS", "LoadReport", "build_model", "default_anchors", "describe_model",
+           "load_weights_file"]
 
 log = logging.getLogger(__name__)
 
@@ -583,6 +584,13 @@ def _set_pooler_scales(pooler: MultiScaleRoIAlign, strides: Mapping[str, int]) -
         canonical_scale=pooler.canonical_scale,
         canonical_level=pooler.canonical_level,
     )
+
+
+def default_anchors(arch: str, strides: Sequence[int]
+                    ) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[float, ...], ...]]:
+    """The anchors `arch` gets on FPN levels of these strides when none are given: (sizes, ratios)
+    with one tuple per level (see the module docstring)."""
+    return _resolve_anchors(arch, strides, None, None)
 
 
 def _resolve_anchors(

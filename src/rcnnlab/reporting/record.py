@@ -310,6 +310,7 @@ def _blocks(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]:
     b += _summary(ctx, m, result)
     b += _model_section(ctx)
     b += _data_section(ctx, figures)
+    b += _plan_section(ctx)
     b += _training_section(ctx, figures)
     b += _evaluation_section(ctx, figures)
     b.append(("h", 2, "Hyperparameters"))
@@ -394,6 +395,22 @@ def _data_section(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]:
                   + note),
             ("table", ["id", "name", *stats], classes),
             ("figure", figures["class_distribution"])]
+
+
+def _plan_section(ctx: _Context) -> list[tuple]:
+    """What the planner chose and why, when the run was planned (`Config.plan`)."""
+    record = ctx.cfg.plan
+    if record is None:
+        return []
+    budget = (f"a {record.budget_minutes:g}-minute budget" if record.budget_minutes
+              else "no time budget")
+    rows = [[topic, f"`{values}`", reason] for topic, values, reason in record.rows(ctx.cfg)]
+    return [("h", 2, "Plan"),
+            ("p", f"The config came from the plan for `{record.data}` on {record.device} "
+                  f"({record.machine}), {budget}: each choice, the values it set (a value the "
+                  "run's recipe or command line changed shows the planned one) and its "
+                  "reason."),
+            ("table", ["choice", "values", "reason"], rows)]
 
 
 def _training_section(ctx: _Context, figures: dict[str, _Figure]) -> list[tuple]:

@@ -152,7 +152,10 @@ def load_detector(path: str | Path, which: str = "best",
                         load_weights=False)
     load_fitting(model, ckpt.model, ckpt.path, "Fix: use a checkpoint as rcnnlab train wrote it "
                  "(its config, categories and weights belong together)")
-    return model.to(device).eval(), ckpt
+    model = model.to(device).eval()
+    if ckpt.config.train.channels_last:  # predicts in the memory layout it was trained in
+        model.to(memory_format=torch.channels_last)
+    return model, ckpt
 
 
 def load_fitting(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path | None,

@@ -9,11 +9,12 @@ images) that fill the budget:
     elapsed + iterations to come x s_iter + validations to come x s_val
             + epochs to come x s_other = budget
 
-The LR schedule ends at the last of those iterations and the augmentation-off tail is the last
-`augment.no_aug_epochs` of the E epochs. After each epoch, E and n are fitted again to the
-measured speed, validation time and other per-epoch time (checkpoints); a step after which only
-the final validation still fits ends training. The decisions are logged and
-written to time_budget.json.
+The LR schedule ends at the last of those iterations, its warm-up takes at most a tenth of them
+(`MAX_WARMUP_SHARE`: 200 warm-up iterations of a 150-iteration run would never let the learning
+rate decay), and the augmentation-off tail is the last `augment.no_aug_epochs` of the E epochs.
+After each epoch, E and n are fitted again to the measured speed, validation time and other
+per-epoch time (checkpoints); a step after which only the final validation still fits ends training.
+The decisions are logged and written to time_budget.json.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 VALIDATION_SHARE = 0.7
 # The plan aims this share short of the budget: the last checkpoint and the timer's jitter.
 SAFETY = 0.005
+# The warm-up takes at most this share of the iterations the budget holds.
+MAX_WARMUP_SHARE = 0.1
 
 
 class TimeBudget(HookBase):
@@ -135,9 +138,10 @@ class TimeBudget(HookBase):
         self._apply(plan["epochs"], plan["iters_per_epoch"], in_epoch=in_epoch)
         log.info("time budget %s: %.3f s an iteration (measured over %d), validation ~%.1f s "
                  "(estimated) -> %d epochs of %d iterations (a full pass is %d); the LR "
-                 "schedule (%d iterations) and the augmentation-off tail are fitted to them",
-                 _minutes(self.budget), s_iter, self.timed, val_s, plan["epochs"],
-                 plan["iters_per_epoch"], self.full_epoch, plan["total_iterations"])
+                 "schedule (%d iterations, %d of warm-up) and the augmentation-off tail are "
+                 "fitted to them", _minutes(self.budget), s_iter, self.timed, val_s,
+                 plan["epochs"], plan["iters_per_epoch"], self.full_epoch,
+                 plan["total_iterations"], plan["warmup_iters"])
         self._write()
 
     def _validations(self, first: int, last: int) -> int:
@@ -161,6 +165,7 @@ class TimeBudget(HookBase):
         return {"budget_minutes": self.budget / 60, "epochs": epochs, "iters_per_epoch": n,
                 "full_epoch": self.full_epoch,
                 "total_iterations": loop.iteration - in_epoch + remaining * n,
+                "warmup_iters": self.warmup_iters(loop.iteration - in_epoch + remaining * n),
                 "seconds_per_iteration": s_iter, "val_seconds": val_s,
                 "other_seconds_per_epoch": other}
 
@@ -168,9 +173,14 @@ class TimeBudget(HookBase):
         """Set the loop's epochs and iterations per epoch, and the LR schedule to match."""
         loop = self.loop
         loop.epochs, loop.iters_per_epoch = epochs, iters_per_epoch
-        total = loop.iteration - in_epoch + (epochs - loop.epoch) * iters_per_epoch
-        refit_scheduler(loop.scheduler, self.cfg, max(total, loop.iteration + 1),
-                        self.full_epoch)
+        total = max(loop.iteration - in_epoch + (epochs - loop.epoch) * iters_per_epoch,
+                    loop.iteration + 1)
+        refit_scheduler(loop.scheduler, self.cfg, total, self.full_epoch,
+                        warmup_iters=self.warmup_iters(total))
+
+    def warmup_iters(self, total: int) -> int:
+        """The warm-up of a run of `total` iterations: the config's, at most a tenth of them."""
+        return min(self.cfg.warmup_iters, int(MAX_WARMUP_SHARE * total))
 
     def _write(self) -> None:
         if self.run is not None:
