@@ -101,6 +101,7 @@ def measure_yolo(data, imgsz: int, iters: int, warmup: int, infer_images: int, w
     from ultralytics import YOLO
 
     torch_utils.NUM_THREADS = threads
+    work = Path(tempfile.mkdtemp(prefix=f"yolo{imgsz}-", dir=work))  # a dataset of its own
     data_yaml = write_yolo_dataset(data, data, work / "yolo")
     batch = 16
     per_epoch = max(1, len(data.images) // batch)

@@ -91,8 +91,8 @@ def test_tiny_images_stay_native_with_every_level(tmp_path):
     assert v["model.native_size"] is True and v["model.min_size"] >= 24
     assert v["model.fpn_strides"] is None  # P2 kept for 11-px objects
     assert v["augment.flip_prob"] == 0.0 and v["eval.read_iou"] == 0.4
-    assert v["train.label_smoothing"] == 0.1
-    assert "need every pixel" in plan.choices[0].reason
+    assert v["train.label_smoothing"] == 0.1 and v["augment.crop_size"] is None
+    assert "need every pixel" in plan.choice("input scale").reason
 
 
 def test_huge_images_are_shrunk_to_what_their_objects_need(tmp_path):
@@ -105,7 +105,7 @@ def test_huge_images_are_shrunk_to_what_their_objects_need(tmp_path):
     assert v["model.max_size"] == math.ceil(32 / 400 * 4000 / 32) * 32
     assert v["model.fpn_strides"] == [8, 16, 32, 64]
     assert v["augment.flip_prob"] == 0.5 and v["eval.read_iou"] is None
-    reason = plan.choices[0].reason
+    reason = plan.choice("input scale").reason
     assert "stay >= 32 px" in reason and "4000 px x 3000 px image is trained at" in reason
 
 
@@ -114,7 +114,7 @@ def test_large_objects_never_shrink_images_below_the_minimum_side(tmp_path):
                            boxes_per_image=1, names=["character"]))
     v = plan.values
     assert v["model.min_size"] == v["model.max_size"] == rules.MIN_IMAGE_SIDE
-    assert "short side kept >= 128 px" in plan.choices[0].reason
+    assert "short side kept >= 128 px" in plan.choice("input scale").reason
 
 
 def test_images_over_the_long_side_cap_are_capped(tmp_path):
@@ -123,7 +123,7 @@ def test_images_over_the_long_side_cap_are_capped(tmp_path):
                            boxes_per_image=3, names=["a", "b"]))
     v = plan.values
     assert v["model.max_size"] <= rules.MAX_LONG_SIDE + 32
-    assert "capped at 1333 px" in plan.choices[0].reason
+    assert "capped at 1333 px" in plan.choice("input scale").reason
 
 
 def test_dense_images_get_proposals_rois_and_detections_for_their_objects(tmp_path):
@@ -135,6 +135,9 @@ def test_dense_images_get_proposals_rois_and_detections_for_their_objects(tmp_pa
     assert v["model.box_batch_size_per_image"] == 512
     assert v["model.box_detections_per_img"] == 600  # twice the most objects an image
     assert v["model.fpn_strides"] is None
+    # many small objects in 640-px images: trained on 320-px windows at native scale
+    assert v["augment.crop_size"] == rules.WINDOW
+    assert "320-px windows" in plan.choice("training window").reason
 
 
 def test_a_few_objects_an_image_keep_the_small_budgets(tmp_path):
@@ -151,6 +154,7 @@ def test_images_without_objects_are_counted_and_planned_around(tmp_path):
     plan = plan_of(path)
     assert plan.fingerprint.negatives == 5
     assert plan.values["model.min_size"] < 1024  # 92-px plates: shrunk
+    assert plan.values["augment.crop_size"] is None  # 2 plates an image: whole images
     negatives = dataset(tmp_path / "none", images=3, size=(100, 100), box=(5, 5),
                         boxes_per_image=0)
     for i in range(3):
@@ -164,7 +168,7 @@ def test_one_class_needs_no_smoothing_and_no_sampler(tmp_path):
                            boxes_per_image=3, names=["character"]))
     v = plan.values
     assert v["train.label_smoothing"] == 0.0 and v["data.repeat_factor_threshold"] is None
-    assert "one class" in dict((c.topic, c.reason) for c in plan.choices)["sampler"]
+    assert "one class" in plan.choice("sampler").reason
 
 
 def test_strong_imbalance_repeats_the_rare_classes(tmp_path):
@@ -176,7 +180,7 @@ def test_strong_imbalance_repeats_the_rare_classes(tmp_path):
     threshold = plan.values["data.repeat_factor_threshold"]
     assert threshold == 1.0  # the median class is in every image
     # the rare class's images are repeated sqrt(1 / (1/40)) = 6.3 times
-    assert "repeat-factor sampling" in plan.choices[4].reason and "'rare'" in plan.choices[4].reason
+    assert "repeat-factor sampling" in plan.choice("sampler").reason and "'rare'" in plan.choice("sampler").reason
     # 140 / 20 = 7x: under the limit of 10, plain shuffling
     mild = plan_of(dataset(tmp_path, images=40, size=(200, 200), box=(20, 20), boxes_per_image=4,
                            names=["a", "b"], class_of=lambda i, k: 1 if k == 0 and i < 20 else 0,
@@ -189,12 +193,12 @@ def test_anchors_are_fitted_only_where_the_defaults_miss(tmp_path):
     covered = plan_of(dataset(tmp_path, images=10, size=(160, 60), box=(14, 28),
                               boxes_per_image=4))
     assert covered.values["model.anchor_sizes"] is None  # 20-px digits: the defaults fit
-    assert "default anchors" in covered.choices[2].reason
+    assert "default anchors" in covered.choice("anchors").reason
     tiny = plan_of(dataset(tmp_path, images=10, size=(640, 640), box=(4, 9),
                            boxes_per_image=20, name="tiny.json"))
     sizes = tiny.values["model.anchor_sizes"]
     assert sizes is not None and len(sizes) == 5 and min(min(s) for s in sizes) < 16
-    assert "fitted to them" in tiny.choices[2].reason
+    assert "fitted to them" in tiny.choice("anchors").reason
 
 
 def test_the_machine_sets_width_precision_and_batch(tmp_path):
@@ -204,8 +208,8 @@ def test_the_machine_sets_width_precision_and_batch(tmp_path):
     assert (gpu["model.fpn_channels"], gpu["model.roi_output_size"]) == (256, 7)
     assert cpu["train.batch_size"] == 8 and gpu["train.batch_size"] == 16
     assert gpu["train.lr"] == pytest.approx(2 * cpu["train.lr"])
-    assert "bf16 here" in plan_of(path).choices[7].reason
-    assert "float32 here" in plan_of(path, CPU_NO_BF16).choices[7].reason
+    assert "bf16 here" in plan_of(path).choice("precision").reason
+    assert "float32 here" in plan_of(path, CPU_NO_BF16).choice("precision").reason
     small = Hardware("cpu", "a small CPU", None, 2 * 2**30)  # 1 GiB for a batch
     v = plan_of(path, small).values
     per_image = rules.TRAIN_BYTES_PER_PIXEL * 1024 * 1024
@@ -237,6 +241,7 @@ def test_every_planned_key_is_a_config_key_and_the_plan_validates(tmp_path):
     plan = plan_of(dataset(tmp_path, images=10, size=(640, 480), box=(40, 60),
                            boxes_per_image=3))
     cfg = config_of(plan.tree())
+    assert set(plan.values) <= rules.PLANNED_KEYS
     for key, value in plan.values.items():
         assert cfg.value(key) == value, key
     assert cfg.plan is not None and len(cfg.plan.choices) == len(rules.RULES)
@@ -281,6 +286,7 @@ def test_plans_for_the_shared_sets():
                      device="cpu")
     recipe = load_config("orand")
     v = orand.values
+    assert set(v) == rules.PLANNED_KEYS  # every rule's keys, the held-out share included
     # the tuned ORAND recipe, rediscovered from the data
     for key in ("model.native_size", "model.fpn_strides", "model.fpn_channels",
                 "model.roi_output_size", "model.anchor_sizes", "model.aspect_ratios",
@@ -299,6 +305,7 @@ def test_plans_for_the_shared_sets():
     d = dense.values
     assert d["model.native_size"] and d["model.fpn_strides"] is None
     assert d["model.rpn_post_nms_top_n_test"] == 300 and d["model.anchor_sizes"] is not None
+    assert d["augment.crop_size"] == 320 and b["augment.crop_size"] is None
 
 
 def test_cli_plan_writes_a_recipe_that_train_reads(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ from torchvision.transforms.v2 import functional as TF
 from rcnnlab.data.transforms import (
     SVHN_COLOUR_POLICY,
     CountDropped,
+    RandomWindow,
     SVHNColourPolicy,
     build_train_transforms,
     colour_op,
@@ -117,3 +118,45 @@ def test_pipeline_keeps_boxes_valid_and_flip_warns_on_digits(caplog):
         assert len(boxes) + out["boxes_dropped"] == 2
         assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
         assert (boxes[:, [0, 2]] <= W).all() and (boxes[:, [1, 3]] <= H).all()
+
+
+def test_the_training_window_cuts_boxes_with_the_pixels(monkeypatch):
+    image, target = sample([[5, 5, 15, 25],      # inside the window once shifted
+                            [28, 10, 36, 30],    # 2 of its 8 px wide inside: dropped
+                            [22, 2, 32, 12],     # 8 of its 10 px inside: clipped, kept
+                            [60, 5, 70, 25]])    # outside
+    draws = iter([torch.tensor(0), torch.tensor(0)])  # top 0, left 0
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: next(draws))
+    window = RandomWindow(30)
+    out, t = window(image, {**target, "boxes_dropped": 1})
+    assert out.shape == (3, 30, 30) and torch.equal(out, image[:, :30, :30])
+    assert t["boxes"].tolist() == [[5, 5, 15, 25], [22, 2, 30, 12]]
+    assert t["boxes"].canvas_size == (30, 30)
+    assert t["labels"].tolist() == [1, 3]
+    assert t["boxes_dropped"] == 1 + 2  # earlier drops kept, the cut and the outside one added
+
+
+def test_the_training_window_moves_boxes_by_its_offset(monkeypatch):
+    image, target = sample([[50, 10, 60, 30]])
+    draws = iter([torch.tensor(5), torch.tensor(40)])  # top 5, left 40
+    monkeypatch.setattr(torch, "randint", lambda *a, **k: next(draws))
+    out, t = RandomWindow(32)(image, target)
+    assert torch.equal(out, image[:, 5:37, 40:72])
+    assert t["boxes"].tolist() == [[10, 5, 20, 25]]
+
+
+def test_an_image_within_the_window_passes_untouched():
+    image, target = sample([[5, 5, 15, 25]])
+    out, t = RandomWindow(128)(image, target)
+    assert out is image and t is target
+
+
+def test_the_window_stays_when_augmentation_is_off():
+    image, target = sample([[5, 5, 15, 25]])
+    off = build_train_transforms(crop_size=32, augmenting=False)
+    out, t = off(image, target)
+    assert out.shape == (3, 32, 32) and out.dtype == torch.float32
+    disabled = build_train_transforms(crop_size=32, enabled=False)
+    assert disabled(image, target)[0].shape == (3, 32, 32)
+    plain = build_train_transforms(augmenting=False)  # no window: the conversion alone
+    assert plain(image, target)[0].shape == (3, H, W)

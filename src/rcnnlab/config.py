@@ -36,33 +36,56 @@ class _Section(BaseModel):
 class SynthConfig(_Section):
     """The embedded default dataset: generated house numbers (written once, reused after)."""
 
-    out_dir: str = "data/synth"  # where train/, valid/, test/ are written
-    n_train: int = 4000  # training images
-    n_valid: int = 300  # validation images (threshold tuning, best checkpoint)
-    n_test: int = 500  # held-out test images
-    seed: int = 0  # generator seed: the same seed gives byte-identical files
+    # generated house numbers (the demo's data): where train/, valid/ and test/ are written when
+    # absent
+    out_dir: str = "data/synth"
+    # generated training images
+    n_train: int = 4000
+    # generated validation images (threshold tuning, best checkpoint)
+    n_valid: int = 300
+    # generated test images
+    n_test: int = 500
+    # generator seed: the same seed gives byte-identical files
+    seed: int = 0
 
 
 class DataConfig(_Section):
     """Where the COCO splits live; a split's image root defaults to its json's folder."""
 
-    # a YOLO dataset's data.yaml: its train / val / test folders fill the unset *_json below
+    # a YOLO dataset's data.yaml: its train, val and test folders fill the data.*_json keys left
+    # unset (read as Ultralytics reads it: its path:, Roboflow's ../ fallback, images/ -> labels/)
     yolo: str | None = None
-    train_json: str | None = None  # COCO json of the training split (or a YOLO data.yaml)
-    train_images: str | None = None  # image folder (default: the json's folder, or its images/)
-    valid_json: str | None = None  # COCO json of the validation split
+    # COCO json of the training split, or a YOLO data.yaml (the split of the same role;
+    # data.yaml:KEY reads the folder of that key)
+    train_json: str | None = None
+    # image folder of the training split (default: the json's folder, or its images/ subfolder)
+    train_images: str | None = None
+    # COCO json of the validation split (the best checkpoint and the tuned threshold come from it),
+    # or a YOLO data.yaml
+    valid_json: str | None = None
+    # image folder of the validation split
     valid_images: str | None = None
-    test_json: str | None = None  # COCO json of the test split (optional)
+    # COCO json of the test split (optional), or a YOLO data.yaml
+    test_json: str | None = None
+    # image folder of the test split
     test_images: str | None = None
-    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # hold out this share of train as valid
-    split_seed: int = 0  # seed of that hold-out split
-    skip_missing_images: bool = False  # drop records whose image file is missing (counted)
-    # images with more pixels are refused before decoding (a decompression bomb never loads)
+    # hold this share of the training images out as valid when no valid json is given
+    # (deterministic, every class in valid where possible)
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    # seed of that hold-out split
+    split_seed: int = 0
+    # drop records whose image file is missing (counted) instead of stopping
+    skip_missing_images: bool = False
+    # images with more pixels are refused before they are decoded (a decompression bomb never loads)
     max_image_pixels: PositiveInt = 100_000_000
-    synth: SynthConfig | None = None  # generate the default data when its jsons are absent
-    workers: int = Field(0, ge=0)  # DataLoader worker processes (0 = load in the main process)
-    # Repeat-factor sampling (LVIS): images of classes in fewer than this share of the training
-    # images are repeated, r = max(1, sqrt(t / f)); None = plain shuffling.
+    # generated house numbers as the data (null = none): written once, reused after
+    synth: SynthConfig | None = None
+    # DataLoader worker processes (0 = load in the main process)
+    workers: int = Field(0, ge=0)
+    # repeat-factor sampling (LVIS, Gupta et al. 2019): an image is repeated max(1, sqrt(t / f_c))
+    # times an epoch for its rarest class c, f_c the share of training images holding c
+    # (detectron2's stochastic rounding); null = plain shuffling. An epoch is round(sum r_i) images:
+    # cap it with train.iters_per_epoch to compare at equal iterations
     repeat_factor_threshold: float | None = Field(None, gt=0, le=1)
 
 
@@ -81,56 +104,112 @@ ARCHS = (
 class ModelConfig(_Section):
     """Detector architecture and its budgets; passed as keyword arguments to build_model."""
 
-    arch: Literal[ARCHS] = "resnet18_fpn"  # see rcnnlab.models.build for each
-    weights: str | None = None  # None | torchvision weights enum name | local .pt file
-    backbone_weights: str | None = None  # the same, for the backbone only
-    trainable_backbone_layers: int | None = None  # None = all without weights, 3 with
-    residual_fpn: bool = False  # residual block after every FPN output
-    # resnet*_fpn archs: the FPN's levels by stride (4 = P2 .. 32 = P5, 64 = the max-pool P6;
-    # None = all five) and its channels. A trunk stage past the last level is not built.
+    # resnet18_fpn, resnet34_fpn, resnet50_fpn (small-object anchors, no detector weights),
+    # fasterrcnn_resnet50_fpn, fasterrcnn_resnet50_fpn_v2, fasterrcnn_mobilenet_v3_large_fpn
+    # (torchvision's, with COCO weights as enums)
+    arch: Literal[ARCHS] = "resnet18_fpn"
+    # detector weights: null, a torchvision enum name (FasterRCNN_ResNet50_FPN_Weights.COCO_V1,
+    # DEFAULT) or a local .pt file; the box predictor is always rebuilt for the dataset's classes
+    weights: str | None = None
+    # the same for the backbone only (ResNet18_Weights.IMAGENET1K_V1, DEFAULT, a file)
+    backbone_weights: str | None = None
+    # trunk stages trained (null = all without pretrained weights, 3 with)
+    trainable_backbone_layers: int | None = None
+    # a residual block (3x3 conv-BN-ReLU-3x3 conv-BN + identity) after every FPN output
+    residual_fpn: bool = False
+    # the FPN levels kept, by stride (4 = P2 ... 32 = P5, 64 = the max-pool level, which needs 32;
+    # null = all five); a trunk stage past the last level is not computed; default anchors are 4x
+    # each level's stride (resnet*_fpn archs)
     fpn_strides: list[Literal[4, 8, 16, 32, 64]] | None = None
+    # the FPN's channels, so also the RPN head's and RoIAlign's (resnet*_fpn archs; 128 trains 1.9x
+    # faster than 256 on a CPU)
     fpn_channels: PositiveInt = 256
-    roi_output_size: PositiveInt = 7  # RoIAlign's output grid (n x n) per RoI
-    roi_sampling_ratio: int = Field(2, ge=0)  # RoIAlign's samples per bin side (0 = adaptive)
-    box_head_dim: PositiveInt = 1024  # the box head's fully connected width (representation)
-    anchors: Literal["given", "auto"] = "given"  # auto: fit sizes/ratios to the training boxes
-    anchor_sizes: list[list[int]] | None = None  # one list per FPN level; None = arch default
-    # h/w ratios: one list per level, or one list for every level
+    # RoIAlign's output grid (n x n) per RoI (5 makes RoIAlign and the box head's first layer ~2x
+    # cheaper than 7)
+    roi_output_size: PositiveInt = 7
+    # RoIAlign's samples per bin side (0 = adaptive)
+    roi_sampling_ratio: int = Field(2, ge=0)
+    # the box head's fully connected width
+    box_head_dim: PositiveInt = 1024
+    # given: model.anchor_sizes / aspect_ratios (or the arch's); auto: fit sizes and ratios per
+    # level to the training boxes at the training scale (the log shows the share of boxes whose best
+    # anchor reaches IoU 0.5 / 0.7 before and after; the fitted values are written into the run's
+    # config.yaml)
+    anchors: Literal["given", "auto"] = "given"
+    # anchor sizes (sqrt of area, px of the network input), one list per FPN level; null = the
+    # arch's default
+    anchor_sizes: list[list[int]] | None = None
+    # anchor h/w ratios: one list per level, or one list for every level; null = the arch's default
     aspect_ratios: list[list[float]] | list[float] | None = None
-    min_size: int = 800  # short side after resize (or the cap in native mode)
-    max_size: int = 1333  # long side cap
-    native_size: bool = False  # never upscale: keep small images at their own size
-    rpn_pre_nms_top_n_train: int = 2000  # proposals kept before NMS, per level, training
-    rpn_pre_nms_top_n_test: int = 1000  # the same at test time
-    rpn_post_nms_top_n_train: int = 2000  # proposals kept after NMS, training
-    rpn_post_nms_top_n_test: int = 1000  # the same at test time
-    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
-    box_batch_size_per_image: int = 512  # RoIs sampled per image for the head's loss
-    box_detections_per_img: int = 100  # detections kept per image
-    box_score_thresh: float = 0.05  # detections below this score are dropped
-    box_nms_thresh: float = 0.5  # NMS IoU of the box head, per class
+    # short side after resize; with native_size the cap on it (larger images shrink, smaller ones
+    # are not enlarged)
+    min_size: int = 800
+    # cap on the long side after resize
+    max_size: int = 1333
+    # never upscale: scale = min(1, min_size / short side, max_size / long side)
+    native_size: bool = False
+    # RPN proposals kept per level before NMS, training
+    rpn_pre_nms_top_n_train: int = 2000
+    # the same at test time
+    rpn_pre_nms_top_n_test: int = 1000
+    # RPN proposals kept per image after NMS, training
+    rpn_post_nms_top_n_train: int = 2000
+    # the same at test time (what the box head scores; eval.proposals overrides it at inference)
+    rpn_post_nms_top_n_test: int = 1000
+    # anchors sampled per image for the RPN loss
+    rpn_batch_size_per_image: int = 256
+    # RoIs sampled per image for the box head's loss
+    box_batch_size_per_image: int = 512
+    # detections kept per image
+    box_detections_per_img: int = 100
+    # detections below this score are dropped
+    box_score_thresh: float = 0.05
+    # the box head's NMS IoU, per class
+    box_nms_thresh: float = 0.5
 
 
 # ------------------------------------------------------------------------------------ augmentation
 class AugmentConfig(_Section):
     """Box-aware training augmentation (torchvision transforms v2)."""
 
-    enabled: bool = True  # False = no augmentation at all
-    hsv_prob: float = Field(0.5, ge=0, le=1)  # probability of ColorJitter
-    brightness: float = 0.3  # ColorJitter ranges
+    # false switches all augmentation off
+    enabled: bool = True
+    # probability of ColorJitter (box-aware torchvision transforms v2)
+    hsv_prob: float = Field(0.5, ge=0, le=1)
+    # ColorJitter's brightness range
+    brightness: float = 0.3
+    # ColorJitter's contrast range
     contrast: float = 0.3
+    # ColorJitter's saturation range
     saturation: float = 0.3
+    # ColorJitter's hue range
     hue: float = 0.05
-    flip_prob: float = Field(0.0, ge=0, le=1)  # horizontal flip (a mirrored digit is no digit)
-    affine_prob: float = Field(0.5, ge=0, le=1)  # probability of the affine below
-    degrees: float = 5.0  # rotation range, +-degrees
-    translate: float = 0.05  # translation, share of width/height
-    shear: float = 2.0  # shear range, +-degrees
-    scale: tuple[float, float] = (0.9, 1.1)  # scale range
-    svhn_policy_prob: float = Field(0.0, ge=0, le=1)  # AutoAugment SVHN colour sub-policies
-    # Multi-scale training: the short side (px) drawn per batch from this list; [] = off.
+    # horizontal flip (a warning on digit datasets: a mirrored digit is no digit)
+    flip_prob: float = Field(0.0, ge=0, le=1)
+    # probability of a random affine; a box becomes the rectangle around its 4 moved corners, is
+    # clipped, and dropped (counted in metrics.csv as boxes_dropped) if it collapses
+    affine_prob: float = Field(0.5, ge=0, le=1)
+    # the affine's rotation range, +- degrees
+    degrees: float = 5.0
+    # the affine's translation, share of width / height
+    translate: float = 0.05
+    # the affine's shear range, +- degrees
+    shear: float = 2.0
+    # the affine's scale range
+    scale: tuple[float, float] = (0.9, 1.1)
+    # AutoAugment's SVHN policy restricted to colour ops (23 sub-policies; boxes never move)
+    svhn_policy_prob: float = Field(0.0, ge=0, le=1)
+    # multi-scale training: the short side (px) drawn per batch from this list, every image of the
+    # batch rescaled to it (long side still capped at model.max_size); evaluation keeps
+    # model.native_size / min_size; [] = off
     multiscale_sizes: list[PositiveInt] = []
-    no_aug_epochs: int = 1  # augmentation switched off for the last N epochs
+    # augmentation (multi-scale included) off for the last N epochs; the log says augmentation off
+    no_aug_epochs: int = 1
+    # training window: each training image is cut to a random crop_size x crop_size window at its
+    # own scale (shorter sides kept whole; boxes less than half inside dropped, counted); null =
+    # whole images. Small objects in large images: more of them a second. It is the training
+    # input, not an augmentation: kept in the augmentation-off epochs; evaluation sees whole images
+    crop_size: PositiveInt | None = None
 
 
 # ------------------------------------------------------------------------------------ training
@@ -151,58 +230,112 @@ AmpMode = Annotated[Literal["off", "auto", "bf16", "fp16"], BeforeValidator(_off
 class TrainConfig(_Section):
     """Optimisation, schedule, checkpoints and budgets of one run."""
 
-    epochs: PositiveInt = 12  # passes over the training split
-    batch_size: PositiveInt = 4  # images per iteration (per process under torchrun)
-    iters_per_epoch: PositiveInt | None = None  # cap iterations per epoch (smoke tests, budgets)
-    # minutes of wall time for training and validation: the epochs, their length and the LR
-    # schedule are fitted to the speed measured over the first iterations (epochs is ignored)
+    # passes over the training split (a time budget chooses them instead)
+    epochs: PositiveInt = 12
+    # images per iteration (per process under torchrun)
+    batch_size: PositiveInt = 4
+    # cap on the iterations of an epoch (null = a full pass)
+    iters_per_epoch: PositiveInt | None = None
+    # minutes of wall time for training and validation (Ultralytics' time=): after the first
+    # iterations the speed is measured and the epochs, their length (at most a full pass), the LR
+    # schedule, its warm-up (at most a tenth of the run) and the augmentation-off tail are fitted to
+    # end within the budget; refitted after every epoch; train.epochs is then ignored;
+    # time_budget.json and the record say what it chose
     time_budget: float | None = Field(None, gt=0)
+    # adamw or sgd (fused kernels)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0)  # peak LR of the head (backbone: lr * backbone_lr_mult)
-    backbone_lr_mult: float = 0.5  # layer-wise LR: the backbone learns at this share of lr
+    # peak learning rate (the backbone trunk learns at lr x backbone_lr_mult)
+    lr: float = Field(1e-3, gt=0)
+    # the backbone trunk learns at lr x this (below 1 suits pretrained weights; from scratch 1.0
+    # measured better on ORAND)
+    backbone_lr_mult: float = 0.5
+    # weight decay
     weight_decay: float = 1e-4
-    momentum: float = 0.9  # SGD momentum (AdamW uses its betas)
+    # SGD momentum (AdamW uses its betas)
+    momentum: float = 0.9
+    # per-iteration linear warm-up, then cosine to eta_min x lr, multistep (epochs) or constant
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
-    warmup_iters: int = Field(200, ge=0)  # linear warm-up, in iterations
-    warmup_factor: float = 0.001  # LR at iteration 0, as a share of lr
-    eta_min: float = 0.0  # cosine floor, as a share of lr
-    milestones: list[int] = [8, 11]  # multistep: epochs at which LR is multiplied by gamma
+    # linear warm-up, in iterations
+    warmup_iters: int = Field(200, ge=0)
+    # learning rate at iteration 0, as a share of lr
+    warmup_factor: float = 0.001
+    # cosine floor, as a share of lr
+    eta_min: float = 0.0
+    # multistep: epochs at which the learning rate is multiplied by gamma
+    milestones: list[int] = [8, 11]
+    # multistep: the factor
     gamma: float = 0.1
-    grad_clip: float | None = 10.0  # max global grad norm (None = off)
-    # moving average of the weights for validation, best.pt and prediction (None = off):
-    # ema = d * ema + (1 - d) * weights after each step, d = ema_decay * (1 - exp(-step / warmup))
+    # max global gradient norm (null = off)
+    grad_clip: float | None = 10.0
+    # moving average of the weights (YOLOX / Ultralytics ModelEMA) for validation, best.pt,
+    # prediction and the record (null = off): after each step ema = d x ema + (1 - d) x weights, d =
+    # ema_decay x (1 - exp(-step / ema_warmup)); kept in last.pt (resume exact). E.g. 0.9998
     ema_decay: float | None = Field(None, gt=0, lt=1)
-    ema_warmup: PositiveInt = 2000  # iterations over which d ramps up (YOLOX's 2000)
-    channels_last: bool = False  # convolution weights in NHWC memory order (CPU and CUDA)
-    # mixed precision of the training step; auto = bf16 where the device computes bf16
-    # natively (CUDA, CPUs with AVX512-BF16 / AMX / Arm BF16), else off
+    # iterations over which the EMA's decay ramps up (YOLOX's 2000)
+    ema_warmup: PositiveInt = 2000
+    # convolutions (backbone, FPN, RPN head) in NHWC memory order, which oneDNN and cuDNN prefer
+    # (CPU and CUDA); the weights saved are the same numbers, and a checkpoint so trained predicts
+    # so
+    channels_last: bool = False
+    # mixed precision of the training step: bf16 (CPU and CUDA, torch.autocast, no scaling), fp16
+    # (CUDA only, with a gradient scaler whose state last.pt keeps), off, or auto = bf16 where the
+    # device computes it natively (a CUDA GPU that supports it; a CPU whose /proc/cpuinfo lists
+    # avx512_bf16, amx_bf16 or Arm's bf16), else off; the heads hand on float32, so anchors,
+    # proposals, box coding, samplers and losses are float32
     amp: AmpMode = "off"
-    sync_bn: bool = False  # torchrun: BatchNorm statistics over all processes (SyncBatchNorm)
-    finetune_from: str | None = None  # start from another checkpoint's weights (not its state)
+    # under torchrun on GPUs: BatchNorm statistics over all processes (SyncBatchNorm; refused on the
+    # CPU); only matters for trainable BatchNorm (no pretrained weights)
+    sync_bn: bool = False
+    # start from another checkpoint's weights, not its state (the predictor is rebuilt if the
+    # classes differ)
+    finetune_from: str | None = None
+    # seed of the model's initialisation, the shuffling, augmentation and samplers
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch CPU threads (None = torch's default)
-    eval_every: PositiveInt = 1  # validation mAP every N epochs (and always after the last)
-    log_every: PositiveInt = 20  # plain-text progress line every N iterations (non-TTY)
-    record: bool = True  # write the run record (report.md, report.html, figures/) after training
+    # auto (CUDA when present), cpu, cuda or cuda:N
+    device: str = "auto"
+    # torch CPU threads (null = torch's default)
+    threads: int | None = None
+    # validation every N epochs (and always after the last)
+    eval_every: PositiveInt = 1
+    # a plain-text progress line every N iterations when not on a terminal
+    log_every: PositiveInt = 20
+    # write the run record (report.md, report.html, figures/) after training
+    record: bool = True
 
     # --- RoI classifier loss (the box loss stays smooth-L1 in every case): ce, focal,
     # weighted_ce, or policy_gradient (Rao et al. 2018's eq. 11, a fine-tuning stage: pair it
     # with finetune_from and a ~10x lower lr)
+
+    # the RoI classifier's loss: ce, focal (softmax focal loss; focal_alpha for foreground, 1 -
+    # alpha for background), weighted_ce, or policy_gradient (Rao et al. 2018's global mAP
+    # objective, a fine-tuning stage: use with finetune_from and a ~10x lower lr; each candidate
+    # RoI's cross-entropy is scaled by (r(b) - r') + gamma, eq. 11); the box loss stays smooth-L1
     roi_loss: Literal["ce", "focal", "weighted_ce", "policy_gradient"] = "ce"
-    focal_alpha: float | None = Field(0.25, ge=0, le=1)  # focal: foreground alpha (None = off)
-    focal_gamma: float = Field(2.0, ge=0)  # focal: focusing exponent (0 = cross-entropy)
-    # weighted_ce: one weight per class in category-id order, or inverse_frequency (from the
-    # training boxes, foreground weights averaging 1); background keeps weight 1
+    # focal: the foreground's alpha (null = none)
+    focal_alpha: float | None = Field(0.25, ge=0, le=1)
+    # focal: the focusing exponent (0 with alpha null is cross-entropy)
+    focal_gamma: float = Field(2.0, ge=0)
+    # weighted_ce: one weight per class in category-id order, or inverse_frequency (1 / share of
+    # training boxes, foreground weights averaging 1); background 1; the loss is divided by the RoI
+    # count, so unit weights give cross-entropy
     class_weights: list[float] | Literal["inverse_frequency"] | None = None
-    # ce / weighted_ce: the target is 1 - eps on the true class plus eps / (C + 1) on each class
+    # ce / weighted_ce: label smoothing eps of the RoI classifier (the target is 1 - eps on the true
+    # class plus eps / (C + 1) on each class, background included); refused with focal and
+    # policy_gradient
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    pg_samples: PositiveInt = 10  # policy gradient: actions sampled per image (k)
-    pg_gamma: float = Field(1.0, ge=0)  # policy gradient: + gamma x cross-entropy (0 = PG alone)
+    # policy gradient: actions sampled per image (k); r(b) is the image's COCO AP averaged over them
+    pg_samples: PositiveInt = 10
+    # policy gradient: + gamma x cross-entropy (0 = the policy gradient alone)
+    pg_gamma: float = Field(1.0, ge=0)
 
     # --- multi-scale loss weighting (Luo et al.): weights per FPN level, updated every interval
+
+    # none, avw or rlo (Luo et al.): the loss split by FPN level (RPN anchors by their level, RoIs
+    # by the level they are pooled from) and weighted per level; written to scale_weights.csv /
+    # .png, TensorBoard and metrics.csv (w_level*)
     scale_weighting: Literal["none", "avw", "rlo"] = "none"
-    scale_interval: PositiveInt = 100  # alpha, iterations per interval
+    # AVW / RLO: iterations per interval (alpha); the weights are reset every interval
+    scale_interval: PositiveInt = 100
 
     @model_validator(mode="before")
     @classmethod
@@ -221,9 +354,9 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     """COCO evaluation, the confidence-threshold sweep and the inference options.
 
-    The inference options (NMS choice, Soft-NMS, TTA) apply to `evaluate`, `tune` and
-    `predict`, which also take them as `eval.*` overrides of a trained run; the per-epoch
-    validation of training uses the model as is.
+    The inference options (NMS choice, Soft-NMS, TTA, eval.amp, eval.proposals) apply to the
+    per-epoch validation of training, `evaluate`, `tune` and `predict`; the last three also take
+    them as `eval.*` overrides of a trained run.
     """
 
     def inference_kwargs(self) -> dict[str, Any]:
@@ -264,28 +397,49 @@ class EvalConfig(_Section):
             raise ValueError(f"tta_scales must all be > 0, got {self.tta_scales}")
         return self
 
+    # faster (faster-coco-eval) or pycocotools; identical stats
     backend: Literal["faster", "pycocotools"] = "faster"
-    sweep_min: float = Field(0.45, ge=0, le=1)  # threshold sweep range (inclusive) and step
+    # the threshold sweep of rcnnlab tune: from
+    sweep_min: float = Field(0.45, ge=0, le=1)
+    # to (inclusive)
     sweep_max: float = Field(0.90, ge=0, le=1)
+    # in steps of
     sweep_step: float = Field(0.01, gt=0)
-    default_threshold: float = 0.5  # used for sequences until `rcnnlab tune` stores the best
-    # reading a number: a digit detection overlapping a higher-scored one (any class) by more
-    # than this IoU is dropped (two digits do not sit on one another; NMS is per class)
+    # the sequence threshold before rcnnlab tune has run
+    default_threshold: float = 0.5
+    # reading a number: a digit detection that overlaps a higher-scored one of any class by more
+    # than this IoU is left out (the box head's NMS is per class, so one handwritten digit often
+    # comes back as two classes); applies to tune, sequence accuracy, pred.csv, Result.number and
+    # the record; pred.json keeps every detection; null reads every detection above the threshold
     read_iou: float | None = Field(None, gt=0, le=1)
-    batch_size: PositiveInt = 8  # images per inference batch
-    # Inference options: the box head's suppression and test-time augmentation.
-    nms: Literal["nms", "linear", "gaussian"] = "nms"  # box head: hard NMS or Soft-NMS decay
-    nms_iou: float | None = Field(None, gt=0, le=1)  # its IoU (None = model.box_nms_thresh)
-    soft_nms_sigma: float = Field(0.5, gt=0)  # Gaussian Soft-NMS: score *= exp(-IoU^2/sigma)
-    tta_scales: list[float] = Field([1.0], min_length=1)  # TTA image scales (1.0 = as is)
-    tta_hflip: bool = False  # TTA: also the mirrored image (refused on digit classes)
-    tta_merge: Literal["nms", "wbf"] = "nms"  # TTA passes merged by NMS or weighted box fusion
-    tta_iou: float = Field(0.55, gt=0, le=1)  # IoU at which TTA boxes merge
-    # the backbone in bf16 (CPU, CUDA) or fp16 (CUDA) during inference; the heads stay float32;
-    # auto = bf16 where the device computes bf16 natively, else off
+    # images per inference batch
+    batch_size: PositiveInt = 8
+    # the box head's per-class suppression at inference: nms (hard), linear or gaussian Soft-NMS
+    # (Bodla et al. 2017: scores decay by 1 - IoU above nms_iou, or by exp(-IoU^2 / sigma); decayed
+    # below model.box_score_thresh dropped)
+    nms: Literal["nms", "linear", "gaussian"] = "nms"
+    # its IoU (null = model.box_nms_thresh)
+    nms_iou: float | None = Field(None, gt=0, le=1)
+    # Gaussian Soft-NMS: score x exp(-IoU^2 / sigma)
+    soft_nms_sigma: float = Field(0.5, gt=0)
+    # test-time augmentation: one pass per image scale factor (1.0 = as is; bilinear, so native-size
+    # models see the rescaled image); boxes mapped back and clipped to the image
+    tta_scales: list[float] = Field([1.0], min_length=1)
+    # test-time augmentation: also the mirrored image (refused on digit datasets: a mirrored digit
+    # is no digit)
+    tta_hflip: bool = False
+    # how test-time passes merge: nms, or wbf (weighted boxes fusion, Solovyev et al. 2021); capped
+    # at model.box_detections_per_img
+    tta_merge: Literal["nms", "wbf"] = "nms"
+    # the IoU at which test-time passes' boxes merge
+    tta_iou: float = Field(0.55, gt=0, le=1)
+    # inference with the backbone in bf16 (CPU, CUDA) or fp16 (CUDA only) under autocast, auto as
+    # for train.amp; the RPN and box heads, and so the box coordinates, stay float32 (bf16's 8-bit
+    # mantissa would round an 800-px coordinate to 4 px)
     amp: AmpMode = "off"
-    # RPN proposals per image the box head scores (None = model.rpn_post_nms_top_n_test): the
-    # box head's cost grows with them; a few digits an image need far fewer than 100
+    # RPN proposals per image the box head scores at inference (null =
+    # model.rpn_post_nms_top_n_test); its cost grows with them: 30 instead of 100 made ORAND
+    # inference 1.7x faster at the same mAP
     proposals: PositiveInt | None = None
 
 
@@ -327,14 +481,18 @@ class Config(_Section):
     `Config()` and `load_config(None)` hold the defaults below and plan nothing; the plan for
     the data (what `rcnnlab train` without `-c` trains) comes from `rcnnlab.api.configure`."""
 
-    name: str = "run"  # run folder name under out_dir
+    # the run folder is out_dir/name
+    name: str = "run"
+    # the folder that holds the run folders
     out_dir: str = "runs"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
-    plan: PlanRecord | None = None  # set when the run's values came from a plan
+    # what the planner chose and why (rcnnlab plan, or rcnnlab train without -c); written by the
+    # planner, read by nothing in training
+    plan: PlanRecord | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Config:

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 import torch
+from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
@@ -107,6 +108,41 @@ class CountDropped(T.Transform):
         return image, target
 
 
+class RandomWindow(T.Transform):
+    """A random `size` x `size` window of the image (a side shorter than `size` is kept whole),
+    at the image's own scale: training on small objects in large images sees more of them per
+    second. Boxes are clipped to the window; a box with less than `min_visible` of its area
+    inside is dropped with its label (a digit cut in half is no digit), and counted in
+    `boxes_dropped`."""
+
+    def __init__(self, size: int, min_visible: float = 0.5):
+        super().__init__()
+        self.size, self.min_visible = size, min_visible
+
+    def forward(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        h, w = (int(v) for v in image.shape[-2:])
+        ch, cw = min(self.size, h), min(self.size, w)
+        if (ch, cw) == (h, w):
+            return image, target
+        top = int(torch.randint(h - ch + 1, ()))
+        left = int(torch.randint(w - cw + 1, ()))
+        boxes = target["boxes"].as_subclass(torch.Tensor)
+        inside = boxes - torch.tensor([left, top, left, top], dtype=boxes.dtype)
+        inside[:, 0::2] = inside[:, 0::2].clamp(0, cw)
+        inside[:, 1::2] = inside[:, 1::2].clamp(0, ch)
+
+        def area(b: torch.Tensor) -> torch.Tensor:
+            return (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+
+        keep = area(inside) >= self.min_visible * area(boxes)
+        target = {**target,
+                  "boxes": tv_tensors.BoundingBoxes(inside[keep], format="XYXY",
+                                                    canvas_size=(ch, cw)),
+                  "labels": target["labels"][keep],
+                  "boxes_dropped": target.get("boxes_dropped", 0) + int((~keep).sum())}
+        return F.crop(image, top, left, ch, cw), target
+
+
 def resize_scale(height: int, width: int, short_side: int, max_size: int) -> float:
     """torchvision's rule: scale the short side to ``short_side``, the long one to <= max_size."""
     return min(short_side / min(height, width), max_size / max(height, width))
@@ -135,23 +171,28 @@ def to_model_input() -> T.Transform:
 
 
 def build_train_transforms(cfg: AugmentConfig | None = None, *, digit_classes: bool = False,
-                           **options: Any) -> T.Transform:
-    """The augmentation pipeline of a training run, from the `augment` section (its fields may
-    also be given, or overridden, as keyword `options`; the defaults are the section's).
+                           augmenting: bool = True, **options: Any) -> T.Transform:
+    """The training transforms of a run, from the `augment` section (its fields may also be
+    given, or overridden, as keyword `options`; the defaults are the section's).
 
-    Order: SVHN colour policy, ColorJitter, flip, affine, clamp + drop collapsed boxes, to float.
-    `digit_classes` marks a dataset whose classes are digits, for which a horizontal flip
-    changes the class (a mirrored 2 is no digit): enabling the flip there logs a warning.
-    Multi-scale training and `no_aug_epochs` are the training loop's (the model's transform,
-    the augmentation schedule).
+    Order: the training window (`crop_size`), SVHN colour policy, ColorJitter, flip, affine,
+    clamp + drop collapsed boxes, to float. Without augmentation (`enabled` false, or
+    `augmenting` false: the augmentation-off epochs) only the window and the conversion remain:
+    the window sets what a training step sees, not how it is varied. `digit_classes` marks a
+    dataset whose classes are digits, for which a horizontal flip changes the class (a mirrored
+    2 is no digit): enabling the flip there logs a warning. Multi-scale training and
+    `no_aug_epochs` are the training loop's (the model's transform, the augmentation schedule).
     """
     c = section_with(AugmentConfig, cfg, options, "augment")
-    if not c.enabled:
-        return to_model_input()
+    window = [RandomWindow(c.crop_size)] if c.crop_size else []
+    if not (c.enabled and augmenting):
+        if not window:
+            return to_model_input()
+        return T.Compose([*window, CountDropped(min_size=1.0), to_model_input()])
     if c.flip_prob > 0 and digit_classes:
         log.warning("augment.flip_prob=%.2f on a digit dataset: a mirrored digit is not the same "
                     "digit; set augment.flip_prob=0 unless that is intended", c.flip_prob)
-    ops: list[T.Transform] = []
+    ops: list[T.Transform] = list(window)
     if c.svhn_policy_prob > 0:
         ops.append(SVHNColourPolicy(c.svhn_policy_prob))
     if c.hsv_prob > 0:

@@ -38,6 +38,10 @@ class Plan:
         """Every planned key (dotted) and its value."""
         return {k: v for choice in self.choices for k, v in choice.values.items()}
 
+    def choice(self, topic: str) -> Choice:
+        """The choice of one topic ("input scale", "anchors", ...)."""
+        return next(c for c in self.choices if c.topic == topic)
+
     def tree(self) -> dict[str, Any]:
         """The planned values as a config tree, the plan's record included."""
         tree: dict[str, Any] = {}

@@ -14,23 +14,27 @@ sets and its reason in one line. The rules run in this order:
    reach IoU 0.5 with at least `ANCHOR_COVERAGE` of the boxes at that scale; else anchors fitted
    to the boxes (`rcnnlab.models.anchors.fit_anchors`, never covering fewer boxes than the
    defaults).
-4. **Proposal budgets** from the objects per image (99th percentile and maximum): about
+4. **Training window**: dense small objects (a median of `WINDOW_MIN_OBJECTS` or more an image,
+   the largest under a quarter of the window) in images at least twice `WINDOW` long train on
+   random `WINDOW`-px windows at the planned scale: as many objects a second for a fraction of
+   the pixels; validation and prediction see whole images.
+5. **Proposal budgets** from the objects per image (99th percentile and maximum): about
    `PROPOSALS_PER_OBJECT` RPN proposals per object at test time (at least 100), twice as many in
    training, box-head RoIs and detections per image to match.
-5. **Sampler**: repeat-factor sampling (LVIS) when the most frequent class has more than
+6. **Sampler**: repeat-factor sampling (LVIS) when the most frequent class has more than
    `IMBALANCE` times the instances of the rarest, else plain shuffling.
-6. **Augmentation**: colour jitter and a small affine; a horizontal flip only for classes that
+7. **Augmentation**: colour jitter and a small affine; a horizontal flip only for classes that
    are not digits or characters.
-7. **Model**: ResNet-18 FPN trained from scratch; on a CPU an FPN of 128 channels and a 5x5
+8. **Model**: ResNet-18 FPN trained from scratch; on a CPU an FPN of 128 channels and a 5x5
    RoIAlign (3.3x faster to train than torchvision's 256 / 7x7, same mAP on ORAND); the
    convolutions in channels-last memory order.
-8. **Precision**: `auto`, bf16 where the device computes it natively.
-9. **Batch size** that fits half the device's free memory at that scale (`TRAIN_BYTES_PER_PIXEL`
-   per input pixel), at most 8 on a CPU and 16 on a GPU; the learning rate scales with it.
-10. **Schedule**: the time budget when one is given (epochs fitted to the measured speed), else
+9. **Precision**: `auto`, bf16 where the device computes it natively.
+10. **Batch size** that fits half the device's free memory at that scale (`TRAIN_BYTES_PER_PIXEL`
+    per input pixel), at most 8 on a CPU and 16 on a GPU; the learning rate scales with it.
+11. **Schedule**: the time budget when one is given (epochs fitted to the measured speed), else
     enough epochs for about `ITERATIONS` iterations; AdamW, cosine, warm-up at most a tenth of
     the run.
-11. **Validation**: a tenth of the training images held out when there is no validation split;
+12. **Validation**: a tenth of the training images held out when there is no validation split;
     numbers read (digits) with overlapping detections of other classes dropped.
 """
 
@@ -55,6 +59,8 @@ MIN_OBJECT_PX = 32  # the smallest objects (p5) are shrunk to no less than this
 MIN_IMAGE_SIDE = 128  # nor the images' short side below this
 MAX_LONG_SIDE = 1333  # torchvision's cap on the long side
 NO_SHRINK_ABOVE = 0.9  # a shrink factor above this keeps native size
+WINDOW = 320  # training window of dense small objects in large images (px)
+WINDOW_MIN_OBJECTS = 4  # objects an image (median) from which a window holds enough of them
 P2_BELOW_PX = 32  # the stride-4 level is kept while the p5 object is smaller than this
 ANCHOR_COVERAGE = 0.9  # share of boxes the default anchors must reach at IoU 0.5
 PROPOSALS_PER_OBJECT = 10  # RPN proposals per object (p99 objects per image) at test time
@@ -186,7 +192,34 @@ def anchors(ctx: Context) -> Choice:
                   f"{before['iou>=0.7']:.0%} -> {after['iou>=0.7']:.0%})")
 
 
-# ----------------------------------------------------------------------------- 4. budgets
+# ----------------------------------------------------------------------------- 4. window
+def training_window(ctx: Context) -> Choice:
+    """Train dense small objects in large images on windows cut at their own scale."""
+    fp, v = ctx.fingerprint, ctx.values
+    wh = box_sizes(ctx)
+    none = Choice("training window", {"augment.crop_size": None},
+                  "whole images in training")
+    if not len(wh) or fp.image_long is None or fp.objects_per_image is None:
+        return none
+    scale = native_scale(int(fp.image_short.p50), int(fp.image_long.p50), v["model.min_size"],
+                         v["model.max_size"])
+    long_side = fp.image_long.p50 * scale
+    s95 = float(np.percentile(np.sqrt(wh[:, 0] * wh[:, 1]), 95))
+    dense = fp.objects_per_image.p50 >= WINDOW_MIN_OBJECTS
+    if long_side < 2 * WINDOW or s95 > WINDOW / 4 or not dense:
+        why = ("images of " + _px(long_side) + " are small enough to train whole"
+               if long_side < 2 * WINDOW else
+               f"objects up to {_px(s95)} (p95) need whole images" if s95 > WINDOW / 4 else
+               f"{fp.objects_per_image.p50:.0f} objects an image (median): whole images")
+        return Choice("training window", {"augment.crop_size": None}, why)
+    return Choice("training window", {"augment.crop_size": WINDOW},
+                  f"{fp.objects_per_image.p50:.0f} objects an image (median) of up to "
+                  f"{_px(s95)} (p95) in {_px(long_side)} images: trained on {WINDOW}-px "
+                  f"windows at the same scale ({(long_side / WINDOW) ** 2:.0f}x fewer pixels a "
+                  "step, so more steps in the budget); evaluated on whole images")
+
+
+# ----------------------------------------------------------------------------- 5. budgets
 def proposal_budgets(ctx: Context) -> Choice:
     """Proposals, sampled RoIs and detections per image from the objects per image."""
     fp = ctx.fingerprint
@@ -210,7 +243,7 @@ def proposal_budgets(ctx: Context) -> Choice:
         f"{detections} detections kept")
 
 
-# ----------------------------------------------------------------------------- 5. sampler
+# ----------------------------------------------------------------------------- 6. sampler
 def sampler(ctx: Context) -> Choice:
     """Repeat-factor sampling for a strong class imbalance."""
     fp = ctx.fingerprint
@@ -228,7 +261,7 @@ def sampler(ctx: Context) -> Choice:
                   f"than {threshold:.1%} of the images (the median class) repeated")
 
 
-# ----------------------------------------------------------------------------- 6. augmentation
+# ----------------------------------------------------------------------------- 7. augmentation
 def augmentation(ctx: Context) -> Choice:
     """Colour jitter and a small affine; a flip unless the classes are writing."""
     fp = ctx.fingerprint
@@ -244,7 +277,7 @@ def augmentation(ctx: Context) -> Choice:
                                  else "horizontal flip 0.5"))
 
 
-# ----------------------------------------------------------------------------- 7. model
+# ----------------------------------------------------------------------------- 8. model
 def model(ctx: Context) -> Choice:
     """The detector: ResNet-18 FPN from scratch, narrow on a CPU."""
     hw = ctx.hardware
@@ -261,7 +294,7 @@ def model(ctx: Context) -> Choice:
                   "640-px images on a CPU with AMX, never slower on ORAND)")
 
 
-# ----------------------------------------------------------------------------- 8. precision
+# ----------------------------------------------------------------------------- 9. precision
 def precision(ctx: Context) -> Choice:
     """bf16 where the device computes it natively."""
     hw = ctx.hardware
@@ -270,7 +303,7 @@ def precision(ctx: Context) -> Choice:
                   f"auto: {now}; boxes and losses stay float32 either way")
 
 
-# ----------------------------------------------------------------------------- 9. batch
+# ----------------------------------------------------------------------------- 10. batch
 def batch_size(ctx: Context) -> Choice:
     """The largest batch (at most the device's cap) that fits half the free memory."""
     fp, hw, v = ctx.fingerprint, ctx.hardware, ctx.values
@@ -280,8 +313,9 @@ def batch_size(ctx: Context) -> Choice:
     else:
         scale = native_scale(int(fp.image_short.p95), int(fp.image_long.p95), v["model.min_size"],
                              v["model.max_size"])
-        pixels = (_ceil_to(fp.image_long.p95 * scale, 32)
-                  * _ceil_to(fp.image_short.p95 * scale, 32))
+        window = v.get("augment.crop_size") or math.inf
+        pixels = (_ceil_to(min(window, fp.image_long.p95 * scale), 32)
+                  * _ceil_to(min(window, fp.image_short.p95 * scale), 32))
     per_image = TRAIN_BYTES_PER_PIXEL * pixels
     if hw.memory_bytes is None or per_image == 0:
         batch, memory = cap, "memory unknown"
@@ -297,7 +331,7 @@ def batch_size(ctx: Context) -> Choice:
                   f"learning rate {lr:g} (0.002 per 8 images)")
 
 
-# ----------------------------------------------------------------------------- 10. schedule
+# ----------------------------------------------------------------------------- 11. schedule
 def schedule(ctx: Context) -> Choice:
     """The time budget, or a number of epochs, and the optimiser around it."""
     fp, v = ctx.fingerprint, ctx.values
@@ -328,7 +362,7 @@ def schedule(ctx: Context) -> Choice:
                   f"at the full rate (from scratch); {smoothing}")
 
 
-# ----------------------------------------------------------------------------- 11. validation
+# ----------------------------------------------------------------------------- 12. validation
 def validation(ctx: Context) -> Choice:
     """A held-out share when there is no validation split; how numbers are read."""
     fp = ctx.fingerprint
@@ -345,6 +379,26 @@ def validation(ctx: Context) -> Choice:
     return Choice("validation", values, "; ".join(parts))
 
 
-RULES = (input_scale, fpn_levels, anchors, proposal_budgets, sampler, augmentation, model,
-         precision, batch_size, schedule, validation)
+PLANNED_KEYS = frozenset({
+    "model.native_size", "model.min_size", "model.max_size", "model.fpn_strides",
+    "model.anchors", "model.anchor_sizes", "model.aspect_ratios",
+    "model.rpn_pre_nms_top_n_test", "model.rpn_post_nms_top_n_test",
+    "model.rpn_pre_nms_top_n_train", "model.rpn_post_nms_top_n_train",
+    "model.rpn_batch_size_per_image", "model.box_batch_size_per_image",
+    "model.box_detections_per_img", "data.repeat_factor_threshold", "augment.enabled",
+    "augment.hsv_prob", "augment.affine_prob", "augment.degrees", "augment.translate",
+    "augment.shear", "augment.scale", "augment.flip_prob", "augment.multiscale_sizes",
+    "augment.no_aug_epochs", "augment.crop_size", "model.arch", "model.weights",
+    "model.backbone_weights",
+    "model.fpn_channels", "model.roi_output_size", "model.roi_sampling_ratio",
+    "model.box_head_dim", "train.channels_last", "train.amp", "eval.amp", "train.batch_size",
+    "eval.batch_size", "train.lr", "train.optimizer", "train.backbone_lr_mult",
+    "train.weight_decay", "train.schedule", "train.eta_min", "train.grad_clip",
+    "train.label_smoothing", "train.roi_loss", "train.time_budget", "train.epochs",
+    "train.warmup_iters", "eval.read_iou", "eval.sweep_min", "eval.sweep_max",
+    "data.val_fraction"})
+"""Every key a rule may set (the configuration reference marks them)."""
+
+RULES = (input_scale, fpn_levels, anchors, training_window, proposal_budgets, sampler,
+         augmentation, model, precision, batch_size, schedule, validation)
 """The rules in the order they run (a rule may read the values of those before it)."""

@@ -7,7 +7,7 @@ import logging
 
 from rcnnlab.config import AugmentConfig
 from rcnnlab.data.coco import CocoDetection
-from rcnnlab.data.transforms import build_train_transforms, to_model_input
+from rcnnlab.data.transforms import build_train_transforms
 from rcnnlab.engine.loop import HookBase
 
 log = logging.getLogger(__name__)
@@ -29,9 +29,8 @@ class AugmentationSchedule(HookBase):
     def before_epoch(self) -> None:
         """Choose this epoch's transforms and whether batches draw a short side."""
         on = self.augmenting(self.loop.epoch)
-        self.dataset.transforms = (build_train_transforms(self.cfg,
-                                                          digit_classes=self.digit_classes)
-                                   if on else to_model_input())
+        self.dataset.transforms = build_train_transforms(
+            self.cfg, digit_classes=self.digit_classes, augmenting=on)
         multiscale = on and bool(self.cfg.multiscale_sizes)
         self.loop.model.transform.enable_multiscale(multiscale)
         if multiscale:
