@@ -180,7 +180,8 @@ def test_strong_imbalance_repeats_the_rare_classes(tmp_path):
     threshold = plan.values["data.repeat_factor_threshold"]
     assert threshold == 1.0  # the median class is in every image
     # the rare class's images are repeated sqrt(1 / (1/40)) = 6.3 times
-    assert "repeat-factor sampling" in plan.choice("sampler").reason and "'rare'" in plan.choice("sampler").reason
+    reason = plan.choice("sampler").reason
+    assert "repeat-factor sampling" in reason and "'rare'" in reason
     # 140 / 20 = 7x: under the limit of 10, plain shuffling
     mild = plan_of(dataset(tmp_path, images=40, size=(200, 200), box=(20, 20), boxes_per_image=4,
                            names=["a", "b"], class_of=lambda i, k: 1 if k == 0 and i < 20 else 0,
