@@ -24,7 +24,7 @@ runs again (no training) where their result.json was scored over another range.
     python benchmarks/ablation.py --study augment --seeds 0 1 --report-only
 
 Studies:
-    speed       the CPU defaults against those before issue 14 (`old_defaults.py`), and the
+    speed       the CPU defaults against the float32 FPN-256 ones before (`old_defaults.py`), and the
                 candidates measured on the way.
     augment     no augmentation, each augmentation group alone, all of them, and all of them
                 with auto-fitted anchors.
@@ -78,7 +78,7 @@ _ALL = ("augment.hsv_prob=0.5", "augment.affine_prob=0.5", "augment.svhn_policy_
 _READ = ("eval.read_iou=0.4",)
 
 STUDIES: dict[str, dict[str, Variant]] = {
-    # issue 14: the faster CPU defaults against the old ones, and candidates; every row reads
+    # the faster CPU defaults against the old ones, and candidates; every row reads
     # its numbers the same way (eval.read_iou), so sequence accuracy compares the models
     "speed": {
         "old defaults": Variant(OLD_DEFAULTS, eval=_READ),

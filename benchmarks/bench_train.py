@@ -6,7 +6,7 @@ memory of the process. Nothing is asserted; the figures go into the README.
 
     python benchmarks/bench_train.py                       # -c base
     python benchmarks/bench_train.py --variant "800px=model.native_size=false model.min_size=800"
-    # the defaults against the CPU defaults before issue 14, on ORAND and 640x640 images:
+    # the defaults against the previous CPU defaults (old_defaults.py), on ORAND and 640x640 images:
     python benchmarks/bench_train.py --old \
         --data ../shared/data/orand-car-a/instances_train.json \
         --data ../shared/data/number-extraction-yolo/data.yaml:val
@@ -150,7 +150,7 @@ def main() -> None:
                         help='"label=key=value key=value" (repeatable); the config itself is '
                         "always measured as 'default'")
     parser.add_argument("--old", action="store_true",
-                        help="also measure the CPU defaults before issue 14 ('old defaults')")
+                        help="also measure the previous CPU defaults, old_defaults.py ('old defaults')")
     parser.add_argument("--images", type=int, default=256, help="generated training images")
     parser.add_argument("--data", action="append", default=[],
                         help="a COCO json, or a YOLO data.yaml[:split], to measure on instead "

@@ -2,7 +2,8 @@
 data, same wall-clock budget, same scorer.
 
 For each dataset and seed, one invocation trains rcnnlab (by default with no recipe: the plan
-`rcnnlab train` makes for the data; `--config NAME` adds rows of a recipe) and YOLOv8n from
+`rcnnlab train` makes for the data; `--config NAME`, repeatable, trains the recipes named
+instead, `plan` being the plan) and YOLOv8n from
 scratch at each `--imgsz` (320 and 640 by default; the better one counts), each for `--minutes`
 of wall clock with validation included; then scores every model on the same held-out test split
 with rcnnlab's COCO scorer and prints one row per dataset, detector and seed: mAP, AP50, AP75,
@@ -53,7 +54,7 @@ The protocol (both detectors see exactly the same images):
 
     python benchmarks/peer_yolo.py --datasets orand:0,1,2 building numbers synth  # the README's
     python benchmarks/peer_yolo.py --minutes 0.5 --datasets numbers --imgsz 320 --out /tmp/p
-    python benchmarks/peer_yolo.py --datasets orand --config orand   # plan and -c orand rows
+    python benchmarks/peer_yolo.py --datasets orand --config plan --config orand  # both rows
     python benchmarks/peer_yolo.py --only rcnnlab --datasets building train.batch_size=4
 
 Needs ultralytics (`pip install 'rcnnlab[peer]'`); without it the rcnnlab rows still run. Writes
@@ -517,7 +518,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
                         help="wall-clock training budget of each run (training + validation)")
     parser.add_argument("--only", choices=("rcnnlab", "yolo"), default=None)
     parser.add_argument("--config", action="append", default=[],
-                        help="also train this rcnnlab recipe (repeatable); the plan always runs")
+                        help="rcnnlab recipe to train (repeatable; `plan`, the default: no recipe)")
     parser.add_argument("--imgsz", type=int, nargs="+", default=[320, 640],
                         help="YOLO's image sizes (one row each)")
     parser.add_argument("--batch", type=int, default=16, help="YOLO's batch size")
@@ -557,9 +558,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
         # rcnnlab first for every seed: Ultralytics changes process-wide torch state
         # (deterministic algorithms, threads) that must not leak into rcnnlab's runs
         if args.only != "yolo":
-            for config in [None, *args.config]:
+            for recipe in args.config or ["plan"]:
                 for seed in seeds:
-                    tag = "plan" if config is None else Path(config).stem
+                    tag = Path(recipe).stem
+                    config = None if recipe == "plan" else recipe
                     rows.append(rcnnlab_row(dataset, seed, config, rcnnlab_overrides(
                         split_items, minutes=args.minutes, seed=seed, out=out,
                         name=f"rcnnlab_{tag}_s{seed}", threads=args.threads,

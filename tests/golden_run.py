@@ -17,13 +17,16 @@ them from the recorded rows after checking that they equal the names that stand 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import hashlib
 import json
 import platform
 import tempfile
 from pathlib import Path
+from unittest import mock
 
+import matplotlib
 import torch
 
 GOLDEN = Path(__file__).parent / "data" / "golden_run.json"
@@ -69,6 +72,29 @@ def machine() -> dict[str, str]:
             "torch": torch.__version__}
 
 
+@contextlib.contextmanager
+def recorded_fonts():
+    """The generator draws with the fonts the run was recorded with: DejaVu (the system's and
+    matplotlib's) and matplotlib's own. Any other font on the machine (installing Chromium
+    brings Liberation) would change the generated images, and so every number of the run."""
+    from rcnnlab.data import synth
+
+    every = synth._font_files
+    bundled = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+
+    def caches() -> None:
+        for cached in (synth._fonts, synth._weighted_glyph, synth._font_extent):
+            cached.cache_clear()
+
+    caches()
+    try:
+        with mock.patch.object(synth, "_font_files", lambda: [
+                p for p in every() if p.name.startswith("DejaVu") or p.parent == bundled]):
+            yield
+    finally:
+        caches()
+
+
 def run_golden(root: Path) -> dict:
     """Generate the data, train the reference run under `root`; its digest and metrics rows."""
     from rcnnlab import api
@@ -78,7 +104,8 @@ def run_golden(root: Path) -> dict:
     from rcnnlab.runs.checkpoint import load_checkpoint
 
     data_dir = root / "synth"
-    generate_dataset(data_dir, n_train=8, n_valid=4, n_test=4, seed=3)
+    with recorded_fonts():
+        generate_dataset(data_dir, n_train=8, n_valid=4, n_test=4, seed=3)
     data = [f"data.{s}_json={data_dir / s / 'annotations.json'}" for s in ("train", "valid",
                                                                           "test")]
     cfg = load_config(None, [*SETTING, *data, f"out_dir={root / 'runs'}", "name=golden"])

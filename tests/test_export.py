@@ -141,3 +141,25 @@ def test_proposals_are_an_inference_option_and_held_by_the_export(exported, tmp_
     assert total > 0 and matched >= 0.99 * total
     full = Detector.load(run, device="cpu").predict(files, batch_size=1, keep_images=False)
     assert sum(map(len, a)) < sum(map(len, full))  # fewer proposals, fewer boxes scored
+
+
+def test_serve_answers_from_an_exported_model(exported, eager_orand):
+    """`rcnnlab serve model.onnx`: the same detections as the exported model in Python."""
+    pytest.importorskip("fastapi", reason="rcnnlab serve needs the serve extra")
+    from fastapi.testclient import TestClient
+
+    from rcnnlab.serve import ServeOptions, create_app
+
+    _, onnx_file = exported
+    _, images, _ = eager_orand
+    det = Detector.load(onnx_file, backend="onnxruntime")
+    with TestClient(create_app(onnx_file, ServeOptions(backend="onnxruntime"),
+                               preload=True)) as client:
+        info = client.get("/info").json()
+        assert info["backend"] == "onnxruntime" and info["model"].startswith("model.onnx@")
+        answer = client.post("/predict?threshold=0.0", content=images[0].read_bytes(),
+                             headers={"content-type": "image/jpeg"})
+    assert answer.status_code == 200, answer.text
+    (result,) = answer.json()["results"]
+    expected = det.predict(images[0], threshold=0.0, keep_images=False)[0]
+    assert result["number"] == expected.number and result["detections"] == len(expected)

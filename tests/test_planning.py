@@ -325,3 +325,57 @@ def test_cli_plan_writes_a_recipe_that_train_reads(tmp_path, monkeypatch):
     cfg = load_config(tmp_path / "plan.yaml")  # a complete recipe: no planning needed
     assert cfg.data.yolo == str(data) and cfg.name == "mine"
     assert cfg.model.min_size == 128 and cfg.train.time_budget == 7 and cfg.plan is not None
+
+
+def test_cli_plan_prints_the_train_command_with_the_overrides_given(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from rcnnlab.cli import app
+
+    data = shared_path("building-characters-yolo", "data.yaml")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["plan", str(data), "--budget", "7", "--device", "cpu",
+                                      "train.batch_size=4"], terminal_width=60)
+    assert result.exit_code == 0, result.output
+    # one line, whatever the terminal's width, to copy as it is
+    assert (f"train it: rcnnlab train data.yolo={data} train.batch_size=4 "
+            "train.time_budget=7\n") in result.output
+
+
+def test_a_resumed_run_keeps_the_plan_it_was_trained_with(tmp_path):
+    from rcnnlab.runs.rundir import RunDir
+
+    path = dataset(tmp_path, images=4, size=(64, 32), box=(8, 14), boxes_per_image=2)
+    for i in range(4):
+        Image.new("RGB", (64, 32)).save(tmp_path / f"{i}.png")
+    items = [f"data.train_json={path}", f"out_dir={tmp_path / 'runs'}", "name=r"]
+    first = api.configure(None, items)
+    # the run as it was planned then (say, on a machine with less free memory: batch 3)
+    saved = first.model_copy(update={"train": first.train.model_copy(update={"batch_size": 3})})
+    run = RunDir(saved.run_dir)
+    run.root.mkdir(parents=True)
+    run.write_config(saved)
+    resumed = api.configure(None, [*items, "train.epochs=20"], resume=True)
+    assert resumed.train.batch_size == 3 and resumed.train.epochs == 20  # overrides still win
+    assert resumed.plan == first.plan
+    assert api.configure(None, items).train.batch_size == first.train.batch_size  # a new run
+
+
+def test_a_planned_run_logs_and_records_its_plan(synth_dir, tmp_path, caplog):
+    import logging
+
+    from rcnnlab.engine.progress import ProgressReporter
+    from rcnnlab.runs.rundir import RunDir
+
+    data = [f"data.{s}_json={synth_dir / s / 'annotations.json'}" for s in ("train", "valid")]
+    cfg = api.configure(None, [*data, "train.epochs=1", "train.iters_per_epoch=2",
+                               "train.batch_size=2", f"out_dir={tmp_path}", "name=planned"])
+    with caplog.at_level(logging.INFO, logger="rcnnlab.api"):
+        fit = api.train(cfg, reporter=ProgressReporter(quiet=True))
+    assert "plan for" in caplog.text and "-> the smallest objects" in caplog.text
+    assert "train.batch_size=2 (planned: 8)" in caplog.text  # the override, marked
+    saved = RunDir(fit.run_dir).read_config()
+    assert saved.plan == cfg.plan and saved.train.batch_size == 2
+    report = (fit.run_dir / "report.md").read_text()
+    assert "## Plan" in report and "| input scale |" in report
+    assert "train.batch_size=2 (planned: 8)" in report

@@ -100,34 +100,30 @@ def _plan_for(draft: Config, budget_minutes: float | None, device: str) -> Plan:
     return plan_data(d, device=device, budget_minutes=budget_minutes)
 
 
-def configure(recipe: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+def configure(recipe: str | Path | None = None, overrides: Sequence[str] = (), *,
+              resume: bool = False) -> Config:
     """The config of a run, as `rcnnlab train -c RECIPE key=value ...` builds it.
 
     Without a recipe, or with one whose `base:` chain starts at `base: plan`, the values come
     from the plan for the data the config names (`plan`), and the recipe's keys and the
     overrides apply on top, key by key; the plan's choices and reasons are kept in
-    `Config.plan`. A recipe that does not start from the plan (`-c orand`, `-c base`) is taken
-    as it is, like `rcnnlab.config.load_config`."""
+    `Config.plan`. With `resume`, a planned run folder that exists keeps the plan it was trained
+    with (its config.yaml), rather than planning again on a machine whose free memory may have
+    changed. A recipe that does not start from the plan (`-c orand`, `-c base`) is taken as it
+    is, like `rcnnlab.config.load_config`."""
     tree, planned = read_recipe(recipe)
     where = str(recipe) if recipe is not None else "config"
     if not planned:
         return config_of(tree, list(overrides), where)
     draft = config_of(tree, list(overrides), where)
+    run = RunDir(draft.run_dir)
+    if resume and run.config_yaml.is_file():
+        saved = run.read_config()
+        if saved.plan is not None:
+            return config_of(deep_merge(saved.model_dump(mode="json"), tree), list(overrides),
+                             where)
     chosen = _plan_for(draft, draft.train.time_budget, draft.train.device)
     return config_of(deep_merge(chosen.tree(), tree), list(overrides), where)
-
-
-def plan_table(cfg: Config) -> str:
-    """The run's plan as a text table: each choice, its values (those the run changed marked
-    with the planned one) and its reason."""
-    record = cfg.plan
-    budget = f"{record.budget_minutes:g} minutes" if record.budget_minutes else "no time budget"
-    rows = record.rows(cfg)
-    width = max(len(topic) for topic, _, _ in rows)
-    lines = [f"plan for {record.data} on {record.device} ({record.machine}), {budget}:"]
-    for topic, values, reason in rows:
-        lines += [f"  {topic:<{width}}  {values}", f"  {'':<{width}}  -> {reason}"]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------ training
@@ -157,7 +153,7 @@ def train(cfg: Config, *, resume: bool = False, exist_ok: bool = False,
     `configure` gives the plan for the data, which is then logged as a table."""
     here, _ = init_distributed(resolve_device(cfg.train.device))
     if here.is_main:
-        log.info("%s", plan_table(cfg) if cfg.plan is not None else
+        log.info("%s", cfg.plan.table(cfg) if cfg.plan is not None else
                  "config as given (no plan; rcnnlab.api.configure plans from the data)")
         RunDir(cfg.run_dir).prepare(resume=resume, exist_ok=exist_ok)
         ensure_synth(cfg.data)

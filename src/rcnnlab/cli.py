@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -299,16 +300,17 @@ def plan(
     chosen = api.plan(data, overrides or [], budget_minutes=budget, device=device)
     _print_fingerprint(chosen.fingerprint.source, chosen.fingerprint.rows())
     given = [*api.data_overrides(data), *(overrides or [])]
-    console.print(api.plan_table(config_of(chosen.tree(), given)), highlight=False,
+    console.print(chosen.record().table(config_of(chosen.tree(), given)), highlight=False,
                   soft_wrap=True)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         # the data and the overrides go in too: -c PLAN.yaml needs nothing else
         out.write_text(chosen.to_yaml(apply_overrides({}, given)))
-        console.print(f"plan written to {out}: rcnnlab train -c {out}")
+        console.print(f"plan written to {out}: rcnnlab train -c {out}", soft_wrap=True)
     else:
-        console.print(f"train it: rcnnlab train {' '.join(api.data_overrides(data))}"
-                      + (f" train.time_budget={budget:g}" if budget else ""))
+        budget_key = [f"train.time_budget={budget:g}"] if budget else []
+        console.print(f"train it: {shlex.join(['rcnnlab', 'train', *given, *budget_key])}",
+                      highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------- train
@@ -331,7 +333,7 @@ def train(
     from rcnnlab import api
     from rcnnlab.runs.distributed import env_rank
 
-    cfg = api.configure(config, overrides or [])
+    cfg = api.configure(config, overrides or [], resume=resume)
     result = api.train(cfg, resume=resume, exist_ok=exist_ok)
     if env_rank() != 0:  # under torchrun rank 0 reports for all
         return
@@ -472,6 +474,55 @@ def export(
 
     path = export_model(run, out, format=format, overrides=overrides or [])
     console.print(f"model: {path}\nsidecar: {path.with_suffix('.json')}")
+
+
+@app.command()
+@_user_errors
+def serve(
+    model: Annotated[Path, typer.Argument(
+        help="Run folder, checkpoint, or exported model (.onnx, .xml, .torchscript).")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every "
+                                      "interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    max_batch: Annotated[int, typer.Option(help="Images run as one batch at most.")] = 8,
+    max_wait_ms: Annotated[float, typer.Option(
+        help="How long a batch's first image waits for others to join it.")] = 10.0,
+    max_upload_mb: Annotated[float, typer.Option(help="Largest request body (MiB).")] = 20.0,
+    max_pixels: Annotated[int, typer.Option(
+        help="Largest image (width x height), checked before decoding.")] = 40_000_000,
+    max_images: Annotated[int, typer.Option(help="Images in one request at most.")] = 16,
+    device: DeviceOpt = "auto",
+    backend: Annotated[str, typer.Option(
+        help="For an exported model: onnxruntime (auto) or openvino for .onnx; openvino for "
+        ".xml; torchscript for .torchscript.")] = "auto",
+    overrides: EvalOverridesArg = None,
+):
+    """Serve the model over HTTP: POST /predict, GET /healthz, /readyz, /info, /metrics, and a
+    page at / to try it in a browser (needs the serve extra)."""
+    try:
+        import uvicorn
+
+        from rcnnlab.serve.app import create_app
+    except ImportError as exc:
+        raise ConfigError(f"rcnnlab serve needs the serve extra ({exc.name} is missing). Fix: "
+                          "pip install 'rcnnlab[serve]'") from None
+    from pydantic import ValidationError
+
+    from rcnnlab.serve.options import ServeOptions
+
+    try:
+        options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms,
+                               max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+                               max_images=max_images, device=device, backend=backend)
+    except ValidationError as exc:  # one line naming the flag and its range
+        first = exc.errors()[0]
+        flag = "--" + str(first["loc"][0]).replace("_", "-")
+        raise ConfigError(f"{flag} {first['input']!r}: {first['msg']}") from None
+    app_ = create_app(model, options, overrides=overrides or [], preload=True)
+    service = app_.state.service
+    console.print(f"serving {service.model_id} at http://{host}:{port}/ (POST /predict; "
+                  "Ctrl+C stops)", highlight=False, soft_wrap=True)
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
 
 
 # ---------------------------------------------------------------------------------- records

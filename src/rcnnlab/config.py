@@ -469,6 +469,17 @@ class PlanRecord(_Section):
             out.append((choice["topic"], " ".join(cells), choice["reason"]))
         return out
 
+    def table(self, cfg: Config | None = None) -> str:
+        """The plan as a text table: each choice, its values (see `rows`) and its reason."""
+        budget = (f"{self.budget_minutes:g} minutes" if self.budget_minutes
+                  else "no time budget")
+        rows = self.rows(cfg)
+        width = max(len(topic) for topic, _, _ in rows)
+        lines = [f"plan for {self.data} on {self.device} ({self.machine}), {budget}:"]
+        for topic, values, reason in rows:
+            lines += [f"  {topic:<{width}}  {values}", f"  {'':<{width}}  -> {reason}"]
+        return "\n".join(lines)
+
 
 def value_text(value: Any) -> str:
     """A config value as it is written on the command line (`null`, `true`, `[8, 16]`)."""

@@ -204,12 +204,18 @@ class Detector:
         if batch:
             yield from self._detect(batch, threshold, keep_images)
 
-    @torch.inference_mode()
     def _detect(self, batch: list[SourceImage], threshold: float,
                 keep_images: bool) -> list[Result]:
+        return self.detect_batch(batch, [threshold] * len(batch), keep_images=keep_images)
+
+    @torch.inference_mode()
+    def detect_batch(self, batch: Sequence[SourceImage], thresholds: Sequence[float], *,
+                     keep_images: bool = False) -> list[Result]:
+        """One model call on `batch`, each image's number read at its own threshold (a
+        server batches requests that ask for different ones)."""
         outputs = self.predictor([item.image.to(self.device) for item in batch])
         results = []
-        for item, out in zip(batch, outputs, strict=True):
+        for item, out, threshold in zip(batch, outputs, thresholds, strict=True):
             boxes, scores = out["boxes"].float().cpu(), out["scores"].float().cpu()
             class_ids = self._ids[out["labels"].cpu() - 1]
             number = (read_number(boxes, class_ids, scores, self.digits, threshold,

@@ -148,7 +148,7 @@ def is_text(names: list[str]) -> bool:
 def fingerprint(data: CocoData) -> Fingerprint:
     """The fingerprint of a training split."""
     stats = compute_stats(data)
-    # each box's image area, in compute_stats' box order (images in file order)
+    # each box's image size, in compute_stats' box order (images in file order)
     box_image_wh = np.array([(img["width"], img["height"]) for img in data.images
                              for a in data.annotations.get(img["id"], [])
                              if not a.get("iscrowd", 0)], dtype=np.float64).reshape(-1, 2)

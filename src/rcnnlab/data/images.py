@@ -16,6 +16,9 @@ What it does with each kind of file:
 * More pixels than `max_pixels` (``data.max_image_pixels``): refused before decoding, so a
   decompression bomb never fills the memory.
 * An unreadable or truncated file: refused, naming the file.
+
+`read_image` also takes an open binary file (an upload in memory, `io.BytesIO`): its `name`
+attribute, if any, names it in errors.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -41,12 +45,12 @@ _REFUSED = {"F": "32-bit floating point"}
 
 
 @contextmanager
-def _opened(path: Path, max_pixels: int, what: str) -> Iterator[Image.Image]:
+def _opened(path: Path | _Named, max_pixels: int, what: str) -> Iterator[Image.Image]:
     """The image file opened (header read, nothing decoded), its pixel count checked."""
     # Pillow's own bomb guard would fire at its fixed limit; ours is the config's
     previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(path) as im:
+        with Image.open(path.file if isinstance(path, _Named) else path) as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise DatasetError(
@@ -61,6 +65,16 @@ def _opened(path: Path, max_pixels: int, what: str) -> Iterator[Image.Image]:
                            "file with a valid image or remove its record") from None
     finally:
         Image.MAX_IMAGE_PIXELS = previous
+
+
+class _Named:
+    """An open binary file that prints as its name in error messages."""
+
+    def __init__(self, file: BinaryIO):
+        self.file = file
+
+    def __str__(self) -> str:
+        return str(getattr(self.file, "name", "an in-memory image"))
 
 
 def _orientation(im: Image.Image) -> int | None:
@@ -79,10 +93,10 @@ def image_size(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
         return (height, width) if _orientation(im) in _TRANSPOSED else (width, height)
 
 
-def read_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+def read_image(path: str | Path | BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                what: str = "") -> torch.Tensor:
     """The image as a uint8 RGB CHW tensor (see the module docstring for each kind of file)."""
-    path = Path(path)
+    path = Path(path) if isinstance(path, str | Path) else _Named(path)
     with _opened(path, max_pixels, what) as im:
         if im.mode in _REFUSED:
             raise DatasetError(

@@ -8,7 +8,6 @@ run keeps (`Config.plan`), and as a YAML recipe that `-c plan.yaml` reads.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +19,6 @@ from rcnnlab.data.fingerprint import Fingerprint, fingerprint
 from rcnnlab.data.splits import load_splits, with_synth_paths, with_yolo_paths
 from rcnnlab.planning.hardware import Hardware
 from rcnnlab.planning.rules import RULES, Choice, Context
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,8 +71,9 @@ class Plan:
                  "# train it with: rcnnlab train -c THIS_FILE [key=value ...]", "#"]
         for topic, values, reason in self.rows():
             lines += [f"# {topic}: {reason}", f"#   {values}"]
-        body = yaml.safe_dump({k: tree[k] for k in ("name", "data", "model", "augment", "train",
-                                                    "eval", "plan") if k in tree},
+        order = ["name", "out_dir", "data", "model", "augment", "train", "eval", "plan"]
+        order += sorted(set(tree) - set(order))  # a section added later goes last
+        body = yaml.safe_dump({k: tree[k] for k in order if k in tree},
                               sort_keys=False, width=100, default_flow_style=None)
         return "\n".join(lines) + "\n" + body
 
