@@ -146,6 +146,7 @@ def test_proposals_are_an_inference_option_and_held_by_the_export(exported, tmp_
 def test_serve_answers_from_an_exported_model(exported, eager_orand):
     """`rcnnlab serve model.onnx`: the same detections as the exported model in Python."""
     pytest.importorskip("fastapi", reason="rcnnlab serve needs the serve extra")
+    pytest.importorskip("httpx", reason="the test client needs httpx")
     from fastapi.testclient import TestClient
 
     from rcnnlab.serve import ServeOptions, create_app
