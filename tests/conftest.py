@@ -57,3 +57,19 @@ def synth_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth")
     generate_dataset(out, n_train=8, n_valid=4, n_test=4, seed=3)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A tiny trained run on its own generated set that reports every box (score threshold
+    0), so that it has detections to write; shared by the tests that only read it."""
+    from rcnnlab import api
+    from rcnnlab.data.synth import generate_dataset
+    from rcnnlab.engine.progress import ProgressReporter
+    from tests.tiny import tiny_config
+
+    data = tmp_path_factory.mktemp("tiny_run_data")
+    generate_dataset(data, n_train=8, n_valid=4, n_test=4, seed=3)
+    cfg = tiny_config(data, tmp_path_factory.mktemp("tiny_run"), "train.epochs=1",
+                      "train.iters_per_epoch=2", "model.box_score_thresh=0.0")
+    return api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir

@@ -318,15 +318,17 @@ CASES += [
         "predict", str(_trained(t)), str(t / "nowhere"), "--out", str(t / "o"),
         "--device", "cpu"],
          ("nowhere: no such file, folder or pattern", "Fix: give an image, a folder, a glob")),
-    Case("predict: a text file as the source", lambda t: [
+    Case("predict: a text file that lists no image", lambda t: [
         "predict", str(_trained(t)), str(_text_file(t)), "--out",
-        str(t / "o"), "--device", "cpu"], ("not an image", "or a video", "Fix:")),
+        str(t / "o"), "--device", "cpu"],
+         ("notes.txt, line 1: 'not an image' is not an image file", "Fix: list one image")),
     Case("predict: a glob that matches no image", lambda t: [
         "predict", str(_trained(t)), str(t / "*.jpg"), "--out", str(t / "o"), "--device",
         "cpu"], ("*.jpg: the pattern matches no image files", "Fix:")),
     Case("predict: a corrupt image among the files", lambda t: [
         "predict", str(_trained(t)), str(_folder(t, b"garbage")), "--out", str(t / "o"),
-        "--device", "cpu"], ("bad.png: cannot be read as an image", "Fix:")),
+        "--device", "cpu"], ("1 of 2 images could not be read: listed in", "unreadable.csv"),
+         outcome="warning"),
     Case("predict: a file name that is not UTF-8", lambda t: [
         "predict", str(_trained(t)), str(_folder(t, name=b"caf\xe9.png")), "--out",
         str(t / "o"), "--device", "cpu"], outcome="handled",

@@ -12,22 +12,17 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from rcnnlab import Detector, Result, api
+from rcnnlab import Detector, Result
 from rcnnlab.cli import app
-from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.errors import ConfigError, MissingFileError
 from rcnnlab.evaluation.sequence import read_number
-from tests.tiny import tiny_config
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture(scope="module")
-def run(synth_dir, tmp_path_factory) -> Path:
-    """A tiny trained run that reports every box (score threshold 0): its detections exist."""
-    cfg = tiny_config(synth_dir, tmp_path_factory.mktemp("det"), "train.epochs=1",
-                      "train.iters_per_epoch=2", "model.box_score_thresh=0.0")
-    return api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
+def run(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,8 @@ the only difference between the runs is how the batch is split across processes.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import socket
@@ -26,11 +28,13 @@ from torchvision.models.detection import _utils as det_utils
 from rcnnlab import api
 from rcnnlab.config import Config
 from rcnnlab.data.samplers import RepeatFactorSampler, ShardedSampler
+from rcnnlab.data.splits import load_splits
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
+from rcnnlab.evaluation.pipeline import validate
 from rcnnlab.models.build import build_model
-from rcnnlab.runs.checkpoint import load_checkpoint
-from rcnnlab.runs.distributed import barrier, close_distributed
+from rcnnlab.runs.checkpoint import load_checkpoint, load_detector
+from rcnnlab.runs.distributed import barrier, close_distributed, init_distributed
 from tests.conftest import write_coco
 from tests.tiny import TINY, tiny_config
 
@@ -225,6 +229,47 @@ def test_a_two_process_run_resumes_to_the_same_weights(noise_coco, tmp_path):
     assert not any(broken[1].iterdir())
 
 
+def _validate_worker(rank: int, world_size: int, port: int, run: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank))
+    init_distributed(torch.device("cpu"))
+    result = _validation(Path(run))
+    Path(out, f"rank{rank}.json").write_text(json.dumps(
+        {"scores": result.as_dict(), "detections": result.detections}))
+    barrier()
+    close_distributed()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # see _worker
+
+
+def _validation(run: Path):
+    """Training's validation of the run's best weights, one image per batch."""
+    model, ckpt = load_detector(run, device=torch.device("cpu"))
+    data = load_splits(ckpt.config.data, need=("valid",))["valid"]
+    return validate(model, data, ckpt.config.eval.model_copy(update={"batch_size": 1}),
+                    device="cpu")
+
+
+def test_two_processes_validate_what_one_does(tiny_run, tmp_path):
+    one = _validation(tiny_run)
+    for attempt in range(2):
+        try:
+            mp.spawn(_validate_worker, args=(2, _free_port(), str(tiny_run), str(tmp_path)),
+                     nprocs=2, join=True)
+            break
+        except mp.ProcessRaisedException as exc:
+            if attempt or "address already in use" not in str(exc).lower():
+                raise
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    expected = json.loads(json.dumps(one.as_dict()))
+    assert len(one.detections) > 0 and one.n_images == 4
+    # rank 0 gathered every detection, in one process's order; every rank has the scores
+    assert ranks[0]["detections"] == json.loads(json.dumps(one.detections))
+    assert ranks[1]["detections"] == []
+    assert ranks[0]["scores"] == expected and ranks[1]["scores"] == expected
+
+
 def test_torchrun_trains_end_to_end(synth_dir, tmp_path):
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     if torchrun is None:
@@ -234,7 +279,8 @@ def test_torchrun_trains_end_to_end(synth_dir, tmp_path):
                  for s in ("train", "valid", "test")]
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(_free_port()), "-m",
            "rcnnlab", "train", *TINY, *overrides, f"out_dir={tmp_path}", "name=tr",
-           "train.epochs=1", "train.iters_per_epoch=1", "train.threads=1"]
+           "train.epochs=1", "train.iters_per_epoch=1", "train.threads=1",
+           "train.ema_decay=0.9", "train.ema_warmup=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -244,6 +290,9 @@ def test_torchrun_trains_end_to_end(synth_dir, tmp_path):
     assert ckpt["images_seen"] == 4 and cfg.train.batch_size == 2
     env_rows = (tmp_path / "tr" / "environment.json").read_text()
     assert "2 processes (gloo)" in env_rows
+    # both ranks validated the weight average (rank 0 scored): AP and the loss are logged
+    row = next(csv.DictReader((tmp_path / "tr" / "metrics.csv").open()))
+    assert row["val_AP"] not in ("", "nan") and float(row["val_loss"]) > 0
 
 
 def test_two_nodes_over_a_rendezvous_endpoint(synth_dir, tmp_path):

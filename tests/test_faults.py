@@ -149,8 +149,10 @@ def test_tune_and_predict_killed_while_writing_leave_no_half_output(synth, tmp_p
     assert killed(rcnnlab("predict", str(run), str(test_json), "--out", str(out),
                           "--device", "cpu", fault="replace:pred.json"))
     assert not (out / "pred.json").exists()
+    # the job logged every image before the kill: --resume detects none again
     assert rcnnlab("predict", str(run), str(test_json), "--out", str(out),
-                   "--device", "cpu").returncode == 0
+                   "--device", "cpu", "--resume").returncode == 0
+    assert json.loads((out / "predict_job.json").read_text())["detected_now"] == 0
     predictions = json.loads((out / "pred.json").read_text())
     assert all(set(p) == {"image_id", "category_id", "bbox", "score"} for p in predictions)
     lines = (out / "pred.csv").read_text().splitlines()

@@ -24,19 +24,14 @@ httpx = pytest.importorskip("httpx", reason="the test client needs httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from rcnnlab import Detector, api  # noqa: E402
-from rcnnlab.engine.progress import ProgressReporter  # noqa: E402
+from rcnnlab import Detector  # noqa: E402
 from rcnnlab.serve import ServeOptions, create_app  # noqa: E402
 from rcnnlab.serve.batching import MicroBatcher  # noqa: E402
-from tests.tiny import tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def run(synth_dir, tmp_path_factory) -> Path:
-    """A tiny trained run that reports every box (score threshold 0)."""
-    cfg = tiny_config(synth_dir, tmp_path_factory.mktemp("serve"), "train.epochs=1",
-                      "train.iters_per_epoch=2", "model.box_score_thresh=0.0")
-    return api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
+def run(tiny_run) -> Path:
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

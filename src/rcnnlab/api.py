@@ -22,7 +22,7 @@ import torch
 from rcnnlab.config import Config, config_of, deep_merge, read_recipe
 from rcnnlab.data.coco import CocoData, load_coco, require_boxes
 from rcnnlab.data.splits import SPLITS, ensure_synth, load_splits
-from rcnnlab.detector import Detector, Result
+from rcnnlab.detector import Detector
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.engine.training import FitResult
@@ -45,16 +45,16 @@ from rcnnlab.evaluation.pipeline import (
     validation_row,
 )
 from rcnnlab.evaluation.threshold import SweepResult
-from rcnnlab.inference.sources import Source, coco_images
+from rcnnlab.jobs.images import job_images
+from rcnnlab.jobs.predict import run_predict_job
 from rcnnlab.methods.scale_weighting import IntervalRecord
 from rcnnlab.models.build import build_model, describe_model
 from rcnnlab.planning import Plan, plan_data
 from rcnnlab.reporting.plots import plot_scale_weights
-from rcnnlab.reporting.predictions import write_id_map, write_predictions
 from rcnnlab.reporting.record import write_record
 from rcnnlab.runs.checkpoint import Checkpoint, load_detector
 from rcnnlab.runs.device import resolve_device
-from rcnnlab.runs.distributed import barrier, close_distributed, init_distributed
+from rcnnlab.runs.distributed import barrier, close_distributed, init_distributed, process_group
 from rcnnlab.runs.rundir import RunDir, read_csv_rows
 
 __all__ = ["EvalResult", "LoadedRun", "TrainResult", "configure", "data_overrides", "diagnose",
@@ -283,13 +283,17 @@ def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = No
     Writes `eval_<split>.json` (with the inference options used) into the run folder when `run`
     is a run folder and `save` is true; with `json_path`, the split is named after that file
     (`eval_data-<file stem>.json`), so the run's own splits are never overwritten.
+
+    Under torchrun the processes share the detection and rank 0 scores and writes; every rank
+    returns the scores (the detections only on rank 0).
     """
-    loaded = load_run(run, device=device, overrides=overrides)
-    name = split if json_path is None else f"data-{Path(json_path).stem}"
-    result, _ = loaded.evaluate(name, loaded.split(split, json_path, images),
-                                loaded.threshold(threshold))
-    if save and loaded.folder is not None:
-        loaded.folder.write_eval(name, result.as_dict())
+    with process_group(resolve_device(device), "evaluation") as (here, dev):
+        loaded = load_run(run, device=str(dev), overrides=overrides)
+        name = split if json_path is None else f"data-{Path(json_path).stem}"
+        result, _ = loaded.evaluate(name, loaded.split(split, json_path, images),
+                                    loaded.threshold(threshold))
+        if save and loaded.folder is not None and here.is_main:
+            loaded.folder.write_eval(name, result.as_dict())
     return result
 
 
@@ -358,69 +362,35 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
             images: str | None = None, threshold: float | None = None,
             batch_size: int | None = None, device: str = "auto",
             overrides: list[str] | None = None, save_images: bool = False,
-            backend: str = "auto",
+            backend: str = "auto", resume: bool = False,
             progress: Callable[[int], None] | None = None,
             on_total: Callable[[int], None] | None = None) -> dict[str, Path]:
-    """Detect on an image, a folder, a glob, a video or a COCO json; write pred.json and (digit
-    classes) pred.csv into `out_dir`, and with `save_images` each image with its boxes and the
-    number read into `out_dir/images/`.
+    """Detect on an image, a folder, a glob, a .txt list of image paths, a video or a COCO
+    json; write pred.json and (digit classes) pred.csv into `out_dir`, and with `save_images`
+    each image with its boxes and the number read into `out_dir/images/`.
+
+    It runs as a job (`rcnnlab.jobs`): each image is logged to `out_dir/predictions.jsonl` as
+    it finishes, a killed job continues with `resume` (the same call with ``resume=True``)
+    without detecting finished images again, and under torchrun the processes share the
+    images. pred.json and pred.csv are the same whether the job ran in one go or not, on one
+    process or several. Images that cannot be read are left out and listed in
+    `unreadable.csv`.
 
     Image ids come from the json, else from numeric file stems, else they are enumerated (a
     video's frames 1..N) and the mapping is written to `image_ids.csv` beside the outputs.
     `overrides` are `eval.*` items (inference options) for this call only. `on_total` is told
-    the number of images, `progress` each image done.
+    the number of images, `progress` each image done. Under torchrun rank 0 returns the
+    paths, the other ranks an empty dict.
     """
-    det = Detector.load(run, device=device, overrides=overrides or (), backend=backend)
-    out_dir = Path(out_dir)
-    paths: dict[str, Path] = {}
-    max_pixels = det.cfg.data.max_image_pixels
-    if Path(source).is_file() and Path(source).suffix.lower() == ".json":
-        data = load_coco(source, images, skip_missing_images=det.cfg.data.skip_missing_images,
-                         max_image_pixels=max_pixels)
-        image_ids = [img["id"] for img in data.images]
-        items = coco_images(data)
-        total = len(image_ids)
-    else:
-        src = Source(source, max_pixels=max_pixels)
-        image_ids, total, items = src.image_ids, len(src), iter(src)
-        if src.enumerated:
-            paths["ids"] = write_id_map(out_dir, src.files, image_ids)
-            log.info("file names are not numeric: image ids 1..%d, mapping in %s",
-                     len(image_ids), paths["ids"])
-    if on_total:
-        on_total(total)
-    threshold = det.threshold if threshold is None else threshold
-    detections: list[dict] = []
-    seen: list[int] = []
-    folder = out_dir / "images"
-    written: set[str] = set()
-    for result in det.detect_images(items, threshold=threshold, batch_size=batch_size,
-                                    keep_images=save_images):
-        detections += result.to_coco()
-        seen.append(result.image_id)
-        if save_images:
-            name = _image_name(result, written)
-            folder.mkdir(parents=True, exist_ok=True)
-            result.plot().save(folder / name)
-        if progress:
-            progress(1)
-    if save_images and seen:
-        paths["images"] = folder
-    paths.update(write_predictions(out_dir, detections, image_ids or seen,
-                                   det.digits, threshold, det.cfg.eval.read_iou))
-    return paths
-
-
-def _image_name(result: Result, taken: set[str]) -> str:
-    """A PNG name for a result's drawing: its file's stem (a video frame: stem_frame), made
-    unique with the image id when two sources share a stem."""
-    file_name, _, frame = result.source.partition("#")
-    stem = f"{file_name.replace('.', '_')}_{frame}" if frame else Path(file_name).stem
-    name = f"{stem}.png"
-    if name in taken:
-        name = f"{stem}_{result.image_id}.png"
-    taken.add(name)
-    return name
+    with process_group(resolve_device(device), "prediction") as (_, dev):
+        det = Detector.load(run, device=str(dev), overrides=overrides or (), backend=backend)
+        todo = job_images(source, images=images, max_pixels=det.cfg.data.max_image_pixels,
+                          skip_missing_images=det.cfg.data.skip_missing_images)
+        return run_predict_job(det, todo, out_dir,
+                               threshold=det.threshold if threshold is None else threshold,
+                               batch_size=batch_size or det.cfg.eval.batch_size,
+                               resume=resume, save_images=save_images, progress=progress,
+                               on_total=on_total)
 
 
 # ------------------------------------------------------------------------------ records

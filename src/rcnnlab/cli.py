@@ -380,15 +380,20 @@ def evaluate(
     device: DeviceOpt = "auto",
     overrides: EvalOverridesArg = None,
 ):
-    """The 12 COCO stats, per-class AP and sequence accuracy on an annotated split."""
+    """The 12 COCO stats, per-class AP and sequence accuracy on an annotated split.
+
+    Under `torchrun --nproc_per_node N -m rcnnlab evaluate ...` the processes share the
+    detection; rank 0 scores, writes and reports."""
     from rcnnlab import api
+    from rcnnlab.runs.distributed import env_rank
 
     result = api.evaluate(run, split=split, json_path=data and str(data),
                           images=images and str(images), threshold=threshold, device=device,
                           overrides=overrides)
-    _print_eval(result)
-    names = {c["id"]: c["name"] for c in result.data.categories}
-    console.print(result.metrics.format_table(names))
+    if env_rank() == 0:  # under torchrun rank 0 reports
+        _print_eval(result)
+        names = {c["id"]: c["name"] for c in result.data.categories}
+        console.print(result.metrics.format_table(names))
 
 
 @app.command()
@@ -396,10 +401,15 @@ def evaluate(
 def predict(
     run: Annotated[Path, typer.Argument(help="Run folder (or checkpoint).")],
     source: Annotated[str, typer.Argument(
-        help="An image, a folder, a glob ('photos/*.jpg', quoted), a video (each frame an "
-        "image) or a COCO json.")],
-    out: Annotated[Path, typer.Option(help="Folder for pred.json, pred.csv, images/.")]
-    = Path("."),
+        help="An image, a folder, a glob ('photos/*.jpg', quoted), a .txt file listing image "
+        "paths (one per line, relative to the list's folder), a video (each frame an image) "
+        "or a COCO json.")],
+    out: Annotated[Path, typer.Option(
+        help="Folder for pred.json, pred.csv, predictions.jsonl (each image as it finishes), "
+        "predict_job.json, images/.")] = Path("."),
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue the job a kill or crash stopped in OUT: finished images "
+        "are not detected again.")] = False,
     save_images: Annotated[bool, typer.Option(
         "--save-images", help="Also write each image with its boxes, classes, scores and the "
         "number read to OUT/images/.")] = False,
@@ -413,14 +423,18 @@ def predict(
         ".xml; torchscript for .torchscript.")] = "auto",
     overrides: EvalOverridesArg = None,
 ):
-    """Write pred.json (COCO results) and pred.csv (image_id,pred_label) for new images."""
+    """Write pred.json (COCO results) and pred.csv (image_id,pred_label) for new images.
+
+    Each image is logged to OUT/predictions.jsonl as it finishes: a stopped job continues with
+    --resume. Under `torchrun --nproc_per_node N -m rcnnlab predict ...` the processes share the
+    images and rank 0 writes; the files are those of one process."""
     from rcnnlab import api
 
     with _progress("predicting") as (advance, set_total):
         paths = api.predict(run, source, out, images=images and str(images),
                             threshold=threshold, batch_size=batch_size, device=device,
                             overrides=overrides, save_images=save_images, progress=advance,
-                            on_total=set_total, backend=backend)
+                            on_total=set_total, backend=backend, resume=resume)
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 

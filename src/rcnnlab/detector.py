@@ -16,6 +16,9 @@ The detections kept are those above `model.box_score_thresh` (what COCO mAP scor
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +38,7 @@ from rcnnlab.export import ExportedDetector, is_exported
 from rcnnlab.inference.detect import coco_records
 from rcnnlab.inference.predictor import Predictor
 from rcnnlab.inference.sources import Source, SourceImage
-from rcnnlab.runs.checkpoint import load_detector
+from rcnnlab.runs.checkpoint import load_detector, resolve_checkpoint
 from rcnnlab.runs.device import resolve_device
 
 # A drawn image is scaled up to at least this height, so that labels stay readable on small
@@ -146,6 +149,8 @@ class Detector:
                               "eval.proposals=N). Fix: load the run folder, or leave the eval "
                               "options at their defaults")
         self.predictor = Predictor(model, e, digit_classes=self.digits is not None)
+        self.weights: Path | None = None  # the file loaded (`load`), for `model_id`
+        self.source = "in-memory"  # what `load` was given
 
     @classmethod
     def load(cls, path: str | Path, *, device: str = "auto", overrides: Sequence[str] = (),
@@ -157,15 +162,37 @@ class Detector:
         only)."""
         if is_exported(path):
             model = ExportedDetector(path, runtime=backend)
-            return cls(model, model.config, model.info["categories"], model.info["threshold"],
-                       torch.device("cpu"), overrides, backend=model.runtime)
+            det = cls(model, model.config, model.info["categories"], model.info["threshold"],
+                      torch.device("cpu"), overrides, backend=model.runtime)
+            det.weights, det.source = Path(path), Path(path).name
+            return det
         if backend not in ("auto", "torch"):
             raise ConfigError(f"backend {backend!r} runs exported models (.onnx, .xml, "
                               ".torchscript): export the run first (rcnnlab export RUN), or use "
                               "backend torch")
         dev = resolve_device(device)
         model, ckpt = load_detector(path, device=dev)
-        return cls(model, ckpt.config, ckpt.categories, ckpt.threshold, dev, overrides)
+        det = cls(model, ckpt.config, ckpt.categories, ckpt.threshold, dev, overrides)
+        det.weights, det.source = resolve_checkpoint(path), Path(path).name
+        return det
+
+    @functools.cached_property
+    def model_id(self) -> str:
+        """``<run or file name>@<first 12 hex digits of the weights file's SHA-256>`` (just
+        "in-memory" for a detector not loaded from a file): which model made a result."""
+        if self.weights is None:
+            return self.source
+        sha = hashlib.sha256()
+        with self.weights.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                sha.update(chunk)
+        return f"{self.source}@{sha.hexdigest()[:12]}"
+
+    @property
+    def config_digest(self) -> str:
+        """The first 12 hex digits of the SHA-256 of the config (eval options included)."""
+        config = json.dumps(self.cfg.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(config.encode()).hexdigest()[:12]
 
     @property
     def names(self) -> list[str]:

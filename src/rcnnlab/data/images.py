@@ -60,7 +60,9 @@ def _opened(path: Path | _Named, max_pixels: int, what: str) -> Iterator[Image.I
             yield im
     except DatasetError:
         raise
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    # ImportError: a library that patches Image.open (Ultralytics does, to try a HEIF plugin
+    # it may lack) fails so on a file that is no image
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError, ImportError) as exc:
         raise DatasetError(f"{what}{path}: cannot be read as an image ({exc}). Fix: replace the "
                            "file with a valid image or remove its record") from None
     finally:

@@ -207,8 +207,9 @@ def train(cfg: Config, splits: dict[str, CocoData],
     optimizer = build_optimizer(model, t)
     scheduler = build_scheduler(optimizer, t, iters_per_epoch)
 
-    # Rank 0 alone validates, writes the run folder and reports; every rank checkpoints its
-    # random state through rank 0 (a collective), so the checkpoint hook runs everywhere.
+    # Rank 0 alone scores validation, writes the run folder and reports; every rank detects
+    # its share of the validation images and checkpoints its random state through rank 0
+    # (collectives), so the validation and checkpoint hooks run everywhere.
     run = RunDir(cfg.run_dir)
     writer = MetricsWriter(run) if main else None
     checkpointer = Checkpointer(run, cfg, train_data.categories, generator, main=main)
@@ -224,13 +225,13 @@ def train(cfg: Config, splits: dict[str, CocoData],
                                        method=t.scale_weighting, interval=t.scale_interval,
                                        seed=t.seed)
         hooks.append(ScaleWeighting(weighting, run if main else None, writer))
-    if t.ema_decay is not None and main:
+    if t.ema_decay is not None:  # every rank: each validates its share with the average
         hooks.append(WeightAverage(model, decay=t.ema_decay, warmup=t.ema_warmup))
     hooks += [*extra_hooks, Throughput()]
-    if main:
-        hooks.append(PeriodicValidation(lambda m: evaluate(m, valid_data), valid_set,
-                                        period=t.eval_every, batch_size=cfg.eval.batch_size,
-                                        seed=t.seed))
+    # every rank detects its share of the validation images; rank 0 scores them
+    hooks.append(PeriodicValidation(lambda m: evaluate(m, valid_data), valid_set,
+                                    period=t.eval_every, batch_size=cfg.eval.batch_size,
+                                    seed=t.seed, main=main))
     if t.time_budget is not None:
         hooks.append(TimeBudget(t.time_budget, t, full_epoch=iters_per_epoch,
                                 valid_images=len(valid_set), run=run if main else None))

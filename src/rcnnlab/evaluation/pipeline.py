@@ -5,7 +5,8 @@ As detectron2's ``inference_on_dataset(model, loader, DatasetEvaluators([...]))`
 inference options: NMS, Soft-NMS, TTA) and hands the detections to each evaluator; evaluators
 that need more than the detections (the RPN's proposals) also see each batch as it passes.
 Validation during training, ``evaluate``, ``tune``, ``report``, ``diagnose`` and the demo all
-go through it.
+go through it. Under torchrun the ranks share the detection (`inference.detect`); rank 0 scores
+and every rank gets the scores.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rcnnlab.config import EvalConfig
 from rcnnlab.data.categories import digit_names
 from rcnnlab.data.coco import CocoData, CocoDetection
 from rcnnlab.data.transforms import to_model_input
+from rcnnlab.errors import ConfigError
 from rcnnlab.evaluation.coco import CocoMetrics, evaluate_detections
 from rcnnlab.evaluation.diagnosis import RPNRecall, RPNRecallCounter
 from rcnnlab.evaluation.errors import TideAnalysis
@@ -32,6 +34,7 @@ from rcnnlab.evaluation.sequence import (
 from rcnnlab.evaluation.threshold import SweepResult, sweep_thresholds
 from rcnnlab.inference.detect import detect_dataset
 from rcnnlab.inference.predictor import Predictor
+from rcnnlab.runs.distributed import broadcast_object, world
 
 
 class Evaluator:
@@ -171,7 +174,16 @@ def inference_on_dataset(predictor: Predictor, data: CocoData,
                          device: str | torch.device = "cpu", batch_size: int = 8,
                          progress: Callable[[int], None] | None = None,
                          description: str = "detecting") -> Evaluation:
-    """Detect every image of `data` once with `predictor`; every evaluator scores the result."""
+    """Detect every image of `data` once with `predictor`; every evaluator scores the result.
+
+    Under torchrun every rank calls this: each detects its share of the batches, rank 0 scores
+    them all, and every rank returns rank 0's results (the detections are rank 0's alone: the
+    other ranks' `Evaluation.detections` is empty)."""
+    here = world()
+    needs_batches = [e.name for e in evaluators if type(e).process is not Evaluator.process]
+    if here.distributed and needs_batches:
+        raise ConfigError(f"the {', '.join(needs_batches)} evaluation sees every batch in one "
+                          "process. Fix: run this command without torchrun")
     dataset = CocoDetection(data, transforms=to_model_input())
 
     def on_batch(images, targets, outputs) -> None:
@@ -181,7 +193,11 @@ def inference_on_dataset(predictor: Predictor, data: CocoData,
     detections = detect_dataset(predictor, dataset, data.category_ids, device=device,
                                 batch_size=batch_size, progress=progress, on_batch=on_batch,
                                 description=description)
-    return score(data, detections, evaluators)
+    if not here.distributed:
+        return score(data, detections, evaluators)
+    results = broadcast_object(score(data, detections, evaluators).results if here.is_main
+                               else None)
+    return Evaluation(data, detections, results)
 
 
 def score(data: CocoData, detections: list[dict], evaluators: Sequence[Evaluator]) -> Evaluation:

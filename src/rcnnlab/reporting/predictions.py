@@ -4,14 +4,15 @@ own ids, bbox xywh, score); `pred.csv` the number read left to right per image
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rcnnlab.evaluation.sequence import numbers_from_detections
-from rcnnlab.runs.rundir import write_atomic
+from rcnnlab.runs.rundir import atomic_writer, write_atomic
 
 
 def write_predictions(
@@ -33,10 +34,44 @@ def write_predictions(
     return paths
 
 
-def write_id_map(out_dir: Path, files: Sequence[Path], image_ids: Sequence[int]) -> Path:
-    """Write image_ids.csv (image_id,file_name) beside the outputs when ids were enumerated."""
+def stream_predictions(out_dir: Path, images: Iterable[tuple[int, list[dict], str | None]],
+                       *, digits: bool) -> dict[str, Path]:
+    """Write pred.json and (`digits`) pred.csv from each image's (image id, COCO results,
+    number read) in image order, as they come: a job over millions of images never holds them
+    all. The files are byte for byte those `write_predictions` writes for the same results."""
+    paths = {"json": out_dir / "pred.json"}
+    if digits:
+        paths["csv"] = out_dir / "pred.csv"
+    with contextlib.ExitStack() as files:
+        detections = files.enter_context(atomic_writer(paths["json"]))
+        numbers = (csv.writer(files.enter_context(atomic_writer(paths["csv"],
+                                                                errors="surrogateescape")))
+                   if digits else None)
+        if numbers is not None:
+            numbers.writerow(["image_id", "pred_label"])
+        separator = ""
+        detections.write("[")
+        for image_id, found, number in images:
+            for record in found:
+                # json.dumps of the whole list puts ", " between items, as here
+                detections.write(separator + json.dumps(record))
+                separator = ", "
+            if numbers is not None:
+                numbers.writerow([image_id, number])
+        detections.write("]")
+    return paths
+
+
+def write_id_map(out_dir: Path, names: Iterable[str], image_ids: Sequence[int]) -> Path:
+    """Write image_ids.csv (image_id,file_name) beside the outputs when ids were enumerated:
+    each id's file as its source names it (`inference.sources.Source.names`)."""
     return _write_csv(out_dir / "image_ids.csv", ["image_id", "file_name"],
-                      zip(image_ids, (p.name for p in files), strict=True))
+                      zip(image_ids, names, strict=True))
+
+
+def write_unreadable(path: Path, rows: Iterable[Sequence]) -> Path:
+    """Write the images a job could not read: image_id,file_name,error."""
+    return _write_csv(path, ["image_id", "file_name", "error"], rows)
 
 
 def _write_csv(path: Path, header: list[str], rows) -> Path:

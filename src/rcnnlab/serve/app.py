@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -20,9 +18,7 @@ from starlette.exceptions import HTTPException
 
 from rcnnlab.detector import Detector, Result
 from rcnnlab.errors import UserError
-from rcnnlab.export import is_exported
 from rcnnlab.inference.sources import SourceImage
-from rcnnlab.runs.checkpoint import resolve_checkpoint
 from rcnnlab.serve.batching import MicroBatcher
 from rcnnlab.serve.metrics import ServeMetrics
 from rcnnlab.serve.options import ServeOptions
@@ -45,15 +41,6 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": " ".join(message.split())}, status_code=status)
 
 
-def _digest(path: Path) -> str:
-    """The first 12 hex digits of the file's SHA-256."""
-    sha = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            sha.update(chunk)
-    return sha.hexdigest()[:12]
-
-
 class ModelService:
     """The loaded detector, its variants for per-request eval options, and its identity."""
 
@@ -72,16 +59,11 @@ class ModelService:
             return
         try:
             if isinstance(self.source, Detector):
-                det, weights = self.source, None
+                det = self.source
             else:
-                path = Path(self.source)
-                det = Detector.load(path, device=self.options.device, overrides=self.overrides,
-                                    backend=self.options.backend)
-                weights = path if is_exported(path) else resolve_checkpoint(path)
-            name = Path(str(self.source)).name if weights is not None else "in-memory"
-            self.model_id = f"{name}@{_digest(weights)}" if weights is not None else name
-            config = json.dumps(det.cfg.model_dump(mode="json"), sort_keys=True)
-            self.config_digest = hashlib.sha256(config.encode()).hexdigest()[:12]
+                det = Detector.load(Path(self.source), device=self.options.device,
+                                    overrides=self.overrides, backend=self.options.backend)
+            self.model_id, self.config_digest = det.model_id, det.config_digest
             self._variants[()] = det
             self.detector = det  # last: /readyz says ready once everything above is set
         except UserError as exc:

@@ -1,6 +1,10 @@
 """Periodic validation: the evaluation pipeline's metrics on the validation split (given as a
 function, since evaluation sits above the engine) and the validation loss, every
-`train.eval_every` epochs and after the last."""
+`train.eval_every` epochs and after the last.
+
+Under data-parallel training every rank runs the hook: the metrics' detection is shared out
+(`evaluation.pipeline`), the validation loss is rank 0's alone (its samplers draw one seeded
+stream over the batches in order, which a split could not reproduce)."""
 
 from __future__ import annotations
 
@@ -22,9 +26,10 @@ class PeriodicValidation(HookBase):
     `val_seconds` to the row of each validated epoch."""
 
     def __init__(self, evaluate: Callable[[nn.Module], dict[str, Any]], dataset: CocoDetection,
-                 *, period: int, batch_size: int, seed: int):
+                 *, period: int, batch_size: int, seed: int, main: bool = True):
         self.evaluate, self.dataset = evaluate, dataset
         self.period, self.batch_size, self.seed = period, batch_size, seed
+        self.main = main  # rank 0 (or a single process): it alone adds the validation loss
 
     def after_epoch(self) -> None:
         """Validate when the period or the last epoch comes."""
@@ -33,7 +38,8 @@ class PeriodicValidation(HookBase):
             return
         start = time.perf_counter()
         loop.row.update({f"val_{k}": v for k, v in self.evaluate(loop.eval_model).items()})
-        loop.row.update(self.validation_loss())
+        if self.main:
+            loop.row.update(self.validation_loss())
         loop.row["val_seconds"] = time.perf_counter() - start
 
     @torch.no_grad()
