@@ -4,16 +4,17 @@ the same model and backend.
     python benchmarks/bench_serve.py runs/orand [--clients 1 4 16 64] [--requests 50]
     python benchmarks/bench_serve.py runs/orand/export/model.onnx --backend onnxruntime
 
-First the offline throughput: `Detector.predict` on the image files in batches of
-`--max-batch` (decoding included, as the server decodes each upload). Then a server process
-(`rcnnlab serve RUN --max-batch B --max-wait-ms W` on a free loopback port) and, for each number
-of clients, that many concurrent clients (httpx, asyncio, one process) each sending
+First the offline throughput: `Detector.predict` on the image files in batches of `--max-batch`
+(decoding included, as the server decodes each upload), the median of 5 passes. Then a server
+process (`rcnnlab serve RUN --max-batch B --max-wait-ms W` on a free loopback port) and, for each
+number of clients, that many concurrent clients (httpx, asyncio, one process) each sending
 `--requests` requests of one image (the raw file as the body), the images in turn. Prints per
-concurrency: requests, errors, throughput (img/s), latency p50 / p95 / p99 (ms), the mean
-batch the server ran, and throughput as a ratio of the offline one. Then the server's resident
-memory (VmRSS) after 1,000 and after 10,000 requests in all (`--memory`), sent by 16 clients.
-Nothing is asserted. The clients share the machine's cores with the server: on a small CPU
-they take part of what the server could use.
+concurrency: requests, errors, throughput (img/s), latency p50 / p95 / p99 (ms), the mean batch the
+server ran, throughput as a ratio of the offline one, and the clients' share of the CPU time
+the clients and the server used. Then the server's resident memory (VmRSS)
+after 1,000 and after 10,000 requests in all (`--memory`), sent by 16 clients. Nothing is asserted.
+The clients share the machine's cores with the server: on a small CPU they take part of what the
+server could use.
 """
 
 from __future__ import annotations
@@ -55,13 +56,24 @@ def image_files(model: str, pattern: str | None, limit: int) -> list[Path]:
     return files[:limit]
 
 
-def offline_throughput(model: str, files: list[Path], batch: int, backend: str) -> float:
-    """img/s of Detector.predict over the files in batches of `batch`, after a warm-up."""
+def offline_throughput(model: str, files: list[Path], batch: int, backend: str,
+                       passes: int = 5) -> tuple[float, float, float]:
+    """img/s of Detector.predict over the files in batches of `batch`, after a warm-up: the
+    median, lowest and highest of `passes` passes (one pass is short, so it varies)."""
     det = Detector.load(model, device="cpu", backend=backend)
     det.predict(files[:batch], batch_size=batch, keep_images=False)
-    start = time.perf_counter()
-    det.predict(files, batch_size=batch, keep_images=False)
-    return len(files) / (time.perf_counter() - start)
+    rates = []
+    for _ in range(passes):
+        start = time.perf_counter()
+        det.predict(files, batch_size=batch, keep_images=False)
+        rates.append(len(files) / (time.perf_counter() - start))
+    return statistics.median(rates), min(rates), max(rates)
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's user + system CPU time in seconds (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -125,9 +137,9 @@ def main() -> None:
     print(machine_description(), flush=True)
     files = image_files(args.model, args.images, args.limit)
     bodies = [f.read_bytes() for f in files]
-    offline = offline_throughput(args.model, files, args.max_batch, args.backend)
+    offline, low, high = offline_throughput(args.model, files, args.max_batch, args.backend)
     print(f"{len(files)} images; offline Detector.predict, batch {args.max_batch}: "
-          f"{offline:.1f} img/s", flush=True)
+          f"{offline:.1f} img/s (median of 5 passes, {low:.1f}-{high:.1f})", flush=True)
 
     port = _free_port()
     server = subprocess.Popen(
@@ -152,20 +164,24 @@ def main() -> None:
         print(f"served (max batch {args.max_batch}, max wait {args.max_wait_ms:g} ms), "
               f"{args.requests} requests a client, one image each")
         print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'img/s':>8} {'p50 ms':>8} "
-              f"{'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'x offline':>9}")
+              f"{'p95 ms':>8} {'p99 ms':>8} {'batch':>6} {'x offline':>9} "
+              f"{'clients CPU':>11}")
         sent = 3
         marks = sorted(args.memory)
         for clients in args.clients:
+            server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
             latencies, errors, wall, batches = asyncio.run(
                 load(base, bodies, clients, args.requests))
+            server_cpu = cpu_seconds(server.pid) - server_cpu
+            client_cpu = time.process_time() - client_cpu
             sent += len(latencies)
             ms = [v * 1000 for v in latencies]
             throughput = (len(latencies) - errors) / wall
             mean_batch = statistics.fmean(batches) if batches else float("nan")
             print(f"{clients:>7} {len(latencies):>8} {errors:>6} {throughput:>8.1f} "
                   f"{percentile(ms, 50):>8.1f} {percentile(ms, 95):>8.1f} "
-                  f"{percentile(ms, 99):>8.1f} {mean_batch:>6.2f} {throughput / offline:>9.2f}",
-                  flush=True)
+                  f"{percentile(ms, 99):>8.1f} {mean_batch:>6.2f} {throughput / offline:>9.2f} "
+                  f"{client_cpu / (client_cpu + server_cpu):>11.0%}", flush=True)
             while marks and sent >= marks[0]:  # passed during the load above
                 print(f"server memory after {sent:,} requests: {rss_mb(server.pid):.0f} MB")
                 marks.pop(0)

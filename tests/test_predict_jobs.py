@@ -125,6 +125,14 @@ def test_a_killed_job_resumes_to_the_uninterrupted_output(tiny_run, tmp_path):
     folder = _numbered_folder(tiny_run, tmp_path / "many", 240)
     whole = api.predict(tiny_run, folder, tmp_path / "whole", batch_size=2, device="cpu")
     out = tmp_path / "killed"
+    # the folder holds an earlier job's result (ids enumerated: image_ids.csv)
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    for name in ("b.jpg", "a.jpg"):
+        shutil.copy(_test_images(tiny_run)[0], earlier / name)
+    before = api.predict(tiny_run, earlier, out, device="cpu", save_images=True)
+    old = {name: (out / name).read_bytes() for name in ("pred.json", "pred.csv",
+                                                         "image_ids.csv")}
     job = subprocess.Popen(_predict_command(tiny_run, folder, out), stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"})
     log = ResultsLog(out)
@@ -135,7 +143,9 @@ def test_a_killed_job_resumes_to_the_uninterrupted_output(tiny_run, tmp_path):
     job.wait()
     done = log.count()
     assert 9 <= done < 240, f"the job was not stopped midway ({done} images logged)"
-    assert not (out / "pred.json").exists()
+    # until the new job finishes, the earlier job's files stay as they were, all of them
+    assert {name: (out / name).read_bytes() for name in old} == old
+    assert not list(out.rglob("*.tmp")) and before["images"].is_dir()
     with log.path.open("ab") as f:  # as if the kill had cut a line short
         f.write(b'{"index": 9999, "image_id"')
 
@@ -155,6 +165,7 @@ def test_a_killed_job_resumes_to_the_uninterrupted_output(tiny_run, tmp_path):
         assert (out / name).read_bytes() == (whole["json"].parent / name).read_bytes(), name
     record = json.loads((out / "predict_job.json").read_text())
     assert record["finished"] and record["detected_now"] == 240 - done
+    assert not (out / "image_ids.csv").exists()  # numeric names: no mapping, none left over
     # resuming a finished job detects nothing and writes the same files
     again = cli("--resume")
     assert again.returncode == 0 and json.loads(

@@ -81,7 +81,7 @@ def test_predict_a_raw_image_reads_what_the_detector_reads(client, run, image):
     assert result["names"] == [n for n, k in zip(expected.names, keep.tolist(), strict=True)
                                if k]
     assert (result["width"], result["height"]) == tuple(expected.image.shape[-1:-3:-1])
-    assert set(body["timings_ms"]) == {"read", "decode", "queue", "inference", "total"}
+    assert set(body["timings_ms"]) == {"read", "check", "queue", "inference", "total"}
 
 
 def test_predict_several_images_in_a_multipart_form(client, synth_dir):

@@ -12,6 +12,9 @@ images itself, so each must see the same source (checked by a digest).
 pred.csv are assembled from the log at the end, so they are byte for byte those of a job that
 was never stopped, on any number of processes.
 
+Until the job finishes, the output folder keeps the files of an earlier job as they were:
+pred.json, pred.csv, image_ids.csv and unreadable.csv are all written at the end.
+
 An image that cannot be read is logged with its error, counted, listed in `unreadable.csv` and
 left out of pred.json / pred.csv: one bad file among millions does not stop a job.
 """
@@ -22,6 +25,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -143,8 +147,6 @@ def _prepare(out_dir: Path, images: JobImages, identity: dict, *, resume: bool,
             log.info("no job to resume in %s: starting one", out_dir)
         results.start_over()
     out_dir.mkdir(parents=True, exist_ok=True)
-    if images.enumerated and not done:
-        write_id_map(out_dir, images.names, images.image_ids)
     started = earlier.get("started_at") if earlier is not None and resume else None
     record = {**identity, "rcnnlab": __version__, "processes": processes,
               "started_at": started or _now(), "finished": False}
@@ -249,7 +251,11 @@ def _records(det: Detector, batch: Batch, done: set[int], threshold: float,
         if name_of is not None:
             folder = out_dir / "images"
             folder.mkdir(parents=True, exist_ok=True)
-            result.plot().save(folder / name_of(image.image_id, image.name))
+            # through a temporary file: a kill never leaves half a PNG
+            path = folder / name_of(image.image_id, image.name)
+            tmp = path.with_name(f".{path.name}.tmp")
+            result.plot().save(tmp, format="PNG")
+            os.replace(tmp, path)
     records += [{"index": index, "image_id": image_id, "file": name, "error": error}
                 for index, image_id, name, error in failed if index not in done]
     return sorted(records, key=lambda r: r["index"])
@@ -278,8 +284,12 @@ def _assemble(out_dir: Path, results: ResultsLog, images: JobImages,
     if not images.video and len(seen) != images.count:
         raise RunError(f"{results.path}: logs {len(seen)} of the job's {images.count} images. "
                        "Fix: run the same command with --resume to detect the rest")
+    # written with the other files, so that the folder never pairs one job's ids with
+    # another's predictions
     if images.enumerated:
-        paths["ids"] = out_dir / "image_ids.csv"
+        paths["ids"] = write_id_map(out_dir, images.names, images.image_ids)
+    else:
+        (out_dir / "image_ids.csv").unlink(missing_ok=True)
     if unreadable:
         paths["unreadable"] = write_unreadable(out_dir / UNREADABLE_NAME, unreadable)
     else:

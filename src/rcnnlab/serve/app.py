@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Sequence
 from importlib import resources
@@ -13,7 +14,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from rcnnlab.detector import Detector, Result
@@ -26,6 +26,7 @@ from rcnnlab.serve.uploads import (
     Options,
     Upload,
     UploadError,
+    check_header,
     check_raw_type,
     decode,
     media_type,
@@ -87,10 +88,22 @@ class ModelService:
                                                  backend=det.backend)
         return self._variants[overrides]
 
-    def run(self, key: tuple[str, ...], items: list[tuple[SourceImage, float]]) -> list[Result]:
-        """One model call (the batcher's worker thread)."""
-        return self.variant(key).detect_batch([image for image, _ in items],
-                                              [threshold for _, threshold in items])
+    def run(self, key: tuple[str, ...], items: list[tuple[Upload, int, float]]
+            ) -> list[Result | UploadError]:
+        """Decode the uploads (each `(upload, its index in its request, threshold)`) and run
+        those that decode as one model call (on the batcher's worker thread); an upload that
+        does not decode gets its error."""
+        images: list[SourceImage | UploadError] = []
+        for upload, index, _ in items:
+            try:
+                images.append(decode(upload, index, self.options.max_pixels))
+            except UploadError as exc:
+                images.append(exc)
+        good = [(image, threshold) for image, (_, _, threshold) in zip(images, items, strict=True)
+                if isinstance(image, SourceImage)]
+        results = iter(self.variant(key).detect_batch([i for i, _ in good],
+                                                      [t for _, t in good]) if good else [])
+        return [next(results) if isinstance(image, SourceImage) else image for image in images]
 
     def info(self) -> dict[str, Any]:
         """What /info says about the model."""
@@ -167,21 +180,22 @@ def create_app(model: str | Path | Detector, options: ServeOptions | None = None
     here with `preload`, which raises the error of a model that cannot load."""
     options = options or ServeOptions()
     service = ModelService(model, options, overrides)
-    if preload:
-        service.load(raise_errors=True)
     metrics = ServeMetrics()
 
     def observe_batch(size: int) -> None:
         metrics.batch_size.observe(size)
         metrics.images.inc(size)
 
+    # the model's one thread loads it, decodes the uploads and runs the batches
     batcher = MicroBatcher(service.run, max_batch=options.max_batch,
                            max_wait_s=options.max_wait_ms / 1000, observe=observe_batch)
+    if preload:
+        batcher.run_now(functools.partial(service.load, raise_errors=True))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         await batcher.start()
-        loading = asyncio.get_running_loop().run_in_executor(None, service.load)
+        loading = asyncio.ensure_future(batcher.call(service.load))
         yield
         await asyncio.gather(loading, return_exceptions=True)
         await batcher.stop()
@@ -264,26 +278,28 @@ def create_app(model: str | Path | Detector, options: ServeOptions | None = None
             query[name] = value
         wanted: Options = parse_options({**query, **fields})
         try:
-            await run_in_threadpool(service.variant, wanted.overrides)
+            await batcher.call(service.variant, wanted.overrides)
         except UserError as exc:
             raise UploadError(400, str(exc)) from None
         threshold = det.threshold if wanted.threshold is None else wanted.threshold
         read = time.perf_counter()
-        images = await run_in_threadpool(
-            lambda: [decode(u, i, options.max_pixels) for i, u in enumerate(uploads, 1)])
-        decoded = time.perf_counter()
+        sizes = [check_header(u, i, options.max_pixels) for i, u in enumerate(uploads, 1)]
+        checked = time.perf_counter()
         try:
-            done = await asyncio.gather(*(batcher.submit(wanted.overrides, (image, threshold))
-                                          for image in images))
+            done = await asyncio.gather(*(
+                batcher.submit(wanted.overrides, (upload, index, threshold))
+                for index, upload in enumerate(uploads, 1)))
+        except UploadError:
+            raise
         except Exception as exc:  # the model failed: this request only
             return _error(500, f"the model failed on this request ({type(exc).__name__}: "
                           f"{exc})")
-        results = [_result_json(d.value, image.image.shape[-1], image.image.shape[-2],
-                                d.batch_size) for d, image in zip(done, images, strict=True)]
+        results = [_result_json(d.value, width, height, d.batch_size)
+                   for d, (width, height) in zip(done, sizes, strict=True)]
         return {"model": service.model_id, "threshold": threshold, "results": results,
                 "timings_ms": {
                     "read": round((read - start) * 1000, 2),
-                    "decode": round((decoded - read) * 1000, 2),
+                    "check": round((checked - read) * 1000, 2),
                     "queue": round(max(d.wait_ms for d in done), 2),
                     "inference": round(max(d.run_ms for d in done), 2),
                     "total": round((time.perf_counter() - start) * 1000, 2)}}

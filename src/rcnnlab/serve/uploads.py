@@ -80,10 +80,10 @@ def parse_options(items: Mapping[str, str]) -> Options:
     return Options(threshold, tuple(sorted(overrides)))
 
 
-def decode(upload: Upload, index: int, max_pixels: int) -> SourceImage:
-    """The upload as a float CHW image, after its header was checked: empty or unreadable
-    bytes are 400, more than `max_pixels` pixels 413 (decided before decoding)."""
-    label = repr(upload.name) if upload.name else f"#{index}"
+def check_header(upload: Upload, index: int, max_pixels: int) -> tuple[int, int]:
+    """The upload's width and height from its header (nothing decoded, no torch: the event
+    loop may run it): empty or unreadable bytes are 400, more than `max_pixels` pixels 413."""
+    label = _label(upload, index)
     if not upload.data:
         raise UploadError(400, f"image {label} is empty: send the image file's bytes")
     previous, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our limit, not Pillow's
@@ -99,11 +99,21 @@ def decode(upload: Upload, index: int, max_pixels: int) -> SourceImage:
     if width * height > max_pixels:
         raise UploadError(413, f"image {label} is {width} x {height} = {width * height:,} pixels,"
                           f" more than the server's limit of {max_pixels:,}: send a smaller image")
+    return width, height
+
+
+def decode(upload: Upload, index: int, max_pixels: int) -> SourceImage:
+    """The upload (its header checked by `check_header`) as a float CHW image; bytes that do
+    not decode are 400."""
     buffer = io.BytesIO(upload.data)
-    buffer.name = f"image {label}"
+    buffer.name = f"image {_label(upload, index)}"
     try:
         pixels = read_image(buffer, max_pixels=max_pixels)
     except DatasetError as exc:
         raise UploadError(400, str(exc).split(". Fix:")[0] + ": send a valid image") from None
-    return SourceImage(F.to_dtype(pixels, torch.float32, scale=True), upload.name or label,
-                       index)
+    return SourceImage(F.to_dtype(pixels, torch.float32, scale=True),
+                       upload.name or _label(upload, index), index)
+
+
+def _label(upload: Upload, index: int) -> str:
+    return repr(upload.name) if upload.name else f"#{index}"
