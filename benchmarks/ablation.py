@@ -24,8 +24,8 @@ runs again (no training) where their result.json was scored over another range.
     python benchmarks/ablation.py --study augment --seeds 0 1 --report-only
 
 Studies:
-    speed       the CPU defaults against the float32 FPN-256 ones before (`old_defaults.py`), and the
-                candidates measured on the way.
+    speed       the CPU defaults against the float32 FPN-256 ones before (`old_defaults.py`),
+                and the candidates measured on the way.
     augment     no augmentation, each augmentation group alone, all of them, and all of them
                 with auto-fitted anchors.
     objectives  baseline vs focal loss, class-weighted CE, repeat-factor sampling, AVW, RLO,

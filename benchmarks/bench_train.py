@@ -150,7 +150,8 @@ def main() -> None:
                         help='"label=key=value key=value" (repeatable); the config itself is '
                         "always measured as 'default'")
     parser.add_argument("--old", action="store_true",
-                        help="also measure the previous CPU defaults, old_defaults.py ('old defaults')")
+                        help="also measure the previous CPU defaults, old_defaults.py "
+                        "('old defaults')")
     parser.add_argument("--images", type=int, default=256, help="generated training images")
     parser.add_argument("--data", action="append", default=[],
                         help="a COCO json, or a YOLO data.yaml[:split], to measure on instead "

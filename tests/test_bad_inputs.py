@@ -298,6 +298,10 @@ CASES += [
     Case("convert: an SVHN .mat that is no HDF5", lambda t: _svhn(t, text=b"MATLAB 5.0"),
          ("not a MATLAB v7.3 (HDF5) file",)),
     # ------------------------------------------------------------------ a trained run
+    Case("train: --resume with a changed learning rate", lambda t: [
+        *_train(t, "name=done", "train.lr=0.05"), "--resume"] if _trained(t) else [],
+         ("--resume continues the saved optimizer", "train.lr", "0.05 given",
+          "Fix: resume without them")),
     Case("evaluate: a split the run's config lacks", lambda t: [
         "evaluate", str(_trained(t)), "--split", "test", "--device", "cpu"],
          ("the run's config has no test split", "Fix: pass --data")),
@@ -334,6 +338,13 @@ CASES += [
         str(t / "o"), "--device", "cpu"], outcome="handled",
          check=lambda t: (t / "o" / "image_ids.csv").read_bytes().splitlines()[1]
          == b"1,caf\xe9.png"),
+    Case("predict: --out under a file", lambda t: [
+        "predict", str(_trained(t)), str(_folder(t, name=b"x.png")), "--out",
+        str(_text_file(t) / "out"), "--device", "cpu"],
+         ("notes.txt/out", "Not a directory", "Fix: a part of the path is a file")),
+    Case("export: --out where a file is", lambda t: [
+        "export", str(_trained(t)), "--out", str(_text_file(t) / "model.onnx")],
+         ("notes.txt", "Fix:")),
     Case("predict: a checkpoint file that is not one", lambda t: [
         "predict", str(_raw_json(t, "nonsense")), str(t), "--out", str(t / "o"),
         "--device", "cpu"], ("raw.json: not a readable rcnnlab checkpoint",)),
@@ -369,11 +380,10 @@ CASES += [
          ("fraction 1.5 (--fraction, data.val_fraction) must lie between 0 and 1", "Fix:")),
     Case("train: resuming with data whose classes changed", lambda t: [
         *_train(t, "name=done", ann=_three_classes(t, _trained(t))), "--resume"],
-         ("last.pt: cannot resume: the checkpoint's categories differ", "Fix:")),
+         ("--resume continues the saved optimizer", "data.train_json", "Fix: resume without")),
     Case("train: resuming with a config whose model changed", lambda t: [
         *(_train(t, "name=done", "model.residual_fpn=true") if _trained(t) else []), "--resume"],
-         ("last.pt: its weights do not fit the model", "Fix: resume with the config the run "
-          "was trained with")),
+         ("model.residual_fpn False in the run, True given", "Fix: resume without them")),
     Case("evaluate: a checkpoint whose weights were edited", lambda t: [
         "evaluate", str(_edited(_trained(t))), "--split", "valid", "--device", "cpu"],
          ("best.pt: its weights do not fit the model", "Fix:")),
@@ -496,3 +506,35 @@ def test_cases_write_nothing_into_a_run_they_refuse(tmp_path):
     result = CliRunner().invoke(app, _train(tmp_path, "name=done"))
     assert result.exit_code == 2 and (run / "metrics.csv").read_bytes() == before
     assert json.loads((run / "environment.json").read_text())  # the first run's, untouched
+
+
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path, monkeypatch):
+    """ENOSPC (not reproducible on a test machine) as the file system reports it."""
+    import errno
+
+    from rcnnlab import api
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "pred.json"))
+
+    monkeypatch.setattr(api, "predict", full)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path), str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "pred.json: No space left on device. Fix: free disk space" \
+        in errors[0]
+
+
+def test_ctrl_c_says_where_the_run_stands(tmp_path, monkeypatch):
+    from rcnnlab import api
+    from rcnnlab.runs.checkpoint import save_checkpoint
+
+    def interrupted(cfg, **kwargs):
+        save_checkpoint(cfg.run_dir / "checkpoints" / "last.pt", {"epoch": 3})
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "train", interrupted)
+    result = CliRunner().invoke(app, _train(tmp_path, "name=stopped"))
+    assert result.exit_code == 130
+    assert "last.pt holds epoch 3; the epoch under way is lost. Continue with: rcnnlab" \
+        in result.output and result.output.rstrip().endswith("--resume")

@@ -112,3 +112,35 @@ def test_label_smoothing_only_with_a_cross_entropy_loss():
         load_config(None, ["train.roi_loss=focal", "train.label_smoothing=0.1"])
     with pytest.raises(ConfigError, match="train.label_smoothing"):
         load_config(None, ["train.label_smoothing=1.0"])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.epochs=true", "train.epochs: true / false where a value"),
+    ("train.backbone_lr_mult=-1", "train.backbone_lr_mult: Input should be greater than or"),
+    ("model.min_size=-10", "model.min_size: Input should be greater than or equal to 32"),
+    ("model.box_score_thresh=1.5", "model.box_score_thresh: Input should be less than 1"),
+    ("model.rpn_post_nms_top_n_test=0", "model.rpn_post_nms_top_n_test: Input should be"),
+    ("train.momentum=5", "train.momentum: Input should be less than 1 (given: 5)"),
+    ("train.weight_decay=-0.5", "(given: -0.5)"),
+    ("augment.scale=[1.2,0.8]", "augment.scale: the scale range must be 0 < low <= high"),
+    ("eval.default_threshold=3", "eval.default_threshold: Input should be less than or"),
+])
+def test_numbers_out_of_range_are_refused_naming_key_and_value(override, words):
+    with pytest.raises(ConfigError, match="invalid config") as caught:
+        load_config(None, [override])
+    assert words in str(caught.value)
+
+
+def test_amp_off_stays_a_word_while_true_is_no_number():
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"
+    with pytest.raises(ConfigError, match="train.amp"):
+        load_config(None, ["train.amp=true"])
+
+
+def test_a_threshold_option_out_of_range_is_refused():
+    from rcnnlab.config import check_threshold
+
+    assert check_threshold(None) is None and check_threshold(0.0) == 0.0
+    for bad in (3, -0.1, True):
+        with pytest.raises(ConfigError, match="out of range: give a score threshold in 0-1"):
+            check_threshold(bad)

@@ -99,6 +99,8 @@ def test_bad_inputs_are_one_clear_error(det, tmp_path):
         det.predict(tmp_path / "notes.txt")
     with pytest.raises(MissingFileError, match="matches no image files"):
         det.predict(str(tmp_path / "*.jpg"))
+    with pytest.raises(ConfigError, match="threshold 7.0 is out of range"):
+        det.predict(torch.rand(3, 40, 24), threshold=7.0)
 
 
 def test_predict_a_video_frame_by_frame(det, synth_dir, tmp_path):
@@ -151,3 +153,39 @@ def test_the_readme_python_example_runs_as_written(run, synth_dir, tmp_path, mon
     Image.open(image).save(tmp_path / "house.png")
     exec(compile(block.group(1), "README.md", "exec"), {})  # noqa: S102
     assert (tmp_path / "house_boxes.png").is_file()
+
+
+def test_in_memory_images_read_as_their_files_do(det, tmp_path):
+    """A 16-bit PIL image is scaled as its PNG is read, a float one refused, NaN refused, and
+    ids never repeat in a mixed list."""
+    grey = np.linspace(0, 65535, 40 * 60).reshape(40, 60).astype(np.uint16)
+    image16 = Image.fromarray(grey)
+    image16.save(tmp_path / "2.png")
+    from_file = det.predict(tmp_path / "2.png")[0]
+    from_memory = det.predict(image16)[0]
+    assert _same(from_file, from_memory)
+    with pytest.raises(ConfigError, match="a PIL image: a 32-bit floating point image"):
+        det.predict(Image.fromarray(grey.astype(np.float32)))
+    with pytest.raises(ConfigError, match="NaN or infinite"):
+        det.predict(np.full((20, 30, 3), np.nan, dtype=np.float32))
+    arr = np.zeros((20, 30, 3), dtype=np.uint8)
+    assert [r.image_id for r in det.predict([tmp_path / "2.png", arr, arr])] == [1, 2, 3]
+    # ids are kept where none collide (a file's stem, an array's place), else 1..N
+    assert [r.image_id for r in det.predict([tmp_path / "2.png"])] == [2]
+    assert [r.image_id for r in det.predict([arr, arr, tmp_path / "2.png"])] == [1, 2, 3]
+    assert [r.image_id for r in det.predict([arr, tmp_path / "2.png"])] == [1, 2]
+
+
+def test_an_audio_only_file_is_no_video(det, tmp_path):
+    av = pytest.importorskip("av", reason="PyAV (the video extra) is not installed")
+    sound = tmp_path / "voice.mp4"
+    with av.open(str(sound), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        samples = np.zeros((1, 1024), dtype=np.float32)
+        for _ in range(4):
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate = 8000
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    with pytest.raises(MissingFileError, match="voice.mp4: holds no video stream"):
+        det.predict(sound)

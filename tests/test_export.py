@@ -4,6 +4,7 @@ finds what the eager model finds, on real ORAND images and on images the resize 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -164,3 +165,25 @@ def test_serve_answers_from_an_exported_model(exported, eager_orand):
     (result,) = answer.json()["results"]
     expected = det.predict(images[0], threshold=0.0, keep_images=False)[0]
     assert result["number"] == expected.number and result["detections"] == len(expected)
+
+
+def test_damaged_exported_files_are_one_error_each(exported, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime (the onnx extra) is not installed")
+    run, onnx = exported
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(onnx.read_bytes()[:5000])
+    shutil.copy(onnx.with_suffix(".json"), cut.with_suffix(".json"))
+    with pytest.raises(ConfigError, match=r"cut.onnx: onnxruntime cannot load it \(.*Fix: "
+                                          r"export it again"):
+        Detector.load(cut)
+    ts = _exported_file(run, "torchscript", tmp_path)
+    ts.write_bytes(ts.read_bytes()[:3000])
+    with pytest.raises(ConfigError, match="torchscript cannot load it"):
+        Detector.load(ts)
+    for text, words in (('{"config": ', "not the JSON rcnnlab export writes"),
+                        ('{"threshold": 0.5}', "lacks config, categories"),
+                        ('{"config": {"model": {"arch": 7}}, "categories": [], '
+                         '"threshold": 0.5}', "its config cannot be read")):
+        cut.with_suffix(".json").write_text(text)
+        with pytest.raises(ConfigError, match=words):
+            Detector.load(cut)

@@ -237,3 +237,39 @@ def test_mixed_precision_steps_and_keeps_the_scalers_state():
     resumed.scaler = torch.amp.GradScaler("cpu")
     resumed.load_state_dict(amp.state_dict())
     assert resumed.scaler.get_scale() == 512.0
+
+
+def test_a_checkpoint_save_that_fails_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+
+    from rcnnlab.runs import checkpoint
+
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(path, {"epoch": 1})
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save_checkpoint(path, {"epoch": 2})
+    assert not list(tmp_path.glob("*.tmp"))
+    assert checkpoint.load_checkpoint(path)["epoch"] == 1  # the previous one, intact
+
+
+def test_files_that_are_no_checkpoint_are_one_error_each(tmp_path):
+    import pickle
+
+    from rcnnlab.errors import RunError
+    from rcnnlab.runs.checkpoint import load_checkpoint
+
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "raw.pt").write_bytes(pickle.dumps({"a": 1}))
+    save_checkpoint(tmp_path / "whole.pt", {"epoch": 1, "w": torch.zeros(1000)})
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:500])
+    for name, words in (("empty.pt", "is empty (0 bytes)"),
+                        ("raw.pt", "no checkpoint archive"), ("cut.pt", "no checkpoint archive")):
+        with pytest.raises(RunError, match=re.escape(words)) as caught:
+            load_checkpoint(tmp_path / name)
+        assert "Fix: give the best.pt or last.pt" in str(caught.value)

@@ -140,3 +140,17 @@ def test_a_long_run_keeps_its_warm_up(monkeypatch):
     elapsed, loop, lrs, hook = simulate(monkeypatch, warmup_iters=30)  # ~540 iterations
     assert hook.plan["warmup_iters"] == 30
     assert lrs[28] < lrs[30] and lrs[30] == pytest.approx(max(lrs), abs=1e-3)
+
+
+def test_validations_are_counted_not_enumerated():
+    hook = TimeBudget(10.0, TrainConfig(eval_every=3), full_epoch=10, valid_images=10, run=None)
+    for first, last in [(1, 1), (1, 9), (2, 10), (4, 4), (5, 4), (7, 20)]:
+        assert hook._validations(first, last) == sum(
+            1 for e in range(first, last + 1) if e % 3 == 0 or e == last), (first, last)
+    # a budget of centuries plans ~10^10 epochs: counted at once, never one by one
+    assert hook._validations(1, 10**10) == 10**10 // 3 + 1
+
+
+def test_a_budget_beyond_a_year_is_refused():
+    with pytest.raises(ValueError, match="time_budget"):
+        TrainConfig(time_budget=1e9)

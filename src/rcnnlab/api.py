@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rcnnlab.config import Config, config_of, deep_merge, read_recipe
+from rcnnlab.config import Config, check_threshold, config_of, deep_merge, read_recipe
 from rcnnlab.data.coco import CocoData, load_coco, require_boxes
 from rcnnlab.data.splits import SPLITS, ensure_synth, load_splits
 from rcnnlab.detector import Detector
@@ -55,6 +55,7 @@ from rcnnlab.reporting.record import write_record
 from rcnnlab.runs.checkpoint import Checkpoint, load_detector
 from rcnnlab.runs.device import resolve_device
 from rcnnlab.runs.distributed import barrier, close_distributed, init_distributed, process_group
+from rcnnlab.runs.resume import check_resume_config
 from rcnnlab.runs.rundir import RunDir, read_csv_rows
 
 __all__ = ["EvalResult", "LoadedRun", "TrainResult", "configure", "data_overrides", "diagnose",
@@ -155,7 +156,10 @@ def train(cfg: Config, *, resume: bool = False, exist_ok: bool = False,
     if here.is_main:
         log.info("%s", cfg.plan.table(cfg) if cfg.plan is not None else
                  "config as given (no plan; rcnnlab.api.configure plans from the data)")
-        RunDir(cfg.run_dir).prepare(resume=resume, exist_ok=exist_ok)
+        run = RunDir(cfg.run_dir)
+        run.prepare(resume=resume, exist_ok=exist_ok)
+        if resume and run.config_yaml.is_file():
+            check_resume_config(run.read_config(), cfg, str(run.config_yaml))
         ensure_synth(cfg.data)
     barrier()
     splits = load_splits(cfg.data, need=("train", "valid"))
@@ -218,8 +222,8 @@ class LoadedRun:
         return RunDir(self.path) if self.path.is_dir() else None
 
     def threshold(self, given: float | None = None) -> float:
-        """`given`, else the tuned threshold stored in the checkpoint."""
-        return given if given is not None else self.ckpt.threshold
+        """`given` (checked to be in 0-1), else the tuned threshold stored in the checkpoint."""
+        return check_threshold(given) if given is not None else self.ckpt.threshold
 
     def split(self, split: str, json_path: str | None = None,
               images: str | None = None) -> CocoData:
@@ -382,6 +386,7 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
     the number of images, `progress` each image done. Under torchrun rank 0 returns the
     paths, the other ranks an empty dict.
     """
+    check_threshold(threshold)
     with process_group(resolve_device(device), "prediction") as (_, dev):
         det = Detector.load(run, device=str(dev), overrides=overrides or (), backend=backend)
         todo = job_images(source, images=images, max_pixels=det.cfg.data.max_image_pixels,

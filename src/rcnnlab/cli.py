@@ -8,6 +8,7 @@ the user's input end in one red line naming the file, the record and the fix (ex
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import logging
@@ -90,6 +91,27 @@ def _setup_logging(verbose: bool = False) -> None:
                         force=True)
 
 
+# what to do when the file system refuses a path, by errno
+_PATH_FIXES = {
+    errno.EACCES: "give a path you may write to (e.g. --out in your home folder), or change "
+                  "its permissions",
+    errno.EPERM: "give a path you may write to, or change its permissions",
+    errno.EROFS: "give a path on a writable file system",
+    errno.ENOSPC: "free disk space (or give --out on another disk) and run the command again",
+    errno.EDQUOT: "free space in your quota and run the command again",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: give a folder path",
+    errno.EISDIR: "the path is a folder: give a file path",
+    errno.EEXIST: "the path exists and is not a folder: give another one",
+}
+
+
+def _one_line(message: str) -> None:
+    """Print an error as one line (a YAML parser's message spans several), as text, not
+    markup: "[x, y, w, h]" must print as written."""
+    err_console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}",
+                      highlight=False, soft_wrap=True)
+
+
 def _user_errors(func):
     """Turn the user's input errors into one clear line and exit code 2."""
 
@@ -102,11 +124,12 @@ def _user_errors(func):
         try:
             return func(*args, **kwargs)
         except UserError as exc:  # anything else is a bug: its traceback is shown
-            # one line (a YAML parser's message spans several), and text, not markup:
-            # "[x, y, w, h]" must print as written
-            message = " ".join(str(exc).split())
-            err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False,
-                              soft_wrap=True)
+            _one_line(str(exc))
+            raise typer.Exit(2) from None
+        except OSError as exc:  # the file system said no to a path: the user's to fix
+            if exc.errno not in _PATH_FIXES or exc.filename is None:
+                raise
+            _one_line(f"{exc.filename}: {exc.strerror}. Fix: {_PATH_FIXES[exc.errno]}")
             raise typer.Exit(2) from None
         finally:
             PROGRESS.reset(token)
@@ -334,7 +357,12 @@ def train(
     from rcnnlab.runs.distributed import env_rank
 
     cfg = api.configure(config, overrides or [], resume=resume)
-    result = api.train(cfg, resume=resume, exist_ok=exist_ok)
+    try:
+        result = api.train(cfg, resume=resume, exist_ok=exist_ok)
+    except KeyboardInterrupt:
+        if env_rank() == 0:
+            _where_the_run_stands(cfg.run_dir)
+        raise typer.Exit(130) from None
     if env_rank() != 0:  # under torchrun rank 0 reports for all
         return
     console.print(f"[bold]done[/]: {result.epochs} epochs, {result.iterations} iterations, "
@@ -366,6 +394,29 @@ def tune(
                       _fmt(row.accuracy))
     console.print(table)
     console.print(f"best threshold {result.best:.2f} stored in {run}")
+
+
+def _where_the_run_stands(run_dir: Path) -> None:
+    """After Ctrl-C: the last epoch saved and the command that continues the run."""
+    from rcnnlab.errors import UserError
+    from rcnnlab.runs.checkpoint import load_checkpoint
+    from rcnnlab.runs.rundir import RunDir
+
+    run = RunDir(run_dir)
+    command = shlex.join(["rcnnlab", *sys.argv[1:]])
+    if "--resume" not in sys.argv[1:]:
+        command += " --resume"
+    try:
+        epoch = load_checkpoint(run.last_pt)["epoch"] if run.last_pt.is_file() else None
+    except UserError:
+        epoch = None
+    if epoch is None:
+        err_console.print(f"interrupted: {run.root} holds no saved epoch yet, so the run starts "
+                          "over when run again (with --exist-ok)", highlight=False,
+                          soft_wrap=True)
+    else:
+        err_console.print(f"interrupted: {run.last_pt} holds epoch {epoch}; the epoch under way "
+                          f"is lost. Continue with: {command}", highlight=False, soft_wrap=True)
 
 
 @app.command()

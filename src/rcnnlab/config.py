@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -20,6 +20,8 @@ from pydantic import (
     Field,
     PositiveInt,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -28,8 +30,26 @@ from rcnnlab.errors import ConfigError
 S = TypeVar("S", bound=BaseModel)
 
 
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field's type admits true / false (bool, or Any, among its arguments; or a
+    validator of its own that reads them, as `off` for the amp modes)."""
+    if annotation is bool or annotation is Any or isinstance(annotation, BeforeValidator):
+        return True
+    return any(_takes_bool(arg) for arg in get_args(annotation))
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic reads true as 1 and false as 0: train.epochs=true would train one epoch
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and not _takes_bool(
+                field.annotation) and not any(_takes_bool(m) for m in field.metadata):
+            raise ValueError("true / false where a value of another type is expected")
+        return value
 
 
 # ------------------------------------------------------------------------------------ data
@@ -46,7 +66,7 @@ class SynthConfig(_Section):
     # generated test images
     n_test: int = 500
     # generator seed: the same seed gives byte-identical files
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 class DataConfig(_Section):
@@ -73,7 +93,7 @@ class DataConfig(_Section):
     # (deterministic, every class in valid where possible)
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     # seed of that hold-out split
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0)
     # drop records whose image file is missing (counted) instead of stopping
     skip_missing_images: bool = False
     # images with more pixels are refused before they are decoded (a decompression bomb never loads)
@@ -114,7 +134,7 @@ class ModelConfig(_Section):
     # the same for the backbone only (ResNet18_Weights.IMAGENET1K_V1, DEFAULT, a file)
     backbone_weights: str | None = None
     # trunk stages trained (null = all without pretrained weights, 3 with)
-    trainable_backbone_layers: int | None = None
+    trainable_backbone_layers: int | None = Field(None, ge=0, le=5)
     # a residual block (3x3 conv-BN-ReLU-3x3 conv-BN + identity) after every FPN output
     residual_fpn: bool = False
     # the FPN levels kept, by stride (4 = P2 ... 32 = P5, 64 = the max-pool level, which needs 32;
@@ -143,29 +163,29 @@ class ModelConfig(_Section):
     aspect_ratios: list[list[float]] | list[float] | None = None
     # short side after resize; with native_size the cap on it (larger images shrink, smaller ones
     # are not enlarged)
-    min_size: int = 800
+    min_size: int = Field(800, ge=32)
     # cap on the long side after resize
-    max_size: int = 1333
+    max_size: int = Field(1333, ge=32)
     # never upscale: scale = min(1, min_size / short side, max_size / long side)
     native_size: bool = False
     # RPN proposals kept per level before NMS, training
-    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_train: PositiveInt = 2000
     # the same at test time
-    rpn_pre_nms_top_n_test: int = 1000
+    rpn_pre_nms_top_n_test: PositiveInt = 1000
     # RPN proposals kept per image after NMS, training
-    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: PositiveInt = 2000
     # the same at test time (what the box head scores; eval.proposals overrides it at inference)
-    rpn_post_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: PositiveInt = 1000
     # anchors sampled per image for the RPN loss
-    rpn_batch_size_per_image: int = 256
+    rpn_batch_size_per_image: PositiveInt = 256
     # RoIs sampled per image for the box head's loss
-    box_batch_size_per_image: int = 512
+    box_batch_size_per_image: PositiveInt = 512
     # detections kept per image
-    box_detections_per_img: int = 100
+    box_detections_per_img: PositiveInt = 100
     # detections below this score are dropped
-    box_score_thresh: float = 0.05
+    box_score_thresh: float = Field(0.05, ge=0, lt=1)
     # the box head's NMS IoU, per class
-    box_nms_thresh: float = 0.5
+    box_nms_thresh: float = Field(0.5, gt=0, le=1)
 
 
 # ------------------------------------------------------------------------------------ augmentation
@@ -177,24 +197,24 @@ class AugmentConfig(_Section):
     # probability of ColorJitter (box-aware torchvision transforms v2)
     hsv_prob: float = Field(0.5, ge=0, le=1)
     # ColorJitter's brightness range
-    brightness: float = 0.3
+    brightness: float = Field(0.3, ge=0, le=1)
     # ColorJitter's contrast range
-    contrast: float = 0.3
+    contrast: float = Field(0.3, ge=0, le=1)
     # ColorJitter's saturation range
-    saturation: float = 0.3
+    saturation: float = Field(0.3, ge=0, le=1)
     # ColorJitter's hue range
-    hue: float = 0.05
+    hue: float = Field(0.05, ge=0, le=0.5)
     # horizontal flip (a warning on digit datasets: a mirrored digit is no digit)
     flip_prob: float = Field(0.0, ge=0, le=1)
     # probability of a random affine; a box becomes the rectangle around its 4 moved corners, is
     # clipped, and dropped (counted in metrics.csv as boxes_dropped) if it collapses
     affine_prob: float = Field(0.5, ge=0, le=1)
     # the affine's rotation range, +- degrees
-    degrees: float = 5.0
+    degrees: float = Field(5.0, ge=0, le=180)
     # the affine's translation, share of width / height
-    translate: float = 0.05
+    translate: float = Field(0.05, ge=0, le=1)
     # the affine's shear range, +- degrees
-    shear: float = 2.0
+    shear: float = Field(2.0, ge=0, lt=90)
     # the affine's scale range
     scale: tuple[float, float] = (0.9, 1.1)
     # AutoAugment's SVHN policy restricted to colour ops (23 sub-policies; boxes never move)
@@ -204,12 +224,20 @@ class AugmentConfig(_Section):
     # model.native_size / min_size; [] = off
     multiscale_sizes: list[PositiveInt] = []
     # augmentation (multi-scale included) off for the last N epochs; the log says augmentation off
-    no_aug_epochs: int = 1
+    no_aug_epochs: int = Field(1, ge=0)
     # training window: each training image is cut to a random crop_size x crop_size window at its
     # own scale (shorter sides kept whole; boxes less than half inside dropped, counted); null =
     # whole images. Small objects in large images: more of them a second. It is the training
     # input, not an augmentation: kept in the augmentation-off epochs; evaluation sees whole images
     crop_size: PositiveInt | None = None
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0 < low <= high:
+            raise ValueError("the scale range must be 0 < low <= high, e.g. [0.9, 1.1]")
+        return value
 
 
 # ------------------------------------------------------------------------------------ training
@@ -240,33 +268,33 @@ class TrainConfig(_Section):
     # iterations the speed is measured and the epochs, their length (at most a full pass), the LR
     # schedule, its warm-up (at most a tenth of the run) and the augmentation-off tail are fitted to
     # end within the budget; refitted after every epoch; train.epochs is then ignored;
-    # time_budget.json and the record say what it chose
-    time_budget: float | None = Field(None, gt=0)
+    # time_budget.json and the record say what it chose (at most a year: 525600)
+    time_budget: float | None = Field(None, gt=0, le=525_600)
     # adamw or sgd (fused kernels)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     # peak learning rate (the backbone trunk learns at lr x backbone_lr_mult)
     lr: float = Field(1e-3, gt=0)
     # the backbone trunk learns at lr x this (below 1 suits pretrained weights; from scratch 1.0
     # measured better on ORAND)
-    backbone_lr_mult: float = 0.5
+    backbone_lr_mult: float = Field(0.5, ge=0)
     # weight decay
-    weight_decay: float = 1e-4
+    weight_decay: float = Field(1e-4, ge=0)
     # SGD momentum (AdamW uses its betas)
-    momentum: float = 0.9
+    momentum: float = Field(0.9, ge=0, lt=1)
     # per-iteration linear warm-up, then cosine to eta_min x lr, multistep (epochs) or constant
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     # linear warm-up, in iterations
     warmup_iters: int = Field(200, ge=0)
     # learning rate at iteration 0, as a share of lr
-    warmup_factor: float = 0.001
+    warmup_factor: float = Field(0.001, gt=0, le=1)
     # cosine floor, as a share of lr
-    eta_min: float = 0.0
+    eta_min: float = Field(0.0, ge=0, le=1)
     # multistep: epochs at which the learning rate is multiplied by gamma
-    milestones: list[int] = [8, 11]
+    milestones: list[PositiveInt] = [8, 11]
     # multistep: the factor
-    gamma: float = 0.1
+    gamma: float = Field(0.1, gt=0)
     # max global gradient norm (null = off)
-    grad_clip: float | None = 10.0
+    grad_clip: float | None = Field(10.0, gt=0)
     # moving average of the weights (YOLOX / Ultralytics ModelEMA) for validation, best.pt,
     # prediction and the record (null = off): after each step ema = d x ema + (1 - d) x weights, d =
     # ema_decay x (1 - exp(-step / ema_warmup)); kept in last.pt (resume exact). E.g. 0.9998
@@ -290,11 +318,11 @@ class TrainConfig(_Section):
     # classes differ)
     finetune_from: str | None = None
     # seed of the model's initialisation, the shuffling, augmentation and samplers
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # auto (CUDA when present), cpu, cuda or cuda:N
     device: str = "auto"
     # torch CPU threads (null = torch's default)
-    threads: int | None = None
+    threads: PositiveInt | None = None
     # validation every N epochs (and always after the last)
     eval_every: PositiveInt = 1
     # a plain-text progress line every N iterations when not on a terminal
@@ -318,7 +346,7 @@ class TrainConfig(_Section):
     # weighted_ce: one weight per class in category-id order, or inverse_frequency (1 / share of
     # training boxes, foreground weights averaging 1); background 1; the loss is divided by the RoI
     # count, so unit weights give cross-entropy
-    class_weights: list[float] | Literal["inverse_frequency"] | None = None
+    class_weights: list[Annotated[float, Field(ge=0)]] | Literal["inverse_frequency"] | None = None
     # ce / weighted_ce: label smoothing eps of the RoI classifier (the target is 1 - eps on the true
     # class plus eps / (C + 1) on each class, background included); refused with focal and
     # policy_gradient
@@ -406,7 +434,7 @@ class EvalConfig(_Section):
     # in steps of
     sweep_step: float = Field(0.01, gt=0)
     # the sequence threshold before rcnnlab tune has run
-    default_threshold: float = 0.5
+    default_threshold: float = Field(0.5, ge=0, le=1)
     # reading a number: a digit detection that overlaps a higher-scored one of any class by more
     # than this IoU is left out (the box head's NMS is per class, so one handwritten digit often
     # comes back as two classes); applies to tune, sequence accuracy, pred.csv, Result.number and
@@ -556,6 +584,9 @@ def problems(exc: ValidationError, section: str = "") -> str:
         message = err["msg"].removeprefix("Value error, ")
         # a check across sections (Config._check) has no key path: its message names the keys
         text = f"{loc}: {message}" if loc else message
+        if loc and err["type"] != "extra_forbidden" and "input" in err \
+                and not isinstance(err["input"], dict | list):
+            text += f" (given: {err['input']!r})"
         if err["type"] == "extra_forbidden":  # the closest key of the same section
             parent, _, leaf = loc.rpartition(".")
             siblings = {k.rpartition(".")[2]: k for k in config_keys()
@@ -564,6 +595,15 @@ def problems(exc: ValidationError, section: str = "") -> str:
             text += f" (did you mean {siblings[close[0]]}?)" if close else ""
         parts.append(text)
     return "; ".join(parts)
+
+
+def check_threshold(value: float | None, what: str = "threshold") -> float | None:
+    """A score threshold given as an option (None = the tuned one): in 0-1, or a ConfigError
+    naming `what` and the value."""
+    if value is not None and (isinstance(value, bool) or not 0.0 <= value <= 1.0):
+        raise ConfigError(f"{what} {value!r} is out of range: give a score threshold in 0-1 "
+                          "(or none for the tuned one)")
+    return value
 
 
 def section_with(section_type: type[S], section: S | None, options: dict[str, Any],

@@ -30,9 +30,10 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import draw_bounding_boxes
 
-from rcnnlab.config import Config
+from rcnnlab.config import Config, check_threshold
 from rcnnlab.data.categories import digit_names
-from rcnnlab.errors import ConfigError
+from rcnnlab.data.images import image_to_tensor
+from rcnnlab.errors import ConfigError, DatasetError
 from rcnnlab.evaluation.sequence import read_number
 from rcnnlab.export import ExportedDetector, is_exported
 from rcnnlab.inference.detect import coco_records
@@ -76,7 +77,7 @@ class Result:
         each labelled with its class and score, and the number read above it."""
         if self.image is None:
             raise ValueError("this result keeps no image (predict(..., keep_images=False))")
-        threshold = self.threshold if threshold is None else threshold
+        threshold = self.threshold if check_threshold(threshold) is None else threshold
         keep = self.scores >= threshold
         image, boxes = self.image, self.boxes[keep]
         scale = max(1.0, PLOT_MIN_HEIGHT / image.shape[-2])
@@ -221,7 +222,7 @@ class Detector:
                       batch_size: int | None = None,
                       keep_images: bool = True) -> Iterator[Result]:
         """Results of images already read (`inference.sources.SourceImage`), in batches."""
-        threshold = self.threshold if threshold is None else threshold
+        threshold = self.threshold if check_threshold(threshold) is None else threshold
         batch: list[SourceImage] = []
         for item in images:
             batch.append(item)
@@ -264,18 +265,37 @@ def images_of(source: Any, *, bgr: bool = False,
         return
     if isinstance(source, torch.Tensor) and source.dim() == 4:
         source = list(source)
-    items: Iterable[Any] = source if isinstance(source, list | tuple) else [source]
-    for index, item in enumerate(items, 1):
-        if isinstance(item, str | Path):
-            yield from images_of(item, max_pixels=max_pixels)
-            continue
-        yield SourceImage(_as_tensor(item, bgr), f"image {index}", index)
+    items: list[Any] = list(source) if isinstance(source, list | tuple) else [source]
+    kwargs = {} if max_pixels is None else {"max_pixels": max_pixels}
+    sources = [Source(item, **kwargs) if isinstance(item, str | Path) else item
+               for item in items]
+    # each image's own id (a file's numeric stem, an in-memory image's place in the list),
+    # unless two would share one: then every image is numbered 1..N in order
+    ids = [i for k, item in enumerate(sources, 1)
+           for i in (item.image_ids if isinstance(item, Source) and item.video is None
+                     else [k])]
+    renumber = len(set(ids)) < len(ids) or len(sources) > 1 and any(
+        isinstance(item, Source) and item.video is not None for item in sources)
+    count = 0
+    for index, item in enumerate(sources, 1):
+        images = item if isinstance(item, Source) else [
+            SourceImage(_as_tensor(item, bgr), f"image {index}", index)]
+        for image in images:
+            count += 1
+            if renumber:
+                image.image_id = count
+            yield image
 
 
 def _as_tensor(item: Any, bgr: bool) -> torch.Tensor:
     """A PIL image, HWC numpy array or CHW tensor as float CHW RGB in [0, 1]."""
-    if isinstance(item, Image.Image):
-        return F.to_dtype(F.pil_to_tensor(item.convert("RGB")), torch.float32, scale=True)
+    if isinstance(item, Image.Image):  # as its file would read: 16-bit scaled, float refused
+        try:
+            return F.to_dtype(image_to_tensor(item, "a PIL image"), torch.float32, scale=True)
+        except DatasetError as exc:
+            raise ConfigError(str(exc).replace("Fix: convert it to", "Fix: convert it to 8 or "
+                                               "16 bits (im.convert('L')), or save it as")
+                              ) from None
     if isinstance(item, np.ndarray):
         if item.ndim == 2:
             item = np.repeat(item[..., None], 3, axis=2)
@@ -301,6 +321,9 @@ def _as_tensor(item: Any, bgr: bool) -> torch.Tensor:
     if not tensor.is_floating_point():
         raise ConfigError(f"a {tensor.dtype} image: give uint8 (0-255) or float in [0, 1]")
     tensor = tensor.float()
+    if not torch.isfinite(tensor).all():
+        raise ConfigError("a float image with NaN or infinite values: give float in [0, 1] "
+                          "(or uint8 0-255)")
     if tensor.numel() and (tensor.min() < 0 or tensor.max() > 1):
         raise ConfigError(f"a float image with values in [{tensor.min():.3g}, "
                           f"{tensor.max():.3g}]: give float in [0, 1] (or uint8 0-255)")

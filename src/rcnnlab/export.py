@@ -38,7 +38,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 
 from rcnnlab.config import Config, config_from_dict
 from rcnnlab.data.transforms import rescale, resize_scale
-from rcnnlab.errors import ConfigError, MissingFileError
+from rcnnlab.errors import ConfigError, MissingFileError, UserError
 from rcnnlab.inference.predictor import with_proposals
 from rcnnlab.models.transform import native_scale
 from rcnnlab.runs.checkpoint import load_detector
@@ -203,10 +203,20 @@ class ExportedDetector:
         if not side.is_file():
             raise MissingFileError(f"{side}: the sidecar of {self.path.name} is missing. Fix: "
                                    "keep the .json rcnnlab export wrote beside the model")
-        self.info: dict[str, Any] = json.loads(side.read_text())
+        self.info: dict[str, Any] = _read_sidecar(side)
         self.config = config_from_dict(self.info["config"])
-        self._run = {"onnxruntime": _onnxruntime, "openvino": _openvino,
-                     "torchscript": _torchscript}[runtime](self.path, threads)
+        loader = {"onnxruntime": _onnxruntime, "openvino": _openvino,
+                  "torchscript": _torchscript}[runtime]
+        try:
+            self._run = loader(self.path, threads)
+        except UserError:
+            raise
+        except Exception as exc:  # each runtime raises its own kind for a damaged file
+            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+            raise ConfigError(f"{self.path}: {runtime} cannot load it ({type(exc).__name__}"
+                              f"{': ' + first if first else ''}). Fix: export it again "
+                              "(rcnnlab export RUN); a copy cut short or edited does not load"
+                              ) from None
 
     def eval(self) -> ExportedDetector:
         """For code written for torch modules: an exported graph is always in eval mode."""
@@ -225,6 +235,24 @@ class ExportedDetector:
             fh, fw = fed.shape[-2:]
             boxes = clip_boxes_to_image(boxes * torch.tensor([w / fw, h / fh] * 2), (h, w))
         return {"boxes": boxes, "labels": labels.long(), "scores": scores}
+
+
+def _read_sidecar(side: Path) -> dict[str, Any]:
+    """The sidecar json: categories, threshold and config, or one error naming what is wrong."""
+    fix = "Fix: keep the .json rcnnlab export wrote beside the model (export again if lost)"
+    try:
+        info = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{side}: not the JSON rcnnlab export writes ({exc}). {fix}") from None
+    missing = [k for k in ("config", "categories", "threshold") if not isinstance(info, dict)
+               or k not in info]
+    if missing:
+        raise ConfigError(f"{side}: lacks {', '.join(missing)}. {fix}")
+    try:
+        config_from_dict(info["config"])
+    except Exception as exc:
+        raise ConfigError(f"{side}: its config cannot be read ({exc}). {fix}") from None
+    return info
 
 
 Runner = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]

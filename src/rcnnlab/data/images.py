@@ -100,19 +100,25 @@ def read_image(path: str | Path | BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIX
     """The image as a uint8 RGB CHW tensor (see the module docstring for each kind of file)."""
     path = Path(path) if isinstance(path, str | Path) else _Named(path)
     with _opened(path, max_pixels, what) as im:
-        if im.mode in _REFUSED:
-            raise DatasetError(
-                f"{what}{path}: a {_REFUSED[im.mode]} image ({im.mode} mode) has no fixed value "
-                "range to map to 8 bits. Fix: convert it to an 8-bit (or 16-bit) PNG or JPEG")
-        if _orientation(im) not in (None, 1):
-            im = ImageOps.exif_transpose(im)
-        if im.mode == "RGB":
-            return F.pil_to_tensor(im)
-        if im.mode in _SIXTEEN_BIT or im.mode == "I":
-            grey = np.asarray(im).astype(np.float64)
-            full = 65535.0 if im.mode in _SIXTEEN_BIT or grey.max(initial=0) > 255 else 255.0
-            grey = np.clip(np.rint(grey * (255.0 / full)), 0, 255).astype(np.uint8)
-            return torch.from_numpy(np.ascontiguousarray(grey)).expand(3, *grey.shape).clone()
-        if im.mode in ("P", "PA") and "transparency" in im.info:
-            im = im.convert("RGBA")  # Pillow's palette -> RGB drops transparency with a warning
-        return F.pil_to_tensor(im.convert("RGB"))
+        return image_to_tensor(im, f"{what}{path}")
+
+
+def image_to_tensor(im: Image.Image, name: str) -> torch.Tensor:
+    """An opened PIL image as a uint8 RGB CHW tensor, as `read_image` reads a file (16-bit
+    scaled, EXIF rotation applied, float images refused with a DatasetError naming `name`)."""
+    if im.mode in _REFUSED:
+        raise DatasetError(
+            f"{name}: a {_REFUSED[im.mode]} image ({im.mode} mode) has no fixed value "
+            "range to map to 8 bits. Fix: convert it to an 8-bit (or 16-bit) PNG or JPEG")
+    if _orientation(im) not in (None, 1):
+        im = ImageOps.exif_transpose(im)
+    if im.mode == "RGB":
+        return F.pil_to_tensor(im)
+    if im.mode in _SIXTEEN_BIT or im.mode == "I":
+        grey = np.asarray(im).astype(np.float64)
+        full = 65535.0 if im.mode in _SIXTEEN_BIT or grey.max(initial=0) > 255 else 255.0
+        grey = np.clip(np.rint(grey * (255.0 / full)), 0, 255).astype(np.uint8)
+        return torch.from_numpy(np.ascontiguousarray(grey)).expand(3, *grey.shape).clone()
+    if im.mode in ("P", "PA") and "transparency" in im.info:
+        im = im.convert("RGBA")  # Pillow's palette -> RGB drops transparency with a warning
+    return F.pil_to_tensor(im.convert("RGB"))

@@ -178,10 +178,15 @@ def _open_video(path: Path):
         raise MissingFileError(f"{path}: reading video needs PyAV. Fix: pip install "
                                "'rcnnlab[video]' (or pip install av)") from None
     try:
-        return av.open(str(path))
+        container = av.open(str(path))
     except av.error.FFmpegError as exc:
         raise MissingFileError(f"{path}: not a video FFmpeg can read ({exc}). Fix: give a "
                                "video file (mp4, mkv, avi, ...) or extract its frames") from None
+    if not container.streams.video:
+        container.close()
+        raise MissingFileError(f"{path}: holds no video stream (audio only?). Fix: give a file "
+                               "with pictures")
+    return container
 
 
 def coco_images(data) -> Iterator[SourceImage]:

@@ -101,10 +101,14 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as fh:
-        torch.save(state, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with tmp.open("wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:  # a full disk, say: no half-written file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
     return path
 
@@ -119,10 +123,18 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise MissingFileError(f"{path}: checkpoint not found. Fix: give a run folder or a .pt "
                                 "file written by rcnnlab train")
+    fix = ("Fix: give the best.pt or last.pt rcnnlab train wrote (a copy cut short, or a "
+           "file saved by other code, does not load)")
+    if path.stat().st_size == 0:
+        raise RunError(f"{path}: is empty (0 bytes), not a checkpoint. {fix}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:  # torch raises several kinds for a corrupt or foreign file
-        raise RunError(f"{path}: not a readable rcnnlab checkpoint ({exc})") from None
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        if "zip" in reason or "mmap" in reason:  # torch's words for "no (whole) zip archive"
+            reason = "no checkpoint archive: truncated, or not saved by torch.save"
+        raise RunError(f"{path}: not a readable rcnnlab checkpoint ({type(exc).__name__}: "
+                       f"{reason}). {fix}") from None
     if not isinstance(state, dict):
         raise RunError(f"{path}: holds a {type(state).__name__}, not an rcnnlab checkpoint")
     return state

@@ -160,15 +160,15 @@ def gather_to_main(obj) -> list | None:
 
 
 def on_main(fn: Callable[[], T]) -> T:
-    """`fn()` run by rank 0 alone, its value on every rank; a `UserError` it raises is raised
-    on every rank (rather than leaving the others waiting for rank 0)."""
+    """`fn()` run by rank 0 alone, its value on every rank; a `UserError` or `OSError` it
+    raises is raised on every rank (rather than leaving the others waiting for rank 0)."""
     if not world().distributed:
         return fn()
     outcome: tuple[bool, object] = (True, None)
     if world().is_main:
         try:
             outcome = (True, fn())
-        except UserError as exc:
+        except (UserError, OSError) as exc:  # OSError: a path the file system refused
             outcome = (False, exc)
     ok, value = broadcast_object(outcome)
     if not ok:

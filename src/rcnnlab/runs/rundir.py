@@ -193,8 +193,9 @@ class RunDir:
         an interrupted write left behind are removed either way.
         """
         if resume and not self.last_pt.is_file():
-            raise RunError(f"{self.root}: nothing to resume, there is no checkpoints/last.pt (the "
-                           "run never finished an epoch). Fix: start it again without --resume "
+            raise RunError(f"{self.root}: nothing to resume, there is no checkpoints/last.pt (no "
+                           "epoch's checkpoint was saved: the run stopped in its first epoch, "
+                           "or its first save failed). Fix: start it again without --resume "
                            "(with --exist-ok if the folder holds an earlier attempt)")
         if not resume and self.holds_run():
             if not exist_ok:
