@@ -298,6 +298,9 @@ CASES += [
     Case("convert: an SVHN .mat that is no HDF5", lambda t: _svhn(t, text=b"MATLAB 5.0"),
          ("not a MATLAB v7.3 (HDF5) file",)),
     # ------------------------------------------------------------------ a trained run
+    Case("train: a class with no training box", lambda t: _train(t, ann=_coco(t, categories=[
+        {"id": 0, "name": "0"}, {"id": 1, "name": "1"}, {"id": 2, "name": "two"}])),
+         ("1 of 3 classes have no training box (two)", "add examples"), outcome="warning"),
     Case("train: --resume with a changed learning rate", lambda t: [
         *_train(t, "name=done", "train.lr=0.05"), "--resume"] if _trained(t) else [],
          ("--resume continues the saved optimizer", "train.lr", "0.05 given",
@@ -384,6 +387,12 @@ CASES += [
     Case("train: resuming with a config whose model changed", lambda t: [
         *(_train(t, "name=done", "model.residual_fpn=true") if _trained(t) else []), "--resume"],
          ("model.residual_fpn False in the run, True given", "Fix: resume without them")),
+    Case("report: a metrics.csv that is no text", lambda t: [
+        "report", str(_damaged_metrics(t, b"\x89\xff\x00\x13 binary")), "--device", "cpu"],
+         ("metrics.csv: damaged, not the CSV rcnnlab writes", "Fix: restore it")),
+    Case("report: a metrics.csv whose rows lost their epoch", lambda t: [
+        "report", str(_damaged_metrics(t, b"epoch,loss\n1,0.5\nx,0.4\n")), "--device", "cpu"],
+         ("metrics.csv, line 3: no epoch number", "Fix: restore it")),
     Case("evaluate: a checkpoint whose weights were edited", lambda t: [
         "evaluate", str(_edited(_trained(t))), "--split", "valid", "--device", "cpu"],
          ("best.pt: its weights do not fit the model", "Fix:")),
@@ -440,6 +449,13 @@ def _svhn(tmp: Path, *, truncate: bool = False, text: bytes = b"") -> list[str]:
     else:
         mat.write_bytes(text)
     return ["data", "convert", str(mat), "--from", "svhn", "--out", str(tmp / "o.json")]
+
+
+def _damaged_metrics(tmp: Path, content: bytes) -> Path:
+    """The trained run with its metrics.csv replaced by `content`."""
+    run = _trained(tmp)
+    (run / "metrics.csv").write_bytes(content)
+    return run
 
 
 def _folder(tmp: Path, content: bytes | None = None, name: bytes = b"bad.png") -> Path:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from rcnnlab.config import Config, check_threshold, config_of, deep_merge, read_recipe
-from rcnnlab.data.coco import CocoData, load_coco, require_boxes
+from rcnnlab.data.coco import CocoData, load_coco, require_boxes, warn_empty_classes
 from rcnnlab.data.splits import SPLITS, ensure_synth, load_splits
 from rcnnlab.detector import Detector
 from rcnnlab.engine.loop import HookBase
@@ -165,6 +165,8 @@ def train(cfg: Config, *, resume: bool = False, exist_ok: bool = False,
     splits = load_splits(cfg.data, need=("train", "valid"))
     require_boxes(splits["train"], "training")
     require_boxes(splits["valid"], "validation")
+    if here.is_main:
+        warn_empty_classes(splits["train"], "training")
     best: dict[str, EvalResult] = {}  # the validation of the best mAP: best.pt's, for the record
 
     def evaluate(model: torch.nn.Module, data: CocoData) -> dict[str, float]:

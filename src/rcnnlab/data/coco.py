@@ -308,6 +308,23 @@ def require_boxes(data: CocoData, role: str) -> None:
                        f"a {role} json with annotations (bbox and category_id per object)")
 
 
+def warn_empty_classes(data: CocoData, role: str) -> list[str]:
+    """Warn (counted, named) about categories without a box in the split: the detector gets no
+    example of them and will never find one. Returns their names."""
+    counts = {int(c["id"]): 0 for c in data.categories}
+    for anns in data.annotations.values():
+        for a in anns:
+            if not a.get("iscrowd", 0) and int(a["category_id"]) in counts:
+                counts[int(a["category_id"])] += 1
+    empty = [str(c["name"]) for c in data.categories if counts[int(c["id"])] == 0]
+    if empty:
+        log.warning("%s: %d of %d classes have no %s box (%s): the detector will never find "
+                    "them; add examples, or drop them from the categories", data.json_path,
+                    len(empty), len(counts), role, ", ".join(empty[:10]) +
+                    (", ..." if len(empty) > 10 else ""))
+    return empty
+
+
 def subset(data: CocoData, image_ids: list[int]) -> CocoData:
     """A CocoData holding only the given images (same categories and root)."""
     keep = set(image_ids)

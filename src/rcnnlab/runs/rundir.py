@@ -83,10 +83,16 @@ def number(text: str | None) -> float | None:
 
 
 def read_csv_rows(path: str | Path) -> list[Row]:
-    """Rows of one of the run's CSV files with numbers parsed by `number`."""
-    with Path(path).open(newline="") as fh:
-        return [{k: number(v) for k, v in row.items() if k is not None}
-                for row in csv.DictReader(fh)]
+    """Rows of one of the run's CSV files with numbers parsed by `number`; a file that is no
+    CSV text is a RunError naming it."""
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as fh:
+            return [{k: number(v) for k, v in row.items() if k is not None}
+                    for row in csv.DictReader(fh)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise RunError(f"{path}: damaged, not the CSV rcnnlab writes ({exc}). Fix: restore it "
+                       "from a copy, or move it away (what is drawn from it is then left "
+                       "out)") from None
 
 
 def append_csv_row(path: str | Path, row: dict[str, Any]) -> None:
@@ -262,8 +268,20 @@ class RunDir:
         append_csv_row(self.metrics_csv, row)
 
     def read_metrics(self) -> list[Row]:
-        """metrics.csv rows, numbers parsed ([] when there is no file)."""
-        return read_csv_rows(self.metrics_csv) if self.metrics_csv.is_file() else []
+        """metrics.csv rows, numbers parsed ([] when there is no file); rows without an epoch
+        number are a RunError naming the line."""
+        if not self.metrics_csv.is_file():
+            return []
+        rows = read_csv_rows(self.metrics_csv)
+        for line, row in enumerate(rows, 2):
+            epoch = row.get("epoch")
+            if not isinstance(epoch, int | float) or not math.isfinite(epoch) \
+                    or epoch != int(epoch) or epoch < 1:
+                raise RunError(f"{self.metrics_csv}, line {line}: no epoch number "
+                               f"({row.get('epoch')!r}): the file is damaged. Fix: restore it "
+                               "from a copy, or move it away (the record then has no training "
+                               "curves)")
+        return rows
 
     def truncate_metrics(self, epochs_done: int) -> None:
         """On resume, forget logged epochs after the checkpoint (they will be redone)."""
