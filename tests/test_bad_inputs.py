@@ -285,6 +285,9 @@ CASES += [
     Case("convert: YOLO lines merged by a missing line break", lambda t: _yolo(
         t, "0 0.5 0.5 0.1 0.2\n1 0.3 0.3 0.1 0.11 0.6 0.5 0.1 0.1\n"),
          ("line 2", "two lines merged", "Fix: put each object on its own line")),
+    Case("convert: a YOLO file whose only line is three merged boxes", lambda t: _yolo(
+        t, "0 0.5 0.5 0.1 0.2 1 0.3 0.3 0.1 0.1 0 0.7 0.6 0.1 0.1\n"),
+         ("line 1", "15 columns read as 3 box lines merged", "Fix: put each object on its own")),
     Case("convert: a YOLO label that is not numbers", lambda t: _yolo(t, "zero 0.5 0.5 0.1 0.2\n"),
          ("line 1 'zero 0.5 0.5 0.1 0.2': not all numbers",)),
     Case("convert: a YOLO class out of range", lambda t: _yolo(t, "7 0.5 0.5 0.1 0.2\n"),

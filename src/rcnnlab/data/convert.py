@@ -204,6 +204,18 @@ def _yolo_box(values: list[float], kpt_values: int) -> tuple[tuple[float, ...], 
     return "expected 5 columns (class cx cy w h) or a polygon (class x1 y1 x2 y2 x3 y3 ...)"
 
 
+def _merged_boxes(columns: list[str], classes: dict[int, str]) -> int:
+    """How many box lines `columns` holds when they are 'class cx cy w h' lines run together
+    (5k columns, k >= 2, with a bare class index at every fifth); 0 when they are not. A
+    polygon's coordinates are written as decimals, so bare integers there mean classes."""
+    if len(columns) < 10 or len(columns) % 5:
+        return 0
+    heads = columns[5::5]
+    if all(c.isdigit() and int(c) in classes for c in heads):
+        return len(columns) // 5
+    return 0
+
+
 def _yolo_labels(label_path: Path, classes: dict[int, str], kpt_values: int,
                  counts: Counter) -> list[tuple[int, tuple[float, ...]]]:
     """(class, normalised cx cy w h) of every line of a label file; errors name the line."""
@@ -224,6 +236,12 @@ def _yolo_labels(label_path: Path, classes: dict[int, str], kpt_values: int,
             raise _error(label_path, f"{where}: class {columns[0]} is not a class index "
                          f"(0..{len(classes) - 1})",
                          "correct the class or add its name to data.yaml names (and nc)")
+        merged = 0 if kpt_values else _merged_boxes(columns, classes)
+        if merged:
+            raise _error(label_path, f"{where}: {len(columns)} columns read as {merged} box "
+                         "lines merged by a missing line break (a bare class index every fifth "
+                         "column), not as a polygon",
+                         "put each object on its own line (class cx cy w h)")
         box = _yolo_box(values, kpt_values)
         if isinstance(box, str):
             raise _error(label_path, f"{where}: {len(columns)} columns; {box}",
