@@ -291,11 +291,11 @@ def _as_tensor(item: Any, bgr: bool) -> torch.Tensor:
     """A PIL image, HWC numpy array or CHW tensor as float CHW RGB in [0, 1]."""
     if isinstance(item, Image.Image):  # as its file would read: 16-bit scaled, float refused
         try:
-            return F.to_dtype(image_to_tensor(item, "a PIL image"), torch.float32, scale=True)
+            pixels = image_to_tensor(item, "a PIL image", fix="convert it to 8 or 16 bits "
+                                     "(im.convert('L')), or save it as an 8-bit PNG")
         except DatasetError as exc:
-            raise ConfigError(str(exc).replace("Fix: convert it to", "Fix: convert it to 8 or "
-                                               "16 bits (im.convert('L')), or save it as")
-                              ) from None
+            raise ConfigError(str(exc)) from None
+        return F.to_dtype(pixels, torch.float32, scale=True)
     if isinstance(item, np.ndarray):
         if item.ndim == 2:
             item = np.repeat(item[..., None], 3, axis=2)

@@ -103,13 +103,15 @@ def read_image(path: str | Path | BinaryIO, *, max_pixels: int = DEFAULT_MAX_PIX
         return image_to_tensor(im, f"{what}{path}")
 
 
-def image_to_tensor(im: Image.Image, name: str) -> torch.Tensor:
+def image_to_tensor(im: Image.Image, name: str, *,
+                    fix: str = "convert it to an 8-bit (or 16-bit) PNG or JPEG") -> torch.Tensor:
     """An opened PIL image as a uint8 RGB CHW tensor, as `read_image` reads a file (16-bit
-    scaled, EXIF rotation applied, float images refused with a DatasetError naming `name`)."""
+    scaled, EXIF rotation applied, float images refused with a DatasetError naming `name` and
+    the `fix`)."""
     if im.mode in _REFUSED:
         raise DatasetError(
             f"{name}: a {_REFUSED[im.mode]} image ({im.mode} mode) has no fixed value "
-            "range to map to 8 bits. Fix: convert it to an 8-bit (or 16-bit) PNG or JPEG")
+            f"range to map to 8 bits. Fix: {fix}")
     if _orientation(im) not in (None, 1):
         im = ImageOps.exif_transpose(im)
     if im.mode == "RGB":

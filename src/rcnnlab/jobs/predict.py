@@ -38,7 +38,7 @@ from rcnnlab.inference.sources import SourceImage
 from rcnnlab.jobs.images import JobImages
 from rcnnlab.jobs.log import LOG_NAME, ResultsLog
 from rcnnlab.reporting.predictions import stream_predictions, write_id_map, write_unreadable
-from rcnnlab.runs.distributed import broadcast_object, gather_objects, gather_to_main, on_main
+from rcnnlab.runs.distributed import gather_objects, gather_to_main, on_main
 from rcnnlab.runs.distributed import world as current_world
 from rcnnlab.runs.rundir import write_atomic
 from rcnnlab.version import __version__
@@ -96,14 +96,14 @@ def run_predict_job(det: Detector, images: JobImages, out_dir: str | Path, *,
         return {}
     results.close()
     seconds = time.perf_counter() - start
-    paths = _assemble(out_dir, results, images, det.digits is not None)
+    paths, unreadable = _assemble(out_dir, results, images, det.digits is not None)
     if save_images and (out_dir / "images").is_dir():
         paths["images"] = out_dir / "images"
     record = json.loads((out_dir / JOB_NAME).read_text())
     record.update(finished=True, finished_at=_now(), processes=here.size,
                   detected_now=detected, seconds_now=round(seconds, 3),
                   images_per_second_now=round(detected / seconds, 2) if seconds else None,
-                  unreadable=_count_lines(paths.get("unreadable")))
+                  unreadable=unreadable)
     paths["job"] = write_atomic(out_dir / JOB_NAME, json.dumps(record, indent=2) + "\n")
     if record["unreadable"]:
         log.warning("%d of %d images could not be read: listed in %s", record["unreadable"],
@@ -178,14 +178,11 @@ def _rounds(det: Detector, images: JobImages, done: set[int], threshold: float,
         for batch in _video_batches(images, batch_size, done):
             yield records_of(batch)
         return
-    batches = math.ceil(images.count / batch_size)
-    todo = broadcast_object(
-        [k for k in range(batches)
-         if any(i not in done for i in range(k * batch_size,
-                                             min((k + 1) * batch_size, images.count)))]
-        if here.is_main else None)
-    mine = [range(k * batch_size, min((k + 1) * batch_size, images.count))
-            for k in todo[here.rank::here.size]]
+    # every rank holds rank 0's `done`, so each works out the same batches still to do
+    batches = [range(start, min(start + batch_size, images.count))
+               for start in range(0, images.count, batch_size)]
+    todo = [batch for batch in batches if any(i not in done for i in batch)]
+    mine = todo[here.rank::here.size]
     rounds = math.ceil(len(todo) / here.size)
     for batch in _prefetched(images, mine):
         yield records_of(batch)
@@ -262,8 +259,9 @@ def _records(det: Detector, batch: Batch, done: set[int], threshold: float,
 
 
 def _assemble(out_dir: Path, results: ResultsLog, images: JobImages,
-              digits: bool) -> dict[str, Path]:
-    """pred.json, pred.csv and unreadable.csv from the log, in image order."""
+              digits: bool) -> tuple[dict[str, Path], int]:
+    """pred.json, pred.csv and unreadable.csv from the log, in image order: their paths and
+    the number of images that could not be read."""
     records = results.records()
     if not results.ascending():
         records = iter(sorted(results.records(), key=lambda r: r["index"]))
@@ -295,14 +293,7 @@ def _assemble(out_dir: Path, results: ResultsLog, images: JobImages,
     else:
         (out_dir / UNREADABLE_NAME).unlink(missing_ok=True)
     paths["log"] = results.path
-    return paths
-
-
-def _count_lines(path: Path | None) -> int:
-    if path is None:
-        return 0
-    with path.open("rb") as f:
-        return max(sum(1 for _ in f) - 1, 0)  # without the header
+    return paths, len(unreadable)
 
 
 def _now() -> str:
