@@ -486,6 +486,382 @@ def _state_dict(tmp: Path) -> Path:
     return path
 
 
+# ---------------------------------------------------------------------- more hostile inputs
+def _config(tmp: Path, text: str | bytes, *extra: str) -> list[str]:
+    """`train -c c.yaml` with `text` as the file and the tiny data (no train.* override, so
+    that what the file says is what is checked)."""
+    path = tmp / "c.yaml"
+    path.write_bytes(text.encode() if isinstance(text, str) else text)
+    ann = _coco(tmp)
+    return ["train", "-c", str(path), f"data.train_json={ann}", f"data.valid_json={ann}",
+            f"out_dir={tmp / 'runs'}", *extra]
+
+
+def _sized(tmp: Path, **record) -> Path:
+    """A one-image COCO json whose image record has `record` in it; the file is 60 x 40."""
+    ann = write_coco(tmp / "img", images=[{"id": 1, "file_name": "a.png", "width": 60,
+                                           "height": 40, **record}],
+                     make_files=False, annotations=_ann([5, 5, 10, 20]))
+    Image.new("RGB", (60, 40)).save(tmp / "img" / "a.png")
+    return ann
+
+
+def _voc_box(x1=5, x2=20, size="<size><width>60</width><height>40</height></size>") -> str:
+    return (f"<annotation><filename>a.png</filename>{size}<object><name>0</name><bndbox>"
+            f"<xmin>{x1}</xmin><ymin>5</ymin><xmax>{x2}</xmax><ymax>30</ymax></bndbox>"
+            "</object></annotation>")
+
+
+def _fake_run(tmp: Path, name: str = "best.pt", content: bytes = b"") -> Path:
+    """A run folder whose only checkpoint is `content` (no training)."""
+    (tmp / "fake" / "checkpoints").mkdir(parents=True)
+    (tmp / "fake" / "checkpoints" / name).write_bytes(content)
+    return tmp / "fake"
+
+
+def _photo(tmp: Path) -> Path:
+    path = tmp / "photo.png"
+    Image.new("RGB", (60, 40), (90, 90, 90)).save(path)
+    return path
+
+
+def _texts(tmp: Path) -> Path:
+    folder = tmp / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("hello")
+    (folder / "b.md").write_text("# notes")
+    return folder
+
+
+def _video(tmp: Path) -> Path:
+    path = tmp / "clip.mp4"
+    path.write_bytes(b"\x00\x00\x00\x18ftypmp42 not a video")
+    return path
+
+
+def _without_best(run: Path) -> Path:
+    (run / "checkpoints" / "best.pt").unlink()
+    return run
+
+
+def _run_predict(tmp: Path, source: Path | str, *extra: str) -> list[str]:
+    """predict with a trained run (trains once) on `source`."""
+    return ["predict", str(_trained(tmp)), str(source), "--out", str(tmp / "o"), "--device",
+            "cpu", *extra]
+
+
+def _binary_label(tmp: Path) -> list[str]:
+    args = _yolo(tmp, "")
+    (tmp / "yolo" / "labels" / "a.txt").write_bytes(b"\x00\xff\xfe\x89")
+    return args
+
+
+def _converted(tmp: Path) -> dict:
+    return json.loads((tmp / "o.json").read_text())
+
+
+CASES += [
+    # ------------------------------------------------------------------ config keys: ranges
+    Case("train: train.lr=0", lambda t: _train(t, "train.lr=0"),
+         ("train.lr: Input should be greater than 0 (given: 0)",)),
+    Case("train: SGD momentum of 1.5", lambda t: _train(t, "train.momentum=1.5"),
+         ("train.momentum: Input should be less than 1 (given: 1.5)",)),
+    Case("train: a negative weight decay", lambda t: _train(t, "train.weight_decay=-1"),
+         ("train.weight_decay: Input should be greater than or equal to 0 (given: -1)",)),
+    Case("train: a warm-up factor of 0", lambda t: _train(t, "train.warmup_factor=0"),
+         ("train.warmup_factor: Input should be greater than 0 (given: 0)",)),
+    Case("train: a warm-up factor above 1", lambda t: _train(t, "train.warmup_factor=2"),
+         ("train.warmup_factor: Input should be less than or equal to 1 (given: 2)",)),
+    Case("train: a multistep gamma of 0", lambda t: _train(t, "train.gamma=0"),
+         ("train.gamma: Input should be greater than 0 (given: 0)",)),
+    Case("train: a gradient clip of 0", lambda t: _train(t, "train.grad_clip=0"),
+         ("train.grad_clip: Input should be greater than 0 (given: 0)",)),
+    Case("train: a milestone at epoch 0", lambda t: _train(t, "train.milestones=[0,5]"),
+         ("train.milestones.0: Input should be greater than 0 (given: 0)",)),
+    Case("train: milestones given as one number", lambda t: _train(t, "train.milestones=8"),
+         ("train.milestones: Input should be a valid list (given: 8)",)),
+    Case("train: a score threshold of 1 keeps nothing",
+         lambda t: _train(t, "model.box_score_thresh=1.0"),
+         ("model.box_score_thresh: Input should be less than 1 (given: 1.0)",)),
+    Case("train: an NMS IoU of 0", lambda t: _train(t, "model.box_nms_thresh=0"),
+         ("model.box_nms_thresh: Input should be greater than 0 (given: 0)",)),
+    Case("train: an NMS IoU above 1", lambda t: _train(t, "model.box_nms_thresh=1.5"),
+         ("model.box_nms_thresh: Input should be less than or equal to 1 (given: 1.5)",)),
+    Case("train: no RPN proposals before NMS",
+         lambda t: _train(t, "model.rpn_pre_nms_top_n_train=0"),
+         ("model.rpn_pre_nms_top_n_train: Input should be greater than 0 (given: 0)",)),
+    Case("train: no detections per image", lambda t: _train(t, "model.box_detections_per_img=0"),
+         ("model.box_detections_per_img: Input should be greater than 0 (given: 0)",)),
+    Case("train: a short side below 32 px", lambda t: _train(t, "model.min_size=16"),
+         ("model.min_size: Input should be greater than or equal to 32 (given: 16)",)),
+    Case("train: -1 DataLoader workers", lambda t: _train(t, "data.workers=-1"),
+         ("data.workers: Input should be greater than or equal to 0 (given: -1)",)),
+    Case("train: a negative seed", lambda t: _train(t, "train.seed=-1"),
+         ("train.seed: Input should be greater than or equal to 0 (given: -1)",)),
+    Case("train: a default threshold above 1", lambda t: _train(t, "eval.default_threshold=1.5"),
+         ("eval.default_threshold: Input should be less than or equal to 1 (given: 1.5)",)),
+    Case("train: a time budget past a year", lambda t: _train(t, "train.time_budget=1e12"),
+         ("train.time_budget: Input should be less than or equal to 525600", "(given: '1e12')")),
+    Case("train: an infinite time budget", lambda t: _train(t, "train.time_budget=.inf"),
+         ("train.time_budget: Input should be less than or equal to 525600 (given: inf)",)),
+    Case("train: true as the learning rate", lambda t: _train(t, "train.lr=true"),
+         ("train.lr: true / false where a value of another type is expected (given: True)",)),
+    Case("train: text as the batch size", lambda t: _train(t, "train.batch_size=abc"),
+         ("train.batch_size: Input should be a valid integer", "(given: 'abc')")),
+    Case("train: a fractional batch size", lambda t: _train(t, "train.batch_size=1.5"),
+         ("train.batch_size:", "a fractional part (given: 1.5)")),
+    Case("train: a NaN learning rate", lambda t: _train(t, "train.lr=nan"),
+         ("train.lr: Input should be greater than 0 (given: 'nan')",)),
+    Case("train: an optimizer that is not offered", lambda t: _train(t, "train.optimizer=adam"),
+         ("train.optimizer: Input should be 'adamw' or 'sgd' (given: 'adam')",)),
+    Case("train: an arch that is not offered", lambda t: _train(t, "model.arch=resnet101_fpn"),
+         ("model.arch: Input should be", "'resnet18_fpn'", "(given: 'resnet101_fpn')")),
+    Case("train: an EMA decay of 1 never learns", lambda t: _train(t, "train.ema_decay=1"),
+         ("train.ema_decay: Input should be less than 1 (given: 1)",)),
+    Case("train: a hue jitter above 0.5", lambda t: _train(t, "augment.hue=0.7"),
+         ("augment.hue: Input should be less than or equal to 0.5 (given: 0.7)",)),
+    Case("train: a test-time scale of 0", lambda t: _train(t, "eval.tta_scales=[1,0]"),
+         ("tta_scales must all be > 0, got [1.0, 0.0]",)),
+    Case("train: an FPN stride that does not exist", lambda t: _train(
+        t, "model.fpn_strides=[4,12]"),
+         ("model.fpn_strides.1: Input should be 4, 8, 16, 32 or 64 (given: 12)",)),
+    Case("train: two bad keys are both named", lambda t: _train(
+        t, "train.lr=0", "train.momentum=2"),
+         ("train.lr: Input should be greater than 0 (given: 0)",
+          "; train.momentum: Input should be less than 1 (given: 2)")),
+    Case("train: a device index below 0", lambda t: _train(t, "train.device=cuda:-1"),
+         ("'cuda:-1' is not a device name", "Fix: use auto, cpu, cuda or cuda:N")),
+    Case("train: label smoothing with the focal loss", lambda t: _train(
+        t, "train.roi_loss=focal", "train.label_smoothing=0.1"),
+         ("train.label_smoothing is for train.roi_loss=ce or weighted_ce, not focal",
+          "Fix: train.label_smoothing=0 or train.roi_loss=ce")),
+    Case("train: class weights without weighted_ce", lambda t: _train(
+        t, "train.class_weights=[1,1]"),
+         ("train.class_weights is needed by train.roi_loss=weighted_ce and only by it",)),
+    Case("train: an override value that is not YAML", lambda t: _train(
+        t, "train.milestones=[1,2"),
+         ("override 'train.milestones=[1,2': value is not valid YAML",)),
+    Case("train: a section overridden by a number", lambda t: _train(t, "train=3"),
+         ("train: Input should be a valid dictionary or instance of TrainConfig (given: 3)",)),
+    Case("train: anchor sizes for one level of five", lambda t: _train(
+        t, "model.anchor_sizes=[[32]]"),
+         ("anchor_sizes has 1 levels but arch 'resnet18_fpn' has 5 feature maps",
+          "give exactly 5 lists")),
+    Case("train: the stride-64 level without stride 32", lambda t: _train(
+        t, "model.fpn_strides=[64]"),
+         ("model.fpn_strides [64]: the stride-64 level pools the stride-32 one", "Fix: add 32")),
+    Case("train: torchvision backbone weights with a typo", lambda t: _train(
+        t, "model.backbone_weights=ResNet18_Weights.IMAGENET9"),
+         ("'ResNet18_Weights.IMAGENET9' is not a torchvision weights name",
+          "ResNet18_Weights.IMAGENET1K_V1")),
+    # ------------------------------------------------------------------ CLI options
+    Case("predict: --threshold 2", lambda t: [
+        "predict", str(t), str(_photo(t)), "--threshold", "2", "--out", str(t / "o")],
+         ("threshold 2.0 is out of range: give a score threshold in 0-1",)),
+    Case("predict: a negative --threshold", lambda t: [
+        "predict", str(t), str(_photo(t)), "--threshold", "-0.5", "--out", str(t / "o")],
+         ("threshold -0.5 is out of range", "(or none for the tuned one)")),
+    Case("predict: --threshold nan", lambda t: [
+        "predict", str(t), str(_photo(t)), "--threshold", "nan", "--out", str(t / "o")],
+         ("threshold nan is out of range",)),
+    Case("evaluate: --threshold -0.1", lambda t: [
+        "evaluate", str(_trained(t)), "--split", "valid", "--threshold", "-0.1",
+        "--device", "cpu"], ("threshold -0.1 is out of range: give a score threshold in 0-1",)),
+    Case("serve: --max-batch 0", lambda t: ["serve", str(t), "--max-batch", "0"],
+         ("--max-batch 0: Input should be greater than or equal to 1",)),
+    Case("serve: a negative --max-wait-ms", lambda t: ["serve", str(t), "--max-wait-ms", "-1"],
+         ("--max-wait-ms -1.0: Input should be greater than or equal to 0",)),
+    Case("serve: --max-upload-mb 0", lambda t: ["serve", str(t), "--max-upload-mb", "0"],
+         ("--max-upload-mb 0.0: Input should be greater than 0",)),
+    Case("serve: --max-images 0", lambda t: ["serve", str(t), "--max-images", "0"],
+         ("--max-images 0: Input should be greater than or equal to 1",)),
+    Case("serve: --device gpu", lambda t: ["serve", str(t), "--device", "gpu"],
+         ("device 'gpu' is not a device name", "Fix: use auto, cpu, cuda or cuda:N")),
+    Case("export: an unknown --format", lambda t: ["export", str(t), "--format", "tflite"],
+         ("--format tflite: use one of onnx, torchscript, openvino",)),
+    Case("split: a fraction of 0", lambda t: ["data", "split", str(_coco(t)), "--out",
+                                              str(t / "s"), "--fraction", "0"],
+         ("held-out fraction 0 (--fraction, data.val_fraction) must lie between 0 and 1",
+          "Fix:")),
+    # ------------------------------------------------------------------ config files
+    Case("train -c: a typo'd key in the file", lambda t: _config(
+        t, "model:\n  box_score_tresh: 0.1\n"),
+         ("c.yaml: invalid config", "model.box_score_tresh: Extra inputs are not permitted",
+          "did you mean model.box_score_thresh?")),
+    Case("train -c: a typo'd data key in the file", lambda t: _config(
+        t, "data:\n  train_jsn: a.json\n"), ("c.yaml", "did you mean data.train_json?")),
+    Case("train -c: a section that does not exist", lambda t: _config(t, "optimizer:\n  lr: 1\n"),
+         ("c.yaml: invalid config: optimizer: Extra inputs are not permitted",)),
+    Case("train -c: a file that is one string", lambda t: _config(t, "just some text\n"),
+         ("c.yaml: a config must be a mapping of sections, got str",)),
+    Case("train -c: a tab in the indentation", lambda t: _config(t, "train:\n\tlr: 0.1\n"),
+         ("c.yaml: not valid YAML", "cannot start any token", "line 2, column 1")),
+    Case("train -c: a key indented too deep", lambda t: _config(
+        t, "train:\n  lr: 0.1\n   epochs: 2\n"),
+         ("c.yaml: not valid YAML", "mapping values are not allowed here", "line 3")),
+    Case("train -c: a section that is a word", lambda t: _config(t, "train: fast\n"),
+         ("c.yaml: invalid config: train: Input should be a valid dictionary", "(given: 'fast')")),
+    Case("train -c: a negative batch size in the file", lambda t: _config(
+        t, "train:\n  batch_size: -4\n"),
+         ("c.yaml: invalid config: train.batch_size: Input should be greater than 0 (given: -4)",)),
+    Case("train -c: a python tag in the file is not run", lambda t: _config(
+        t, "train:\n  lr: !!python/object/apply:os.system ['echo hi']\n"),
+         ("c.yaml: not valid YAML", "could not determine a constructor for the tag")),
+    Case("train -c: a base: that does not exist", lambda t: _config(t, "base: nothere.yaml\n"),
+         ("nothere.yaml: config file not found", "a `base:` names a file relative to the config")),
+    Case("train -c: a folder", lambda t: ["train", "-c", str(t), *_train(t)[1:]],
+         ("config file not found", "Fix: give a path to a YAML file", "rcnnlab configs")),
+    Case("train -c: a built-in recipe name with a typo", lambda t: [
+        "train", "-c", "orandd", *_train(t)[1:]],
+         ("orandd: config file not found", "base, demo, orand")),
+    # ------------------------------------------------------------------ COCO json
+    Case("stats: a bbox holding the string NaN", lambda t: _stats(_coco(t, annotations=_ann(
+        ["NaN", 5, 10, 20]))), ("annotation id 1 bbox is ['NaN', 5, 10, 20]",
+                                "Fix: give bbox as [x, y, width, height]")),
+    Case("stats: an annotation without a bbox", lambda t: _stats(_coco(t, annotations=[
+        {"id": 1, "image_id": 1, "category_id": 0}])), ("annotation id 1 bbox is None", "Fix:")),
+    Case("stats: a category id written as a string", lambda t: _stats(_coco(t, annotations=[
+        {"id": 1, "image_id": 1, "category_id": "0", "bbox": [5, 5, 10, 20]}])),
+         ("annotation id 1 has unknown category id '0' (known: [0, 1])", "Fix:")),
+    Case("stats: category records with string ids", lambda t: _stats(_coco(t, categories=[
+        {"id": "0", "name": "0"}, {"id": "1", "name": "1"}])),
+         ("category record #0 has id '0'", "Fix: give every category an integer id")),
+    Case("stats: a category id listed twice", lambda t: _stats(_coco(t, annotations=[],
+                                                                    categories=[
+        {"id": 0, "name": "a"}, {"id": 0, "name": "b"}])),
+         ("duplicate category id 0 (record #1)", "Fix: make category ids unique")),
+    Case("stats: an annotation id used twice", lambda t: _stats(_coco(t, annotations=[
+        {"id": 1, "image_id": 1, "category_id": 0, "bbox": [5, 5, 10, 20]},
+        {"id": 1, "image_id": 2, "category_id": 1, "bbox": [5, 5, 10, 20]}])),
+         ("duplicate annotation id 1 (record #1)", "Fix: make annotation ids unique")),
+    Case("stats: an annotation without image_id", lambda t: _stats(_coco(t, annotations=[
+        {"id": 1, "category_id": 0, "bbox": [5, 5, 10, 20]}])),
+         ("annotation id 1 refers to unknown image id None", "Fix:")),
+    Case("stats: an image id with a fraction", lambda t: _stats(_coco(t, images=[
+        {"id": 1.5, "file_name": "a.png", "width": 60, "height": 40}], annotations=[])),
+         ("image record #0 has id 1.5", "Fix: give every image an integer id")),
+    Case("stats: width and height of 0 (the file's size is used)",
+         lambda t: _stats(_sized(t, width=0, height=0)),
+         ("width/height differ from the image file for image ids 1 (0x0 -> 60x40)",),
+         "warning"),
+    Case("stats: a UTF-16 json", lambda t: _stats(_raw_json(t, json.dumps(
+        {"images": [], "annotations": [], "categories": []}).encode("utf-16"))),
+         ("raw.json: not a UTF-8 text file", "Fix:")),
+    Case("stats: a trailing comma", lambda t: _stats(_raw_json(
+        t, '{"images": [], "annotations": [], "categories": [],}')),
+         ("raw.json: malformed JSON at line 1, column 52", "python -m json.tool")),
+    Case("stats: no categories list", lambda t: _stats(_raw_json(
+        t, '{"images": [], "annotations": []}')), ("no 'categories' list", "Fix:")),
+    Case("stats: category records that are strings", lambda t: _stats(_raw_json(
+        t, '{"images": [], "annotations": [], "categories": ["cat"]}')),
+         ("categories record #0 is 'cat', not an object", "Fix:")),
+    Case("stats: a json that does not exist", lambda t: _stats(t / "no.json"),
+         ("no.json: file not found", "Fix: check the path")),
+    Case("stats: a YOLO data.yaml given as the json", lambda t: _stats(_raw_json(
+        t, "names: [a]\n").rename(t / "d.yaml")),
+         ("d.yaml: a YAML file where a COCO json is read", "Fix: give d.yaml:val")),
+    Case("split: a source that does not exist", lambda t: [
+        "data", "split", str(t / "no.json"), "--out", str(t / "s")],
+         ("no.json: file not found", "Fix:")),
+    # ------------------------------------------------------------------ YOLO, VOC, SVHN sources
+    Case("convert: a YOLO box with a negative centre", lambda t: _yolo(t, "0 -0.2 0.5 0.1 0.2\n"),
+         ("line 1 '0 -0.2 0.5 0.1 0.2': box values outside [0, 1]", "Fix: normalise")),
+    Case("convert: a YOLO label of 4 columns", lambda t: _yolo(t, "0 0.5 0.5 0.1\n"),
+         ("line 1 '0 0.5 0.5 0.1': 4 columns; expected 5 columns (class cx cy w h)",
+          "Fix: re-export")),
+    Case("convert: a YOLO class of -1", lambda t: _yolo(t, "-1 0.5 0.5 0.1 0.2\n"),
+         ("class -1 is not a class index (0..1)", "Fix:")),
+    Case("convert: a YOLO label with commas", lambda t: _yolo(t, "0,0.5,0.5,0.1,0.2\n"),
+         ("line 1 '0,0.5,0.5,0.1,0.2': not all numbers",)),
+    Case("convert: a YOLO label file that is binary", _binary_label,
+         ("a.txt: not a UTF-8 text file", "Fix:")),
+    Case("convert: a YOLO box of size 0", lambda t: _yolo(t, "0 0.5 0.5 0 0\n"),
+         ("1 boxes dropped: under 1 px after clipping",), "warning"),
+    Case("convert: a data.yaml whose nc differs from its names", lambda t: _yolo(
+        t, "0 0.5 0.5 0.1 0.2\n", data_yaml="names: ['a', 'b']\nnc: 3\n"),
+         ("data.yaml: nc is 3 but names lists 2 classes", "Fix: make nc equal")),
+    Case("convert: a data.yaml that is a list", lambda t: _yolo(
+        t, "0 0.5 0.5 0.1 0.2\n", data_yaml="- a\n- b\n"), ("data.yaml: not a YAML mapping",)),
+    Case("convert: a YOLO split that is not there", lambda t: [
+        *_yolo(t, "0 0.5 0.5 0.1 0.2\n"), "--split", "test"],
+         ("no split folder 'test'", "Fix:")),
+    Case("convert: a YOLO source that does not exist", lambda t: [
+        "data", "convert", str(t / "nowhere"), "--out", str(t / "o.json")],
+         ("nowhere: no images/ folder with images", "Fix: point at a YOLO dataset folder")),
+    Case("convert: a VOC box with xmin above xmax", lambda t: _voc(t, _voc_box(x1=40, x2=10)),
+         ("a.xml: object 1 (0): xmax < xmin or ymax < ymin", "Fix: swap")),
+    Case("convert: a VOC size that is not numbers", lambda t: _voc(t, _voc_box(
+        size="<size><width>wide</width><height>40</height></size>")),
+         ("a.xml: <size> width/height are not numbers", "Fix:")),
+    Case("convert: a VOC xml without <size> reads the image", lambda t: _voc(t, _voc_box(size="")),
+         outcome="handled", check=lambda t: _converted(t)["images"][0]["width"] == 60),
+    Case("convert: a VOC box past the image", lambda t: _voc(t, _voc_box(x2=500)),
+         ("1 boxes clipped to their image",), "warning"),
+    Case("convert: a VOC xml without <filename>", lambda t: _voc(
+        t, _voc_box().replace("<filename>a.png</filename>", "")),
+         ("a.xml: no <filename>", "Fix:")),
+    Case("convert: an HTML file as VOC xml", lambda t: _voc(t, "<html><body/></html>"),
+         ("a.xml: root element is <html>, not <annotation>", "Fix:")),
+    Case("convert: an empty VOC xml", lambda t: _voc(t, ""),
+         ("a.xml: malformed XML (no element found", "Fix:")),
+    Case("convert: a VOC folder that does not exist", lambda t: [
+        "data", "convert", str(t / "nowhere"), "--from", "voc", "--out", str(t / "o.json")],
+         ("nowhere: no .xml files", "Fix: point at VOC's Annotations/ folder")),
+    Case("convert: an SVHN .mat that does not exist", lambda t: [
+        "data", "convert", str(t / "no.mat"), "--from", "svhn", "--out", str(t / "o.json")],
+         ("no.mat: file not found", "Fix: give SVHN's format-1 digitStruct.mat")),
+    # ------------------------------------------------------------------ runs and checkpoints
+    Case("report: a folder that is no run", lambda t: ["report", str(t), "--device", "cpu"],
+         ("no checkpoints/best.pt or last.pt", "Fix: train the run first")),
+    Case("report: a run folder that does not exist", lambda t: [
+        "report", str(t / "nope"), "--device", "cpu"],
+         ("nope: not a run folder", "Fix: give the folder rcnnlab train wrote")),
+    Case("export: a folder that is no run", lambda t: ["export", str(t)],
+         ("no checkpoints/best.pt or last.pt", "Fix:")),
+    Case("diagnose: a folder that is no run", lambda t: ["diagnose", str(t), "--device", "cpu"],
+         ("no checkpoints/best.pt or last.pt", "Fix:")),
+    Case("compare: one run only", lambda t: ["compare", str(t)],
+         ("compare needs at least 2 run folders, got 1", "Fix: give two or more")),
+    Case("compare: folders that are no runs", lambda t: ["compare", str(t / "a"), str(t / "b")],
+         ("a: not a run folder (no config.yaml or metrics.csv)", "Fix:")),
+    Case("evaluate: an empty best.pt", lambda t: [
+        "evaluate", str(_fake_run(t)), "--device", "cpu"],
+         ("best.pt: is empty (0 bytes), not a checkpoint", "Fix:")),
+    Case("predict: a last.pt that is text", lambda t: [
+        "predict", str(_fake_run(t, "last.pt", b"hello")), str(_photo(t)), "--out",
+        str(t / "o"), "--device", "cpu"],
+         ("last.pt: not a readable rcnnlab checkpoint", "Fix:")),
+    Case("evaluate: a run without best.pt scores last.pt", lambda t: [
+        "evaluate", str(_without_best(_trained(t))), "--split", "valid", "--device", "cpu"],
+         outcome="handled",
+         check=lambda t: (t / "runs" / "done" / "eval_valid.json").is_file()),
+    Case("evaluate: an eval override with a value not offered", lambda t: [
+        "evaluate", str(_trained(t)), "--split", "valid", "--device", "cpu", "eval.nms=soft"],
+         ("eval.nms: Input should be 'nms', 'linear' or 'gaussian' (given: 'soft')",)),
+    Case("predict: a model override on a trained run", lambda t: _run_predict(
+        t, _photo(t), "model.min_size=100"),
+         ("override 'model.min_size=100': only eval.* options apply to a trained run",)),
+    Case("predict: a folder of text files", lambda t: _run_predict(t, _texts(t)),
+         ("texts: no image files (.bmp", ".png")),
+    Case("predict: --out that is a file", lambda t: [
+        *_run_predict(t, _photo(t))[:3], "--out", str(_text_file(t)), "--device", "cpu"],
+         ("notes.txt/predictions.jsonl: Not a directory", "Fix:")),
+    Case("predict: a video that is not one", lambda t: _run_predict(t, _video(t)),
+         ("clip.mp4: not a video FFmpeg can read", "Fix: give a video file")),
+    # ------------------------------------------------------------------ other
+    Case("train: no data at all", lambda t: ["train", f"out_dir={t / 'runs'}", *TINY],
+         ("nothing to plan for", "Fix: name it, e.g. data.yolo=")),
+    Case("train: data.yolo that names no file", lambda t: [
+        "train", f"data.yolo={t / 'data.yaml'}", f"out_dir={t / 'runs'}", *TINY],
+         ("data.yaml: data.yolo names no file", "Fix:")),
+    Case("train: out_dir is a file", lambda t: _train(t, f"out_dir={_text_file(t)}"),
+         ("notes.txt/run: Not a directory", "Fix: a part of the path is a file")),
+    Case("plan: a data.yaml split that is not there", lambda t: [
+        "plan", _yolo(t, "0 0.5 0.5 0.1 0.2\n")[2] + "/data.yaml:bogus", "--device", "cpu"],
+         ("data.yaml: no bogus: entry", "Fix: add `bogus: <images folder>`")),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_bad_input(case, tmp_path):
     result = CliRunner().invoke(app, case.args(tmp_path))

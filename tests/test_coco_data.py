@@ -83,6 +83,38 @@ def test_file_name_escaping_the_root(tmp_path, name):
         load_coco(path)
 
 
+def test_a_symbolic_link_inside_the_root_is_followed(tmp_path):
+    elsewhere = tmp_path / "shared_images"
+    write_coco(elsewhere, images=[{"id": 1, "file_name": "a.png", "width": 60, "height": 40}],
+               annotations=[])
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    images = [{"id": 1, "file_name": "linked/a.png", "width": 60, "height": 40}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 0, "bbox": [5, 5, 10, 20]}]
+    data = load_coco(write_coco(root, images=images, annotations=anns, make_files=False))
+    assert data.num_boxes == 1
+    assert CocoDetection(data).load_image(0).shape[-2:] == (40, 60)
+
+
+def test_xyxy_that_still_fits_as_xywh_warns(tmp_path, caplog):
+    images = [{"id": i, "file_name": f"{i}.png", "width": 200, "height": 100}
+              for i in range(1, 21)]
+    # Boxes x 20..40, y 10..40 written as [x1, y1, x2, y2]: as xywh they fit, twice too big.
+    anns = [{"id": i, "image_id": i, "category_id": 0, "bbox": [20 + i, 10, 40 + i, 40]}
+            for i in range(1, 21)]
+    data = load_coco(write_coco(tmp_path, images=images, annotations=anns))
+    assert data.num_boxes == 20  # kept: a warning, since real boxes can look like this
+    assert "all 20 boxes are wider than their x" in caplog.text
+    assert "[x1, y1, x2 - x1, y2 - y1]" in caplog.text
+
+
+def test_real_xywh_datasets_do_not_look_like_xyxy(caplog):
+    load_coco(shared_path("orand-car-a", "instances_train.json"))
+    load_coco(shared_path("building-characters-yolo", "data.yaml"), split="train")
+    assert "wider than their x" not in caplog.text
+
+
 def test_xyxy_written_as_xywh(tmp_path):
     images = [{"id": i, "file_name": f"{i}.png", "width": 100, "height": 50} for i in range(1, 6)]
     # Real boxes around x 40..60, y 10..40, written as [x1, y1, x2, y2].

@@ -155,6 +155,18 @@ def test_yolo_bad_line_names_file_and_line(tmp_path, line, message):
         yolo_to_coco(tmp_path, "valid")
 
 
+def test_yolo_byte_order_marks_are_read_past(tmp_path):
+    # Some Windows editors start UTF-8 files with a byte-order mark.
+    (tmp_path / "data.yaml").write_bytes(b"\xef\xbb\xbfnames: ['0', '1']\nnc: 2\n")
+    _yolo_split(tmp_path / "valid", {"img": None})
+    (tmp_path / "valid" / "labels" / "img.txt").write_bytes(b"\xef\xbb\xbf1 0.5 0.5 0.2 0.2\n")
+    coco, _ = yolo_to_coco(tmp_path, "valid")
+    assert [a["category_id"] for a in coco["annotations"]] == [1]
+    (tmp_path / "valid" / "labels" / "img.txt").write_bytes(b"\xff\xfe1\x000\x00")
+    with pytest.raises(DatasetError, match=r"img\.txt: not a UTF-8 text file"):
+        yolo_to_coco(tmp_path, "valid")
+
+
 def test_yolo_pose_keypoints_are_not_a_polygon(tmp_path):
     # 11 columns would read as a 5-point polygon; kpt_shape says box + 2 keypoints (x, y, v).
     (tmp_path / "data.yaml").write_text("names: [person]\nkpt_shape: [2, 3]\n")

@@ -26,6 +26,7 @@ from PIL import Image
 from torchvision.models.detection import _utils as det_utils
 
 from rcnnlab import api
+from rcnnlab.cli import _without_nproc
 from rcnnlab.config import Config
 from rcnnlab.data.samplers import RepeatFactorSampler, ShardedSampler
 from rcnnlab.data.splits import load_splits
@@ -35,6 +36,7 @@ from rcnnlab.evaluation.pipeline import validate
 from rcnnlab.models.build import build_model
 from rcnnlab.runs.checkpoint import load_checkpoint, load_detector
 from rcnnlab.runs.distributed import barrier, close_distributed, init_distributed
+from rcnnlab.runs.launch import peer_died
 from tests.conftest import write_coco
 from tests.tiny import TINY, tiny_config
 
@@ -324,3 +326,69 @@ def test_two_nodes_over_a_rendezvous_endpoint(synth_dir, tmp_path):
     assert not any(other.iterdir())
     assert load_checkpoint(written[0] / "runs" / "mn" / "checkpoints" / "last.pt")[
         "images_seen"] == 4
+
+
+# Imported by every Python process started with this folder on PYTHONPATH: rank 1 kills itself
+# (SIGKILL, which nothing can catch) at training iteration KILL_AT.
+KILL_RANK_1 = """
+import os, signal
+if os.environ.get("RANK") == "1" and os.environ.get("KILL_AT"):
+    from rcnnlab.engine.loop import TrainLoop
+    run_step, at = TrainLoop.run_step, int(os.environ["KILL_AT"])
+    def killing_step(self, *args):
+        if self.iteration == at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return run_step(self, *args)
+    TrainLoop.run_step = killing_step
+"""
+
+
+def test_a_killed_process_is_one_line_and_the_run_resumes_exactly(synth_dir, tmp_path):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(KILL_RANK_1)
+    overrides = [f"data.{s}_json={synth_dir / s / 'annotations.json'}"
+                 for s in ("train", "valid", "test")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+
+    def train(name: str, *extra: str, kill_at: str = "") -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "rcnnlab", "train", "--nproc-per-node", "2", *TINY,
+               *overrides, f"out_dir={tmp_path}", f"name={name}", "train.epochs=2",
+               "train.iters_per_epoch=2", "train.threads=1", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                              env={**env, "KILL_AT": kill_at})
+
+    whole = train("whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    broken = train("broken", kill_at="3")  # rank 1 dies in epoch 2
+    output = broken.stdout + broken.stderr
+    assert broken.returncode == 1, output[-3000:]
+    assert "Traceback" not in output and "ChildFailedError" not in output, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, output[-3000:]
+    assert "process 1 of 2 was killed (SIGKILL)" in errors[0]
+    assert "holds epoch 1" in errors[0] and "--nproc-per-node 2" in errors[0]
+    assert errors[0].rstrip().endswith("--resume")
+    resumed = train("broken", "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "broken")
+    for key, tensor in a.items():
+        assert torch.equal(tensor, b[key]), key
+
+
+def test_what_counts_as_a_dead_peer(monkeypatch):
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:561] Connection closed by peer "
+                        "[127.0.0.1]:2773. This is typically caused by a remote worker crashing.")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert not peer_died(gone)  # one process has no peers: whatever this is, it is a bug
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert peer_died(gone)
+    assert not peer_died(RuntimeError("shape mismatch"))
+    assert not peer_died(ValueError("Connection closed by peer"))
+
+
+def test_each_process_gets_the_command_without_the_process_count():
+    argv = ["train", "--nproc-per-node", "2", "train.epochs=3", "--nproc-per-node=4", "--resume"]
+    assert _without_nproc(argv) == ["train", "train.epochs=3", "--resume"]
+

@@ -24,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rcnnlab.errors import ConfigError, UserError
+from rcnnlab.files import write_atomic
 
 app = typer.Typer(
     help="Train, tune, evaluate and predict with Faster R-CNN detectors on COCO-format data.\n\n"
@@ -73,6 +74,10 @@ ConfigOpt = Annotated[str | None, typer.Option(
     "`rcnnlab configs`); overrides apply on top. Without it, the plan for the data "
     "(rcnnlab plan).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+NprocOpt = Annotated[int, typer.Option(
+    "--nproc-per-node", min=1, max=1024,
+    help="Run as N processes on this machine (one per GPU, or CPU processes over gloo), as "
+    "torchrun --standalone --nproc_per_node N does.")]
 EvalOverridesArg = Annotated[list[str] | None, typer.Argument(
     help="Inference options of this call as eval.key=value, e.g. eval.nms=gaussian "
     "'eval.tta_scales=[1,1.5]' eval.tta_merge=wbf (only eval.* keys)", show_default=False)]
@@ -102,6 +107,8 @@ _PATH_FIXES = {
     errno.ENOTDIR: "a part of the path is a file, not a folder: give a folder path",
     errno.EISDIR: "the path is a folder: give a file path",
     errno.EEXIST: "the path exists and is not a folder: give another one",
+    errno.EIO: "the disk reported an error while writing: check the disk and its free space, "
+               "then run the command again",
 }
 
 
@@ -110,6 +117,41 @@ def _one_line(message: str) -> None:
     markup: "[x, y, w, h]" must print as written."""
     err_console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}",
                       highlight=False, soft_wrap=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _in_processes(nproc: int) -> bool:
+    """With `--nproc-per-node N` > 1: run this very command in N processes and wait for them
+    (True); the caller then has nothing left to do."""
+    from rcnnlab.errors import ConfigError
+    from rcnnlab.runs.distributed import launched_by_torchrun
+    from rcnnlab.runs.launch import launch_local
+
+    if nproc == 1:
+        return False
+    if launched_by_torchrun():
+        raise ConfigError("--nproc-per-node under torchrun: torchrun already started the "
+                          "processes. Fix: give either torchrun --nproc_per_node or "
+                          "--nproc-per-node, not both")
+    launch_local(nproc, _without_nproc(sys.argv[1:]))
+    return True
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    """The command line less its --nproc-per-node option (each process is one of N)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            kept.append(arg)
+    return kept
 
 
 def _user_errors(func):
@@ -126,6 +168,16 @@ def _user_errors(func):
         except UserError as exc:  # anything else is a bug: its traceback is shown
             _one_line(str(exc))
             raise typer.Exit(2) from None
+        except RuntimeError as exc:  # another process of a distributed run died
+            from rcnnlab.runs.launch import launched_here, peer_died
+
+            if not peer_died(exc):
+                raise
+            if not launched_here():  # else the launcher reports, once for all processes
+                _one_line(f"another process of this run died ({_first_line(exc)}). Fix: "
+                          "find why in its output, then run the same command again (with "
+                          "--resume for train and predict --out)")
+            raise typer.Exit(1) from None
         except OSError as exc:  # the file system said no to a path: the user's to fix
             if exc.errno not in _PATH_FIXES or exc.filename is None:
                 raise
@@ -206,7 +258,7 @@ def data_split(
         doc = {k: v for k, v in tree.items() if k not in ("images", "annotations")}
         doc["images"] = [img for img in tree["images"] if img["id"] in ids]
         doc["annotations"] = [a for a in tree["annotations"] if a["image_id"] in ids]
-        (out / f"{name}.json").write_text(json.dumps(doc))
+        write_atomic(out / f"{name}.json", json.dumps(doc))
         console.print(f"{name}: {len(doc['images'])} images, {len(doc['annotations'])} boxes "
                       f"-> {out / f'{name}.json'}")
     root = data.image_root.resolve()
@@ -326,9 +378,8 @@ def plan(
     console.print(chosen.record().table(config_of(chosen.tree(), given)), highlight=False,
                   soft_wrap=True)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
         # the data and the overrides go in too: -c PLAN.yaml needs nothing else
-        out.write_text(chosen.to_yaml(apply_overrides({}, given)))
+        write_atomic(out, chosen.to_yaml(apply_overrides({}, given)))
         console.print(f"plan written to {out}: rcnnlab train -c {out}", soft_wrap=True)
     else:
         budget_key = [f"train.time_budget={budget:g}"] if budget else []
@@ -347,22 +398,38 @@ def train(
     exist_ok: Annotated[bool, typer.Option(
         help="Start over in a run folder that holds a run (its outputs are deleted first).")]
     = False,
+    nproc_per_node: NprocOpt = 1,
 ):
     """Train a detector; writes runs/<name>/ (config, metrics.csv, TensorBoard, checkpoints).
 
     Without -c it trains the plan for the data (rcnnlab plan DATA shows it): name the data
-    with data.yolo=data.yaml or data.train_json=ann.json. On several GPUs or machines:
-    torchrun --nproc_per_node N -m rcnnlab train ..."""
+    with data.yolo=data.yaml or data.train_json=ann.json. On several GPUs of one machine:
+    --nproc-per-node N; on several machines: torchrun --nnodes M --nproc_per_node N -m rcnnlab
+    train ..."""
     from rcnnlab import api
     from rcnnlab.runs.distributed import env_rank
+    from rcnnlab.runs.launch import ProcessDied, launched_here, peer_died
 
     cfg = api.configure(config, overrides or [], resume=resume)
     try:
+        if _in_processes(nproc_per_node):
+            return
         result = api.train(cfg, resume=resume, exist_ok=exist_ok)
     except KeyboardInterrupt:
         if env_rank() == 0:
-            _where_the_run_stands(cfg.run_dir)
+            err_console.print(f"interrupted: {_where_the_run_stands(cfg.run_dir)}",
+                              highlight=False, soft_wrap=True)
         raise typer.Exit(130) from None
+    except ProcessDied as exc:
+        _one_line(f"{exc}: {_where_the_run_stands(cfg.run_dir)}")
+        raise typer.Exit(1) from None
+    except RuntimeError as exc:
+        if not peer_died(exc) or launched_here():
+            raise  # a bug keeps its traceback; under our launcher, the launcher speaks
+        if env_rank() == 0:
+            _one_line(f"another process of this run died ({_first_line(exc)}): "
+                      f"{_where_the_run_stands(cfg.run_dir)}")
+        raise typer.Exit(1) from None
     if env_rank() != 0:  # under torchrun rank 0 reports for all
         return
     console.print(f"[bold]done[/]: {result.epochs} epochs, {result.iterations} iterations, "
@@ -396,8 +463,9 @@ def tune(
     console.print(f"best threshold {result.best:.2f} stored in {run}")
 
 
-def _where_the_run_stands(run_dir: Path) -> None:
-    """After Ctrl-C: the last epoch saved and the command that continues the run."""
+def _where_the_run_stands(run_dir: Path) -> str:
+    """After Ctrl-C or a dead process: the last epoch saved and the command that continues
+    the run."""
     from rcnnlab.errors import UserError
     from rcnnlab.runs.checkpoint import load_checkpoint
     from rcnnlab.runs.rundir import RunDir
@@ -411,12 +479,10 @@ def _where_the_run_stands(run_dir: Path) -> None:
     except UserError:
         epoch = None
     if epoch is None:
-        err_console.print(f"interrupted: {run.root} holds no saved epoch yet, so the run starts "
-                          "over when run again (with --exist-ok)", highlight=False,
-                          soft_wrap=True)
-    else:
-        err_console.print(f"interrupted: {run.last_pt} holds epoch {epoch}; the epoch under way "
-                          f"is lost. Continue with: {command}", highlight=False, soft_wrap=True)
+        return (f"{run.root} holds no saved epoch yet, so the run starts over when run again "
+                "(with --exist-ok)")
+    return f"{run.last_pt} holds epoch {epoch}; the epoch under way is lost. Continue with: " \
+           f"{command}"
 
 
 @app.command()
@@ -429,14 +495,18 @@ def evaluate(
     threshold: Annotated[float | None, typer.Option(
         help="Sequence threshold (default: the tuned one).")] = None,
     device: DeviceOpt = "auto",
+    nproc_per_node: NprocOpt = 1,
     overrides: EvalOverridesArg = None,
 ):
     """The 12 COCO stats, per-class AP and sequence accuracy on an annotated split.
 
-    Under `torchrun --nproc_per_node N -m rcnnlab evaluate ...` the processes share the
-    detection; rank 0 scores, writes and reports."""
+    With --nproc-per-node N (or under torchrun) the processes share the detection; the first
+    scores, writes and reports."""
     from rcnnlab import api
     from rcnnlab.runs.distributed import env_rank
+
+    if _in_processes(nproc_per_node):
+        return
 
     result = api.evaluate(run, split=split, json_path=data and str(data),
                           images=images and str(images), threshold=threshold, device=device,
@@ -472,14 +542,18 @@ def predict(
     backend: Annotated[str, typer.Option(
         help="For an exported RUN: onnxruntime (auto) or openvino for .onnx; openvino for "
         ".xml; torchscript for .torchscript.")] = "auto",
+    nproc_per_node: NprocOpt = 1,
     overrides: EvalOverridesArg = None,
 ):
     """Write pred.json (COCO results) and pred.csv (image_id,pred_label) for new images.
 
     Each image is logged to OUT/predictions.jsonl as it finishes: a stopped job continues with
-    --resume. Under `torchrun --nproc_per_node N -m rcnnlab predict ...` the processes share the
-    images and rank 0 writes; the files are those of one process."""
+    --resume. With --nproc-per-node N (or under torchrun) the processes share the images and
+    the first writes; the files are those of one process."""
     from rcnnlab import api
+
+    if _in_processes(nproc_per_node):
+        return
 
     with _progress("predicting") as (advance, set_total):
         paths = api.predict(run, source, out, images=images and str(images),

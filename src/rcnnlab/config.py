@@ -142,8 +142,8 @@ class ModelConfig(_Section):
     # each level's stride (resnet*_fpn archs)
     fpn_strides: list[Literal[4, 8, 16, 32, 64]] | None = None
     # the FPN's channels, so also the RPN head's and RoIAlign's (resnet*_fpn archs; 128 trains 1.9x
-    # faster than 256 on a CPU)
-    fpn_channels: PositiveInt = 256
+    # faster than 256 on a CPU; null = the arch's own, 256)
+    fpn_channels: PositiveInt | None = 256
     # RoIAlign's output grid (n x n) per RoI (5 makes RoIAlign and the box head's first layer ~2x
     # cheaper than 7)
     roi_output_size: PositiveInt = 7

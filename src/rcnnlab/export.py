@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,6 +40,7 @@ from torchvision.ops import box_iou, clip_boxes_to_image
 from rcnnlab.config import Config, config_from_dict
 from rcnnlab.data.transforms import rescale, resize_scale
 from rcnnlab.errors import ConfigError, MissingFileError, UserError
+from rcnnlab.files import replacing, write_atomic
 from rcnnlab.inference.predictor import with_proposals
 from rcnnlab.models.transform import native_scale
 from rcnnlab.runs.checkpoint import load_detector
@@ -124,12 +126,11 @@ def export_model(run: str | Path, out: str | Path | None = None, *, format: str 
                           "unresized; export needs one. Fix: export a run with max_size >= "
                           "min_size")
     graph = _OneImage(model.eval())
-    if format == "torchscript":
-        _trace_torchscript(graph, example, path)
-    elif format == "onnx":
-        _trace_onnx(graph, example, path)
-    else:
+    if format == "openvino":
         _convert_openvino(graph, example, path)
+    else:
+        with replacing(path) as tmp:  # a failed or killed export leaves no half a model
+            (_trace_torchscript if format == "torchscript" else _trace_onnx)(graph, example, tmp)
     sidecar = {
         "format": format, "rcnnlab_version": __version__, "torch_version": torch.__version__,
         "source": str(ckpt.path), "categories": ckpt.categories, "threshold": ckpt.threshold,
@@ -142,7 +143,7 @@ def export_model(run: str | Path, out: str | Path | None = None, *, format: str 
     }
     if format != "torchscript":
         sidecar["opset"] = OPSET
-    sidecar_path(path).write_text(json.dumps(sidecar, indent=1))
+    write_atomic(sidecar_path(path), json.dumps(sidecar, indent=1))
     size = sum(f.stat().st_size for f in (path, path.with_suffix(".bin")) if f.is_file())
     log.info("exported %s -> %s (%.1f MB)", ckpt.path, path, size / 2**20)
     return path
@@ -171,11 +172,16 @@ def _convert_openvino(graph: torch.nn.Module, example: Tensor, path: Path) -> No
 
     import openvino as ov
 
-    with tempfile.TemporaryDirectory() as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         _trace_onnx(graph, example, onnx_path)
         # float32 weights: fp16 compression (OpenVINO's default) moves scores by > 1e-3
-        ov.save_model(ov.convert_model(str(onnx_path)), str(path), compress_to_fp16=False)
+        ov.save_model(ov.convert_model(str(onnx_path)), str(Path(tmp) / "model.xml"),
+                      compress_to_fp16=False)
+        for suffix in (".bin", ".xml"):  # the weights first: an .xml never lacks its .bin
+            with replacing(path.with_suffix(suffix)) as target:
+                os.replace(Path(tmp) / f"model{suffix}", target)
 
 
 class ExportedDetector:

@@ -35,6 +35,7 @@ import yaml
 
 from rcnnlab.data.images import image_size
 from rcnnlab.errors import ConfigError, DatasetError
+from rcnnlab.files import write_atomic
 from rcnnlab.progress import tracked
 
 log = logging.getLogger(__name__)
@@ -112,12 +113,7 @@ def write_coco(coco: dict, out_json: Path) -> Path:
     File names in the json stay relative to the converter's image root (also recorded in
     ``info["image_root"]``): pass that root to ``load_coco`` when the json lives elsewhere.
     """
-    out_json = Path(out_json)
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_json.with_name(out_json.name + ".tmp")
-    tmp.write_text(json.dumps(coco))
-    tmp.replace(out_json)
-    return out_json
+    return write_atomic(out_json, json.dumps(coco))
 
 
 # --------------------------------------------------------------------------------------- YOLO
@@ -147,7 +143,9 @@ def _yolo_dirs(root: Path, split: str | None) -> tuple[Path, Path]:
 
 def _yolo_yaml(yaml_path: Path) -> dict:
     try:
-        spec = yaml.safe_load(yaml_path.read_text())
+        spec = yaml.safe_load(yaml_path.read_text(encoding="utf-8-sig"))
+    except UnicodeDecodeError:
+        raise _error(yaml_path, "not a UTF-8 text file", "give the dataset's data.yaml") from None
     except yaml.YAMLError as exc:
         raise _error(yaml_path, f"malformed YAML ({' '.join(str(exc).split())})",
                      "repair the file (a YAML mapping with names: and the split folders)") from None
@@ -216,11 +214,21 @@ def _merged_boxes(columns: list[str], classes: dict[int, str]) -> int:
     return 0
 
 
+def _label_lines(label_path: Path) -> list[str]:
+    """A label file's lines; a UTF-8 byte-order mark (written by some Windows editors) is
+    dropped rather than read as part of the first class index."""
+    try:
+        return label_path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise _error(label_path, "not a UTF-8 text file",
+                     "write one 'class cx cy w h' line per box, as plain text") from None
+
+
 def _yolo_labels(label_path: Path, classes: dict[int, str], kpt_values: int,
                  counts: Counter) -> list[tuple[int, tuple[float, ...]]]:
     """(class, normalised cx cy w h) of every line of a label file; errors name the line."""
     boxes, kinds = [], {}  # kinds: first line number of each line kind (box / polygon)
-    for number, line in enumerate(label_path.read_text().splitlines(), 1):
+    for number, line in enumerate(_label_lines(label_path), 1):
         columns = line.split()
         if not columns:
             continue

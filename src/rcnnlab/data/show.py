@@ -19,6 +19,7 @@ from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as F
 
 from rcnnlab.errors import DatasetError
+from rcnnlab.files import replacing
 
 from .coco import CocoData, CocoDetection
 from .transforms import CountDropped, rescale, resize_scale
@@ -176,6 +177,6 @@ def render_augmented_grid(data: CocoData, transforms, out_png: Path, *, n: int =
                  f"augmentation: {describe_transforms(transforms)}"
                  + (f", short side from {list(short_sides)}" if short_sides else ""))
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=DPI)
+    with replacing(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
     return out_png

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rcnnlab.files import replacing
+
 from .coco import CocoData
 
 SMALL_AREA = 32**2  # COCO: small objects have area < 32²
@@ -352,5 +354,6 @@ def plot_stats(stats: DatasetStats, out_png: Path) -> Path:
                   xlabel="h / w (log scale)", ylabel="boxes")
 
     fig.suptitle(f"{stats.source}: {stats.num_images} images, {stats.num_boxes} boxes")
-    fig.savefig(out_png, dpi=100)
+    with replacing(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
     return out_png

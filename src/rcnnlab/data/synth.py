@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from rcnnlab.errors import ConfigError, MissingFileError
+from rcnnlab.files import replacing, write_atomic
 
 GENERATOR_VERSION = "1.0"
 SPLITS = ("train", "valid", "test")  # the index of a split seeds its images' generators
@@ -863,10 +864,9 @@ def generate_split(
     jobs = [_Job(folder, split, seed, i) for i in range(n_images)]
     records = _records(jobs, workers, progress)
     json_path = folder / "annotations.json"
-    tmp = json_path.with_suffix(".json.tmp")  # atomic: a reader never sees half a file
-    tmp.write_text(json.dumps(_coco(records, split, seed)))
-    tmp.replace(json_path)
-    return json_path
+    # Written last and atomically: a split folder with its json is complete (a kill before
+    # leaves no json, and the split is generated again), so the images need no safe write.
+    return write_atomic(json_path, json.dumps(_coco(records, split, seed)))
 
 
 def generate_dataset(
@@ -919,6 +919,6 @@ def sample_grid(out_png: Path, n: int = 32, seed: int = 0) -> Path:
         label = "".join(map(str, sample.digits))
         draw.text((ox, oy + image.height + 1), f"{label}  {sample.image.size}", fill=(255,) * 3)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out_png)
+    with replacing(out_png) as tmp:
+        grid.save(tmp, format="PNG")
     return out_png

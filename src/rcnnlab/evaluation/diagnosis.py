@@ -61,7 +61,7 @@ from rcnnlab.evaluation.errors import (
     box_iou,
     xyxy,
 )
-from rcnnlab.runs.rundir import write_atomic
+from rcnnlab.files import write_atomic
 
 # ----------------------------------------------------------------------------- rule constants
 MIN_LOSS = 0.01

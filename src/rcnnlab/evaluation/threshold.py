@@ -29,7 +29,7 @@ from rcnnlab.evaluation.sequence import (
     numbers_from_detections,
     sequence_accuracy,
 )
-from rcnnlab.runs.rundir import write_atomic
+from rcnnlab.files import write_atomic
 
 
 def default_thresholds() -> list[float]:

@@ -25,7 +25,6 @@ import datetime
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,13 +33,13 @@ from pathlib import Path
 from rcnnlab.detector import Detector
 from rcnnlab.errors import ConfigError, RunError, UserError
 from rcnnlab.evaluation.sequence import numbers_from_detections
+from rcnnlab.files import replacing, write_atomic
 from rcnnlab.inference.sources import SourceImage
 from rcnnlab.jobs.images import JobImages
 from rcnnlab.jobs.log import LOG_NAME, ResultsLog
 from rcnnlab.reporting.predictions import stream_predictions, write_id_map, write_unreadable
 from rcnnlab.runs.distributed import gather_objects, gather_to_main, on_main
 from rcnnlab.runs.distributed import world as current_world
-from rcnnlab.runs.rundir import write_atomic
 from rcnnlab.version import __version__
 
 log = logging.getLogger(__name__)
@@ -249,10 +248,8 @@ def _records(det: Detector, batch: Batch, done: set[int], threshold: float,
             folder = out_dir / "images"
             folder.mkdir(parents=True, exist_ok=True)
             # through a temporary file: a kill never leaves half a PNG
-            path = folder / name_of(image.image_id, image.name)
-            tmp = path.with_name(f".{path.name}.tmp")
-            result.plot().save(tmp, format="PNG")
-            os.replace(tmp, path)
+            with replacing(folder / name_of(image.image_id, image.name)) as tmp:
+                result.plot().save(tmp, format="PNG")
     records += [{"index": index, "image_id": image_id, "file": name, "error": error}
                 for index, image_id, name, error in failed if index not in done]
     return sorted(records, key=lambda r: r["index"])

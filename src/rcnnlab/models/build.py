@@ -497,12 +497,18 @@ def describe_model(model: FasterRCNN) -> dict[str, Any]:
 def _build_backbone(arch: str, norm_layer: type[nn.Module], trainable: int,
                     cfg: ModelConfig) -> nn.Module:
     """Trunk + FPN for ``arch``, mirroring the torchvision constructors without weights."""
-    custom = cfg.fpn_strides is not None or cfg.fpn_channels != 256
+    channels = cfg.fpn_channels or 256
+    custom = cfg.fpn_strides is not None or channels != 256
     if custom and not arch.startswith("resnet"):
-        raise ConfigError(f"model.fpn_strides and model.fpn_channels apply to the resnet*_fpn "
-                          f"archs; {arch}'s FPN is the one its COCO weights were trained with. "
-                          "Fix: leave them unset, or use arch resnet18_fpn / resnet34_fpn / "
-                          "resnet50_fpn")
+        given = {key: value for key, value in (("fpn_strides", cfg.fpn_strides),
+                                                ("fpn_channels", cfg.fpn_channels))
+                 if value is not None and value != 256}
+        raise ConfigError(
+            "model.fpn_strides and model.fpn_channels apply to the resnet*_fpn archs; "
+            f"{arch}'s FPN is the one its COCO weights were trained with (given: "
+            + ", ".join(f"model.{key}={value}" for key, value in given.items())
+            + "). Fix: add " + " ".join(f"model.{key}=null" for key in given)
+            + " (the arch's own FPN), or use arch resnet18_fpn / resnet34_fpn / resnet50_fpn")
     if arch == "fasterrcnn_resnet50_fpn_v2":
         # v2 keeps regular BatchNorm in the trunk and adds BN to the FPN, pretrained or not.
         return _resnet_fpn_extractor(resnet50(), trainable, norm_layer=nn.BatchNorm2d)
@@ -514,7 +520,7 @@ def _build_backbone(arch: str, norm_layer: type[nn.Module], trainable: int,
             backbone_name=trunk, weights=None, norm_layer=norm_layer, trainable_layers=trainable
         )
     return _resnet_fpn(trunk, norm_layer, trainable, cfg.fpn_strides or RESNET_FPN_STRIDES,
-                       cfg.fpn_channels)
+                       channels)
 
 
 def _resnet_fpn(trunk: str, norm_layer: type[nn.Module], trainable: int,

@@ -44,6 +44,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rcnnlab.errors import ConfigError, RunError
+from rcnnlab.files import write_atomic
 from rcnnlab.runs.checkpoint import Checkpoint
 from rcnnlab.runs.rundir import RunDir
 
@@ -238,10 +239,7 @@ class Comparison:
 
     def write(self, path: str | Path) -> Path:
         """Write the Markdown to `path` (folders created); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_markdown())
-        return path
+        return write_atomic(path, self.to_markdown())
 
 
 # ------------------------------------------------------------------------------ loading

@@ -18,6 +18,10 @@ import io
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
+from types import UnionType
+from typing import Annotated, Literal, Union, get_args, get_origin
+
+from pydantic.fields import FieldInfo
 
 from rcnnlab import config as config_module
 from rcnnlab.config import Config, config_keys, load_config, value_text
@@ -39,6 +43,7 @@ class Entry:
 
     key: str
     default: str  # `Config()`'s value, as written on the command line
+    valid: str  # its range or choices (`valid_values`), "" where any value of its type goes
     planned: bool  # `rcnnlab train` without -c sets it from the plan
     recipes: dict[str, str]  # recipe -> its value where it differs from the default, else ""
     meaning: str
@@ -72,6 +77,56 @@ def field_comments() -> dict[str, str]:
     return out
 
 
+def _bounds(metadata) -> str:
+    """"> 0", "0-1", ">= 32", "0 to < 1" from annotated-types constraints."""
+    low = high = ""
+    for item in metadata:
+        for attr, side, sign in (("gt", "low", ">"), ("ge", "low", ">="), ("lt", "high", "<"),
+                                 ("le", "high", "<=")):
+            bound = getattr(item, attr, None)
+            if bound is not None:
+                text = f"{sign} {bound:g}"
+                low, high = (text, high) if side == "low" else (low, text)
+    if low and high:
+        closed = low.startswith(">=") and high.startswith("<=")
+        lo, hi = low.split()[1], high.split()[1]
+        return f"{lo}-{hi}" if closed else f"{low}, {high}"
+    return low or high
+
+
+def valid_values(field) -> str:
+    """A field's valid values as the reference prints them: its range ("> 0", "0-1"), its
+    choices ("adamw / sgd"), "each > 0" for a list, "or null" where null is allowed."""
+    parts, nullable = [], False
+
+    def walk(annotation, metadata=()) -> None:
+        nonlocal nullable
+        origin, args = get_origin(annotation), get_args(annotation)
+        if annotation is type(None):
+            nullable = True
+        elif origin is Annotated:
+            walk(args[0], [*metadata, *args[1:]])
+        elif origin in (Union, UnionType):
+            for arg in args:
+                walk(arg, metadata)
+        elif origin is Literal:
+            parts.append(" / ".join(str(a) for a in args))
+        elif origin is list and args:
+            inner = valid_values(FieldInfo.from_annotation(args[0]))
+            parts.append(f"list, each {inner}" if inner else "list")
+        else:
+            metadata = [*metadata, *getattr(annotation, "metadata", ())]
+            if isinstance(annotation, FieldInfo):
+                metadata = [*metadata, *annotation.metadata]
+            bounds = _bounds(metadata)
+            if bounds:
+                parts.append(bounds)
+
+    walk(field.annotation, field.metadata)
+    text = "; ".join(dict.fromkeys(parts))
+    return f"{text}, or null" if nullable and text else text
+
+
 def _cell(value) -> str:
     text = value_text(value).strip("'")  # off, not 'off': the command line takes it bare
     return text if len(text) <= 40 else text[:37] + "..."
@@ -82,6 +137,8 @@ def entries() -> list[Entry]:
     defaults = Config()
     recipes = {name: load_config(name) for name in RECIPES}
     meanings = field_comments()
+    fields = {prefix + name: field for cls, prefix in _config_classes()
+              for name, field in cls.model_fields.items()}
     keys = [k for k in config_keys() if not k.startswith("plan.")]
     sections = {k.rstrip(".") for k in SECTIONS.values() if k} - {"plan"}
     out = []
@@ -89,7 +146,7 @@ def entries() -> list[Entry]:
         if key in sections:
             continue
         if key == "plan":
-            out.append(Entry(key, "null", False, dict.fromkeys(RECIPES, ""), meanings[key]))
+            out.append(Entry(key, "null", "", False, dict.fromkeys(RECIPES, ""), meanings[key]))
             continue
         default = defaults.value(key) if not key.startswith("data.synth.") else None
         if key.startswith("data.synth."):  # a section that is null without a recipe
@@ -100,7 +157,23 @@ def entries() -> list[Entry]:
             default_text = _cell(default)
             values = {n: (_cell(r.value(key)) if r.value(key) != default else "")
                       for n, r in recipes.items()}
-        out.append(Entry(key, default_text, key in PLANNED_KEYS, values, meanings.get(key, "")))
+        out.append(Entry(key, default_text, valid_values(fields[key]), key in PLANNED_KEYS,
+                         values, meanings.get(key, "")))
+    return out
+
+
+def _config_classes():
+    """Each config class with its dotted prefix ("train."), found from `Config`'s fields."""
+    classes = {cls.__name__: cls for cls in (Config, *_nested(Config))}
+    return [(classes[name], prefix) for name, prefix in SECTIONS.items() if name in classes]
+
+
+def _nested(cls) -> list:
+    out = []
+    for field in cls.model_fields.values():
+        for arg in (field.annotation, *get_args(field.annotation)):
+            if isinstance(arg, type) and hasattr(arg, "model_fields") and arg not in out:
+                out += [arg, *_nested(arg)]
     return out
 
 
@@ -109,15 +182,18 @@ def markdown() -> str:
     parts = ["Values are written as on the command line. **plan**: without `-c`, `rcnnlab "
              "train` sets the key from the plan for the data (`rcnnlab plan DATA` shows the "
              "value and why); `Config()` and recipes that do not start from the plan keep the "
-             "value of the first column. A recipe's column is empty where it keeps that value."]
+             "value of the first column. A recipe's column is empty where it keeps that value. "
+             "**valid**: the range or the choices; any other value is refused with one line "
+             "naming the key, the range and the value given."]
     rows = entries()
     for prefix, title in TITLES.items():
         mine = [e for e in rows if (e.key.startswith(prefix) if prefix else "." not in e.key)]
         parts += ["", f"**{title}**", "",
-                  "| key | without a recipe | plan | `-c base` | `-c orand` | meaning |",
-                  "|---|---|:---:|---|---|---|"]
+                  "| key | without a recipe | valid | plan | `-c base` | `-c orand` | meaning |",
+                  "|---|---|---|:---:|---|---|---|"]
         for e in mine:
-            parts.append(f"| `{e.key}` | `{e.default}` | {'plan' if e.planned else ''} | "
+            parts.append(f"| `{e.key}` | `{e.default}` | {e.valid} | "
+                         f"{'plan' if e.planned else ''} | "
                          + " | ".join(f"`{v}`" if v else "" for v in e.recipes.values())
                          + f" | {e.meaning.replace('|', '/')} |")
     return "\n".join(parts) + "\n"

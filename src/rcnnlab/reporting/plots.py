@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rcnnlab.data.images import read_image
+from rcnnlab.files import replacing
 from rcnnlab.methods.scale_weighting import ACTION_NAMES, IntervalRecord
 
 
@@ -55,8 +56,8 @@ def plot_scale_weights(history: Sequence[IntervalRecord], out_png: Path,
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    with replacing(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     return out_png
 
 
@@ -91,8 +92,8 @@ def _figure(width: float, height: float):
 
 def _save(fig, out_png: Path, dpi: int = 110) -> Path:
     out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=dpi)
+    with replacing(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi)
     return out_png
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rcnnlab.evaluation.sequence import numbers_from_detections
-from rcnnlab.runs.rundir import atomic_writer, write_atomic
+from rcnnlab.files import atomic_writer, write_atomic
 
 
 def write_predictions(

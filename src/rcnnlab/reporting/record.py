@@ -38,6 +38,7 @@ from rcnnlab.evaluation.sequence import (
     numbers_from_coco,
     numbers_from_detections,
 )
+from rcnnlab.files import write_atomic
 from rcnnlab.models.build import BACKBONE_NAMES
 from rcnnlab.reporting.plots import (
     GridPanel,
@@ -52,7 +53,7 @@ from rcnnlab.reporting.plots import (
 )
 from rcnnlab.runs.checkpoint import Checkpoint
 from rcnnlab.runs.environment import environment_rows
-from rcnnlab.runs.rundir import RunDir, read_csv_rows, write_atomic
+from rcnnlab.runs.rundir import RunDir, read_csv_rows
 from rcnnlab.version import __version__
 
 FIGURES_DIR = "figures"

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from rcnnlab.data.images import read_image  # noqa: E402
-from rcnnlab.runs.rundir import write_atomic  # noqa: E402
+from rcnnlab.files import replacing, write_atomic  # noqa: E402
 
 
 def plot_curves(rows: list[dict], out_png: Path) -> Path:
@@ -38,8 +38,8 @@ def plot_curves(rows: list[dict], out_png: Path) -> Path:
     for ax in (ax_loss, ax_map):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    with replacing(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return out_png
 
@@ -77,8 +77,8 @@ def plot_detections(
                 title += f" / true {truth.get(image_id)}" + (" ✓" if ok else " ✗")
             ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=110)
+    with replacing(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return out_png
 

@@ -9,7 +9,6 @@ it a third of the size with AdamW (two moments per weight).
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from rcnnlab.config import Config, config_from_dict
 from rcnnlab.errors import MissingFileError, RunError
+from rcnnlab.files import atomic_writer
 from rcnnlab.models.build import build_model
 
 # Entries of checkpoints written before the resume state had its own entry.
@@ -94,23 +94,15 @@ class Checkpoint:
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write `state` to `path` via a temporary file, fsync and an atomic rename.
+    """Write `state` to `path` via a temporary file, fsync and an atomic rename
+    (`rcnnlab.files.atomic_writer`).
 
-    A run killed while saving leaves the previous checkpoint intact, never a truncated one.
+    A run killed while saving leaves the previous checkpoint intact, never a truncated one; a
+    full disk leaves no temporary file and is an OSError naming `path`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:  # a full disk, say: no half-written file stays behind
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-    return path
+    with atomic_writer(path, "wb") as fh:
+        torch.save(state, fh)
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict:

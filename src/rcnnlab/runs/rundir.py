@@ -19,52 +19,21 @@ rule: an empty cell or "nan" is None (undefined).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
-import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 import yaml
 
 from rcnnlab.config import Config, config_from_dict
 from rcnnlab.errors import RunError
+from rcnnlab.files import write_atomic
 
 Row = dict[str, float | None]
-
-
-def write_atomic(path: str | Path, text: str, *, errors: str = "strict") -> Path:
-    """Write `text` (UTF-8) to `path` through a temporary file, fsync and an atomic rename.
-
-    `errors="surrogateescape"` writes file names the file system gave as undecodable bytes
-    back as those bytes, instead of failing.
-    """
-    with atomic_writer(path, errors=errors) as fh:
-        fh.write(text)
-    return Path(path)
-
-
-@contextlib.contextmanager
-def atomic_writer(path: str | Path, *, errors: str = "strict") -> Iterator[TextIO]:
-    """A text file (UTF-8, newlines as written) that replaces `path` when the block ends
-    without an error, as `write_atomic` does: for files written piece by piece."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with tmp.open("w", newline="", encoding="utf-8", errors=errors) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
 
 
 def _cell(value: Any) -> str:
