@@ -18,6 +18,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from rcnnlab.cli import app
+from rcnnlab.data.coco import load_coco
 
 from .conftest import write_coco
 
@@ -603,7 +604,7 @@ CASES += [
     Case("train: a time budget past a year", lambda t: _train(t, "train.time_budget=1e12"),
          ("train.time_budget: Input should be less than or equal to 525600", "(given: '1e12')")),
     Case("train: an infinite time budget", lambda t: _train(t, "train.time_budget=.inf"),
-         ("train.time_budget: Input should be less than or equal to 525600 (given: inf)",)),
+         ("train.time_budget: Input should be a finite number (given: inf)",)),
     Case("train: true as the learning rate", lambda t: _train(t, "train.lr=true"),
          ("train.lr: true / false where a value of another type is expected (given: True)",)),
     Case("train: text as the batch size", lambda t: _train(t, "train.batch_size=abc"),
@@ -611,7 +612,7 @@ CASES += [
     Case("train: a fractional batch size", lambda t: _train(t, "train.batch_size=1.5"),
          ("train.batch_size:", "a fractional part (given: 1.5)")),
     Case("train: a NaN learning rate", lambda t: _train(t, "train.lr=nan"),
-         ("train.lr: Input should be greater than 0 (given: 'nan')",)),
+         ("train.lr: Input should be a finite number (given: 'nan')",)),
     Case("train: an optimizer that is not offered", lambda t: _train(t, "train.optimizer=adam"),
          ("train.optimizer: Input should be 'adamw' or 'sgd' (given: 'adam')",)),
     Case("train: an arch that is not offered", lambda t: _train(t, "model.arch=resnet101_fpn"),
@@ -859,6 +860,109 @@ CASES += [
     Case("plan: a data.yaml split that is not there", lambda t: [
         "plan", _yolo(t, "0 0.5 0.5 0.1 0.2\n")[2] + "/data.yaml:bogus", "--device", "cpu"],
          ("data.yaml: no bogus: entry", "Fix: add `bogus: <images folder>`")),
+]
+
+
+def _linked_images(tmp: Path) -> list[str]:
+    """A COCO json whose image sits in a folder linked into the image root."""
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (60, 40)).save(elsewhere / "a.png")
+    root = tmp / "root"
+    root.mkdir()
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    ann = write_coco(root, images=[{"id": 1, "file_name": "linked/a.png", "width": 60,
+                                    "height": 40}], annotations=_ann([5, 5, 10, 20]),
+                     make_files=False)
+    return ["data", "stats", str(ann)]
+
+
+def _xyxy_that_fits(tmp: Path) -> list[str]:
+    images = [{"id": i, "file_name": f"{i}.png", "width": 200, "height": 100}
+              for i in range(1, 21)]
+    anns = [{"id": i, "image_id": i, "category_id": 0, "bbox": [20 + i, 10, 40 + i, 40]}
+            for i in range(1, 21)]
+    return ["data", "stats", str(write_coco(tmp / "d", images=images, annotations=anns))]
+
+
+def _shared(tmp: Path) -> list[str]:
+    """Two image records of one file, two categories of one name."""
+    images = [{"id": i, "file_name": "a.png", "width": 60, "height": 40} for i in (1, 2)]
+    ann = write_coco(tmp / "d", images=images, annotations=_ann([5, 5, 10, 20]),
+                     categories=[{"id": 0, "name": "a"}, {"id": 1, "name": "a"}])
+    return ["data", "stats", str(ann)]
+
+
+def _bom_label(tmp: Path) -> list[str]:
+    args = _yolo(tmp, "")
+    (tmp / "yolo" / "labels" / "a.txt").write_bytes(b"\xef\xbb\xbf1 0.5 0.5 0.2 0.2\n")
+    return args
+
+
+def _a_folder(tmp: Path) -> Path:
+    (tmp / "figs").mkdir()
+    return tmp / "figs"
+
+
+CASES += [
+    Case("config: base: that is a number", lambda t: _config(t, "base: 3\n"),
+         ("c.yaml: base: 3 is not a file name", "Fix: base: other.yaml")),
+    Case("config: a UTF-16 file", lambda t: _config(t, "train:\n  lr: 0.1\n".encode("utf-16")),
+         ("c.yaml: not a UTF-8 text file", "Fix: save the config as UTF-8")),
+    Case("config: a key given twice", lambda t: _config(t, "train:\n  lr: 0.1\n  lr: 0.2\n"),
+         ("c.yaml", "the key 'lr' is given twice")),
+    Case("train: train.lr=inf", lambda t: _train(t, "train.lr=inf"),
+         ("train.lr: Input should be a finite number", "(given: 'inf')")),
+    Case("train: train.weight_decay=.inf (YAML's infinity)",
+         lambda t: _train(t, "train.weight_decay=.inf"),
+         ("train.weight_decay: Input should be a finite number",)),
+    Case("train: a run name that leaves out_dir", lambda t: _train(t, "name=../../escape"),
+         ("name: give a plain folder name", "(given: '../../escape')")),
+    Case("train: an override without a key", lambda t: _train(t, "=3"),
+         ("override '=3': no key before '='", "Fix: write key.path=value")),
+    Case("train: model.fpn_strides=[]", lambda t: _train(t, "model.fpn_strides=[]"),
+         ("model.fpn_strides", "at least 1 item")),
+    Case("train: an aspect ratio of 0", lambda t: _train(t, "model.aspect_ratios=[0,1]"),
+         ("model.aspect_ratios.0: Input should be greater than 0 (given: 0)",)),
+    Case("train: a negative class weight",
+         lambda t: _train(t, "train.roi_loss=weighted_ce", "train.class_weights=[1,-1]"),
+         ("train.class_weights.1: Input should be greater than or equal to 0 (given: -1)",)),
+    Case("train: mobilenet with base's FPN channels",
+         lambda t: _train(t, "-c", "base", "model.arch=fasterrcnn_mobilenet_v3_large_fpn"),
+         ("(given: model.fpn_channels=128)", "Fix: add model.fpn_channels=null")),
+    Case("train: --nproc-per-node 0", lambda t: [*_train(t), "--nproc-per-node", "0"],
+         ("--nproc-per-node 0: give 1 or more",)),
+    Case("predict: --batch-size 0", lambda t: ["predict", str(t), str(t), "--batch-size", "0"],
+         ("--batch-size 0: give 1 or more",)),
+    Case("predict: --batch-size -2", lambda t: ["predict", str(t), str(t), "--batch-size", "-2"],
+         ("--batch-size -2: give 1 or more",)),
+    Case("data show: --n 0", lambda t: ["data", "show", str(_coco(t)), "--n", "0"],
+         ("--n 0: give 1 or more",)),
+    Case("data synth: --train -1", lambda t: ["data", "synth", "--out", str(t), "--train", "-1"],
+         ("--train -1: give 0 or more",)),
+    Case("data synth: --workers 0", lambda t: ["data", "synth", "--out", str(t), "--workers",
+                                               "0"],
+         ("--workers 0: give 1 or more",)),
+    Case("data split: --seed -1", lambda t: ["data", "split", str(_coco(t)), "--out",
+                                             str(t / "s"), "--seed", "-1"],
+         ("--seed -1: give 0 or more",)),
+    Case("serve: --port 0", lambda t: ["serve", str(t), "--port", "0"],
+         ("--port 0: give 1 to 65535",)),
+    Case("data stats: --png that is a folder",
+         lambda t: ["data", "stats", str(_coco(t)), "--png", str(_a_folder(t))],
+         ("figs: Is a directory", "Fix: the path is a folder: give a file path")),
+    Case("data stats: image records sharing a file, categories sharing a name", _shared,
+         ("2 image records share their file_name ('a.png': ids 1, 2)",
+          "2 categories share their name ('a': ids 0, 1)"), outcome="warning"),
+    Case("data stats: xyxy boxes that still fit as xywh", _xyxy_that_fits,
+         ("all 20 boxes are wider than their x", "[x1, y1, x2 - x1, y2 - y1]"),
+         outcome="warning"),
+    Case("data stats: an image folder linked into the image root", _linked_images,
+         ("images 1, of which negatives (no box) 0",), outcome="handled",
+         check=lambda t: load_coco(t / "root" / "ann.json").num_boxes == 1),
+    Case("data convert: a YOLO label file with a byte-order mark", _bom_label,
+         outcome="handled",
+         check=lambda t: [a["category_id"] for a in _converted(t)["annotations"]] == [1]),
 ]
 
 

@@ -389,13 +389,17 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
     paths, the other ranks an empty dict.
     """
     check_threshold(threshold)
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size {batch_size}: give 1 or more (or None for "
+                          "eval.batch_size)")
     with process_group(resolve_device(device), "prediction") as (_, dev):
         det = Detector.load(run, device=str(dev), overrides=overrides or (), backend=backend)
         todo = job_images(source, images=images, max_pixels=det.cfg.data.max_image_pixels,
                           skip_missing_images=det.cfg.data.skip_missing_images)
         return run_predict_job(det, todo, out_dir,
                                threshold=det.threshold if threshold is None else threshold,
-                               batch_size=batch_size or det.cfg.eval.batch_size,
+                               batch_size=(det.cfg.eval.batch_size if batch_size is None
+                                           else batch_size),
                                resume=resume, save_images=save_images, progress=progress,
                                on_total=on_total)
 

@@ -75,7 +75,7 @@ ConfigOpt = Annotated[str | None, typer.Option(
     "(rcnnlab plan).")]
 DeviceOpt = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 NprocOpt = Annotated[int, typer.Option(
-    "--nproc-per-node", min=1, max=1024,
+    "--nproc-per-node",
     help="Run as N processes on this machine (one per GPU, or CPU processes over gloo), as "
     "torchrun --standalone --nproc_per_node N does.")]
 EvalOverridesArg = Annotated[list[str] | None, typer.Argument(
@@ -119,6 +119,14 @@ def _one_line(message: str) -> None:
                       highlight=False, soft_wrap=True)
 
 
+def _in_range(option: str, value: float | None, low: float, high: float | None = None) -> None:
+    """Refuse an option value outside low..high as one line naming the option (click's own
+    range check would print its usage box)."""
+    if value is not None and not (low <= value and (high is None or value <= high)):
+        allowed = f"{low:g} or more" if high is None else f"{low:g} to {high:g}"
+        raise ConfigError(f"{option} {value:g}: give {allowed}")
+
+
 def _first_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return lines[0] if lines else type(exc).__name__
@@ -131,6 +139,7 @@ def _in_processes(nproc: int) -> bool:
     from rcnnlab.runs.distributed import launched_by_torchrun
     from rcnnlab.runs.launch import launch_local
 
+    _in_range("--nproc-per-node", nproc, 1)
     if nproc == 1:
         return False
     if launched_by_torchrun():
@@ -223,6 +232,9 @@ def data_synth(
 
     from rcnnlab.data.synth import generate_dataset, sample_grid
 
+    for option, value, low in (("--train", train, 0), ("--valid", valid, 0), ("--test", test, 0),
+                               ("--seed", seed, 0), ("--workers", workers, 1)):
+        _in_range(option, value, low)
     with Progress(console=err_console, disable=not err_console.is_terminal) as bar:
         task = bar.add_task("generating", total=train + valid + test)
         paths = generate_dataset(out, n_train=train, n_valid=valid, n_test=test, seed=seed,
@@ -246,6 +258,7 @@ def data_split(
     """Deterministic train/valid split of a COCO json, every class in valid where possible."""
     from rcnnlab.data.coco import holdout_split, load_coco, read_json
 
+    _in_range("--seed", seed, 0)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: a file, not a folder. Fix: give the folder that "
                           "train.json and valid.json go into")
@@ -325,6 +338,8 @@ def data_show(
     seed: Annotated[int, typer.Option(help="Which images and which augmentations.")] = 0,
 ):
     """Draw N augmented training samples (config's augment section) with their boxes."""
+    _in_range("--n", n, 1)
+    _in_range("--seed", seed, 0)
     from rcnnlab import api
     from rcnnlab.data.categories import digit_names
     from rcnnlab.data.coco import load_coco
@@ -552,9 +567,9 @@ def predict(
     the first writes; the files are those of one process."""
     from rcnnlab import api
 
+    _in_range("--batch-size", batch_size, 1)
     if _in_processes(nproc_per_node):
         return
-
     with _progress("predicting") as (advance, set_total):
         paths = api.predict(run, source, out, images=images and str(images),
                             threshold=threshold, batch_size=batch_size, device=device,
@@ -622,7 +637,7 @@ def serve(
         help="Run folder, checkpoint, or exported model (.onnx, .xml, .torchscript).")],
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every "
                                       "interface).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     max_batch: Annotated[int, typer.Option(help="Images run as one batch at most.")] = 8,
     max_wait_ms: Annotated[float, typer.Option(
         help="How long a batch's first image waits for others to join it.")] = 10.0,
@@ -649,6 +664,7 @@ def serve(
 
     from rcnnlab.serve.options import ServeOptions
 
+    _in_range("--port", port, 1, 65535)
     try:
         options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms,
                                max_upload_mb=max_upload_mb, max_pixels=max_pixels,

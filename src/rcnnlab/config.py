@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PositiveFloat,
     PositiveInt,
     ValidationError,
     ValidationInfo,
@@ -39,7 +40,8 @@ def _takes_bool(annotation: Any) -> bool:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf passes every lower bound (train.lr=inf would train), so no number may be infinite
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     @field_validator("*", mode="before")
     @classmethod
@@ -140,7 +142,7 @@ class ModelConfig(_Section):
     # the FPN levels kept, by stride (4 = P2 ... 32 = P5, 64 = the max-pool level, which needs 32;
     # null = all five); a trunk stage past the last level is not computed; default anchors are 4x
     # each level's stride (resnet*_fpn archs)
-    fpn_strides: list[Literal[4, 8, 16, 32, 64]] | None = None
+    fpn_strides: list[Literal[4, 8, 16, 32, 64]] | None = Field(None, min_length=1)
     # the FPN's channels, so also the RPN head's and RoIAlign's (resnet*_fpn archs; 128 trains 1.9x
     # faster than 256 on a CPU; null = the arch's own, 256)
     fpn_channels: PositiveInt | None = 256
@@ -158,9 +160,9 @@ class ModelConfig(_Section):
     anchors: Literal["given", "auto"] = "given"
     # anchor sizes (sqrt of area, px of the network input), one list per FPN level; null = the
     # arch's default
-    anchor_sizes: list[list[int]] | None = None
+    anchor_sizes: list[list[PositiveInt]] | None = None
     # anchor h/w ratios: one list per level, or one list for every level; null = the arch's default
-    aspect_ratios: list[list[float]] | list[float] | None = None
+    aspect_ratios: list[list[PositiveFloat]] | list[PositiveFloat] | None = None
     # short side after resize; with native_size the cap on it (larger images shrink, smaller ones
     # are not enlarged)
     min_size: int = Field(800, ge=32)
@@ -533,6 +535,14 @@ class Config(_Section):
     # planner, read by nothing in training
     plan: PlanRecord | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _a_folder_name(cls, name: str) -> str:
+        if not name or name in (".", "..") or "/" in name or "\\" in name:
+            raise ValueError("give a plain folder name (no '/', not '..'): the run folder is "
+                             "out_dir/name")
+        return name
+
     @model_validator(mode="after")
     def _check(self) -> Config:
         t = self.train
@@ -579,7 +589,7 @@ def problems(exc: ValidationError, section: str = "") -> str:
     """A validation error in one line: "key.path: what is wrong; ..." (keys under `section`);
     an unknown key gets the closest known one as a "did you mean"."""
     parts = []
-    for err in exc.errors():
+    for err in _most_telling(exc.errors()):
         loc = ".".join([*([section] if section else []), *(str(p) for p in err["loc"])])
         message = err["msg"].removeprefix("Value error, ")
         # a check across sections (Config._check) has no key path: its message names the keys
@@ -595,6 +605,29 @@ def problems(exc: ValidationError, section: str = "") -> str:
             text += f" (did you mean {siblings[close[0]]}?)" if close else ""
         parts.append(text)
     return "; ".join(parts)
+
+
+def _most_telling(errors: list[dict]) -> list[dict]:
+    """Pydantic's errors without its union bookkeeping: the member types it tried leave the
+    key path ("list[constrained-float]"), and of a key's several errors the ones about a wrong
+    value are kept over "should be a valid list" from the members the value was not meant for."""
+    for err in errors:
+        err["loc"] = tuple(p for p in err["loc"] if not (isinstance(p, str) and (
+            "[" in p or p.startswith("constrained-") or p in ("int", "float", "str", "list",
+                                                              "bool", "none"))))
+    by_key: dict[tuple, list[dict]] = {}
+    for err in errors:
+        by_key.setdefault(err["loc"][:2], []).append(err)
+    kept = []
+    for group in by_key.values():
+        telling = [e for e in group if not e["type"].endswith("_type")] or group
+        # a list checked against a choice of words: the list member's own error says more
+        telling = [e for e in telling if not (e["type"] == "literal_error" and isinstance(
+            e.get("input"), list | dict))] or telling
+        for err in telling:
+            if not any(err["loc"] == k["loc"] and err["msg"] == k["msg"] for k in kept):
+                kept.append(err)
+    return kept
 
 
 def check_threshold(value: float | None, what: str = "threshold") -> float | None:
@@ -673,6 +706,22 @@ def read_recipe(path: str | Path | None) -> tuple[dict, bool]:
     return tree, bool(planned)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML keeps the last
+    silently, so one of the two settings would be lost without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "in a mapping", node.start_mark, f"the key {key!r} is given twice",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = (),
                    _planned: list[bool] | None = None) -> dict:
     """Read a YAML config, resolving its `base:` chain (paths relative to the file). A chain
@@ -685,7 +734,10 @@ def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = (),
         raise ConfigError(f"{path}: config file not found (a `base:` names a file relative to "
                           "the config that names it)")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.load(path.read_text(encoding="utf-8-sig"), Loader=_UniqueKeyLoader) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file. Fix: save the config as UTF-8 "
+                          "text") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(tree, dict):
@@ -701,6 +753,9 @@ def read_yaml_tree(path: str | Path, _seen: tuple[Path, ...] = (),
         return tree
     if base is None:
         return tree
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base: {value_text(base)} is not a file name. Fix: base: "
+                          "other.yaml (relative to this file), a recipe name, or plan")
     return deep_merge(read_yaml_tree(path.parent / base, _seen + (path,), _planned), tree)
 
 
@@ -726,6 +781,9 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.path=value, e.g. train.epochs=3")
         key, raw = item.split("=", 1)
+        if not all(part.strip() for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: no key before '=' (or an empty part in it). "
+                              "Fix: write key.path=value, e.g. train.epochs=3")
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:

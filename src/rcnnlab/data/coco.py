@@ -130,6 +130,21 @@ def _unique_ids(path: Path, records: list[dict], kind: str) -> None:
         seen.add(rid)
 
 
+def _warn_shared(path: Path, records: list[dict], field: str, kind: str, why: str) -> None:
+    """A counted warning naming the ids of records that share a value of `field`."""
+    by_value: dict = {}
+    for rec in records:
+        if isinstance(rec.get(field), str):
+            by_value.setdefault(rec[field], []).append(rec["id"])
+    shared = {value: ids for value, ids in by_value.items() if len(ids) > 1}
+    if shared:
+        shown = "; ".join(f"{value!r}: ids {', '.join(map(str, ids))}"
+                          for value, ids in list(shared.items())[:5])
+        more = f" and {len(shared) - 5} more" if len(shared) > 5 else ""
+        log.warning("%s: %d %s share their %s (%s%s): %s", path,
+                    sum(map(len, shared.values())), kind, field, shown, more, why)
+
+
 def _check_file_name(path: Path, root: Path, img: dict) -> Path:
     name = img.get("file_name")
     if not isinstance(name, str) or not name:
@@ -214,6 +229,10 @@ def load_coco(
     _unique_ids(json_path, images, "image")
     _unique_ids(json_path, categories, "category")
     _unique_ids(json_path, anns, "annotation")
+    _warn_shared(json_path, images, "file_name", "image records", "the same image is then "
+                 "trained (and may be split) twice; keep one record per file")
+    _warn_shared(json_path, categories, "name", "categories", "their detections cannot be told "
+                 "apart by name; merge them or rename one")
     root = Path(image_root) if image_root else default_image_root(json_path, images)
     repairs: Counter = Counter()
 
