@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from rcnnlab.data.synth import generate_dataset
 from rcnnlab.runs.checkpoint import Checkpoint, load_checkpoint
@@ -61,14 +62,14 @@ elif fault.startswith("save:"):  # die half-way through writing the named checkp
         return real_save(state, fh, *args, **kwargs)
     checkpoint.torch.save = half_save
 elif fault.startswith("replace:"):  # die after writing a file's temporary copy, before rename
-    from rcnnlab.runs import rundir
+    from rcnnlab import files
     name = fault.split(":")[1]
     real_replace = os.replace
     def killing_replace(src, dst):
         if str(dst).endswith(name):
             die()
         return real_replace(src, dst)
-    rundir.os.replace = killing_replace
+    files.os.replace = killing_replace
 from rcnnlab.cli import app
 sys.argv[0] = "rcnnlab"
 app()
@@ -157,3 +158,16 @@ def test_tune_and_predict_killed_while_writing_leave_no_half_output(synth, tmp_p
     assert all(set(p) == {"image_id", "category_id", "bbox", "score"} for p in predictions)
     lines = (out / "pred.csv").read_text().splitlines()
     assert lines[0] == "image_id,pred_label" and len(lines) == 5
+
+    # predict killed while writing its first drawing: no half PNG; --resume leaves none behind
+    drawn = tmp_path / "drawn"
+    assert killed(rcnnlab("predict", str(run), str(test_json), "--out", str(drawn),
+                          "--device", "cpu", "--save-images", fault="replace:.png"))
+    assert not list((drawn / "images").glob("*.png"))
+    assert rcnnlab("predict", str(run), str(test_json), "--out", str(drawn), "--device", "cpu",
+                   "--save-images", "--resume").returncode == 0
+    pngs = sorted((drawn / "images").iterdir())
+    assert len(pngs) == 4 and all(p.suffix == ".png" for p in pngs)
+    for png in pngs:
+        with Image.open(png) as image:
+            image.load()  # every drawing decodes whole

@@ -28,7 +28,7 @@ from rcnnlab.files import write_atomic
 
 app = typer.Typer(
     help="Train, tune, evaluate and predict with Faster R-CNN detectors on COCO-format data.\n\n"
-    "Start with `rcnnlab demo` (generated house numbers, ~12 minutes on a 2-core CPU).",
+    "Start with `rcnnlab demo` (generated house numbers, about 3 minutes on a 2-core CPU).",
     no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Make and prepare datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
@@ -387,6 +387,9 @@ def plan(
     from rcnnlab import api
     from rcnnlab.config import apply_overrides, config_of
 
+    if budget is not None and not budget > 0:
+        raise ConfigError(f"--budget {budget:g}: give minutes > 0 (or leave it out to plan "
+                          "a number of epochs)")
     chosen = api.plan(data, overrides or [], budget_minutes=budget, device=device)
     _print_fingerprint(chosen.fingerprint.source, chosen.fingerprint.rows())
     given = [*api.data_overrides(data), *(overrides or [])]

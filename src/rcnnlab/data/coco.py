@@ -67,6 +67,9 @@ def _fail(path: Path, what: str, fix: str) -> DatasetError:
 def read_json(path: str | Path) -> dict:
     """Read a COCO json file, with an error naming the line and column when it is malformed."""
     path = Path(path)
+    if path.is_dir():
+        raise _fail(path, "a folder, not a COCO json",
+                    "give the json file in it (or a YOLO dataset's data.yaml)")
     if not path.is_file():
         raise _fail(path, "file not found", "check the path (data.*_json in the config)")
     if path.suffix.lower() in (".yaml", ".yml"):

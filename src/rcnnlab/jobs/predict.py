@@ -118,6 +118,19 @@ def _identity(det: Detector, images: JobImages, threshold: float, batch_size: in
     return json.loads(json.dumps(identity))  # as read back from predict_job.json
 
 
+# The files a job writes through `rcnnlab.files`; a kill mid-write leaves NAME.tmp beside them.
+_OUTPUTS = ("pred.json", "pred.csv", "image_ids.csv", "unreadable.csv", JOB_NAME)
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Remove the temporary files of a write a kill interrupted: only the job's own names (the
+    folder may be the user's, --out . by default)."""
+    leftovers = [out_dir / f"{name}.tmp" for name in _OUTPUTS]
+    leftovers += list((out_dir / "images").glob("*.png.tmp"))
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+
+
 def _prepare(out_dir: Path, images: JobImages, identity: dict, *, resume: bool,
              processes: int) -> set[int]:
     """Rank 0: check the job folder, recover the log and write predict_job.json; the
@@ -146,6 +159,7 @@ def _prepare(out_dir: Path, images: JobImages, identity: dict, *, resume: bool,
             log.info("no job to resume in %s: starting one", out_dir)
         results.start_over()
     out_dir.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(out_dir)
     started = earlier.get("started_at") if earlier is not None and resume else None
     record = {**identity, "rcnnlab": __version__, "processes": processes,
               "started_at": started or _now(), "finished": False}
