@@ -69,6 +69,7 @@ class _Builder:
         self.annotations: list[dict] = []
         self.counts = Counter(dict.fromkeys(
             ("boxes_clipped", "boxes_dropped_degenerate", *counts), 0))
+        self.missing: list[str] = []  # image files the source names that are not there
 
     def add_image(self, image_id: int, file_name: str, width: int, height: int) -> dict:
         image = {"id": image_id, "file_name": file_name, "width": width, "height": height}
@@ -99,6 +100,9 @@ class _Builder:
         for key, what in _WARNINGS.items():
             if self.counts[key]:
                 log.warning("%s: %d %s", self.source, self.counts[key], what)
+        if self.missing:
+            log.warning("%s: the missing image files include %s", self.source,
+                        ", ".join(self.missing[:5]) + (" ..." if len(self.missing) > 5 else ""))
         log.info("%s: %d images (%d without boxes), %d boxes", self.source, len(self.images),
                  self.counts["negative_images"], len(self.annotations))
         self.info.update(info, images=len(self.images), annotations=len(self.annotations),
@@ -599,6 +603,7 @@ def voc_to_coco(annotations_dir: Path, image_dir: Path | None = None, *,
         image_path = image_dir / filename
         if not image_path.is_file():
             out.counts["skipped_missing_images"] += 1
+            out.missing.append(filename)
             continue
         if size is None:
             size = image_size(image_path)

@@ -690,6 +690,9 @@ def _resolve_weights(value: str | None, *, arch: str, param: str) -> WeightsEnum
 
 
 def _missing_file_message(path: Path, param: str) -> str:
+    if path.is_dir():
+        return (f"{param}={path} is a folder. Fix: give the .pt/.pth file in it (a run's "
+                "checkpoints/best.pt, say)")
     return (
         f"{param} file not found: {path}. Pass an existing .pt/.pth file (a state_dict or an "
         "rcnnlab checkpoint), a torchvision weights name such as "

@@ -9,6 +9,7 @@ it a third of the size with AdamW (two moments per weight).
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +22,8 @@ from rcnnlab.config import Config, config_from_dict
 from rcnnlab.errors import MissingFileError, RunError
 from rcnnlab.files import atomic_writer
 from rcnnlab.models.build import build_model
+
+log = logging.getLogger(__name__)
 
 # Entries of checkpoints written before the resume state had its own entry.
 _LEGACY_RESUME = ("optimizer", "scheduler", "rng", "pg_rng", "scale_weighting")
@@ -139,6 +142,9 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
         for name in (f"{which}.pt", "last.pt"):
             candidate = path / "checkpoints" / name
             if candidate.is_file():
+                if name != f"{which}.pt":  # a run stopped before its first validation
+                    log.warning("%s: no checkpoints/%s.pt, so its %s is used", path, which,
+                                name)
                 return candidate
         raise MissingFileError(f"{path}: no checkpoints/{which}.pt or last.pt. Fix: train the run "
                                 "first (rcnnlab train) or give a .pt file")
