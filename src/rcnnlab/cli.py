@@ -135,7 +135,6 @@ def _first_line(exc: BaseException) -> str:
 def _in_processes(nproc: int) -> bool:
     """With `--nproc-per-node N` > 1: run this very command in N processes and wait for them
     (True); the caller then has nothing left to do."""
-    from rcnnlab.errors import ConfigError
     from rcnnlab.runs.distributed import launched_by_torchrun
     from rcnnlab.runs.launch import launch_local
 
