@@ -37,7 +37,7 @@ from rcnnlab.engine.loop import HookBase, TrainLoop
 from rcnnlab.engine.optim import build_optimizer, build_scheduler
 from rcnnlab.engine.precision import MixedPrecision
 from rcnnlab.inference.predictor import Predictor
-from rcnnlab.models.build import build_model
+from rcnnlab.models.architecture import build_model
 from rcnnlab.runs.device import resolve_device
 from rcnnlab.runs.environment import machine_description
 from step_timer import StepTimer  # benchmarks/, beside this script

@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from rcnnlab.models.build import ARCHS, build_model, describe_model
+from rcnnlab.models.architecture import ARCHS, build_model
+from rcnnlab.models.description import describe_model
 
 DEFAULT_ARCHS = [
     "fasterrcnn_mobilenet_v3_large_fpn",

@@ -67,8 +67,6 @@ def main() -> None:
     backends = {"eager fp32": det,
                 "eager bf16": Detector.load(args.run, device="cpu",
                                             overrides=["eval.amp=bf16", *extra])}
-    from rcnnlab.export import export_model
-
     folder = Path(args.run) / "export"
     exports = {"onnxruntime": "onnx", "torchscript": "torchscript", "openvino": "openvino"}
     for name, fmt in exports.items():
@@ -78,8 +76,8 @@ def main() -> None:
             if name == "onnxruntime" and args.onnx:
                 path = Path(args.onnx)
             else:
-                path = export_model(args.run, folder / f"bench_{fmt}", format=fmt,
-                                    overrides=extra)
+                path = Detector.load(args.run, device="cpu", overrides=extra).export(
+                    fmt, folder / f"bench_{fmt}")
             backends[name] = Detector.load(path, backend=name)
         except Exception as exc:
             print(f"({name} skipped: {exc})")

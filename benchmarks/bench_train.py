@@ -2,7 +2,7 @@
 
 Prints one row per variant: train img/s (forward + backward + optimizer step, augmentation on,
 data loading included), inference img/s (batched, as `rcnnlab predict` runs it) and the peak
-memory of the process. Nothing is asserted; the figures go into the README.
+memory of the process. Nothing is asserted; the figures go into docs/benchmarks.md.
 
     python benchmarks/bench_train.py                       # -c base
     python benchmarks/bench_train.py --variant "800px=model.native_size=false model.min_size=800"

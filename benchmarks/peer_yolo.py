@@ -52,7 +52,7 @@ The protocol (both detectors see exactly the same images):
   over the training call's wall time, validation included; `predict img/s` the test images over
   one prediction pass of them from their files, batches of 8, after a warm-up batch.
 
-    python benchmarks/peer_yolo.py --datasets orand:0,1,2 building numbers synth  # the README's
+    python benchmarks/peer_yolo.py --datasets orand:0,1,2 building numbers synth  # the docs' table
     python benchmarks/peer_yolo.py --minutes 0.5 --datasets numbers --imgsz 320 --out /tmp/p
     python benchmarks/peer_yolo.py --datasets orand --config plan --config orand  # both rows
     python benchmarks/peer_yolo.py --only rcnnlab --datasets building train.batch_size=4

@@ -19,7 +19,7 @@ first images. Prints, per training step:
   `mkldnn_convolution` / `convolution_backward`.
 
 and the same module and operator tables for inference. Nothing is asserted; the figures go into
-the README's "where the time goes" table.
+the "where the time goes" table of docs/benchmarks.md.
 """
 
 from __future__ import annotations

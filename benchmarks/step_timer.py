@@ -12,7 +12,7 @@ from rcnnlab.data.coco import CocoData, CocoDetection, collate
 from rcnnlab.data.transforms import build_train_transforms
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.optim import build_optimizer
-from rcnnlab.models.build import build_model
+from rcnnlab.models.architecture import build_model
 
 
 def training_pieces(cfg, data: CocoData, device: torch.device):

@@ -1,4 +1,5 @@
-"""Tests for rcnnlab.models.anchors: anchor coverage measures and the auto-anchor fit."""
+"""Tests for rcnnlab.models.anchors and anchor_fit: anchor coverage measures and the auto-anchor
+fit."""
 
 from __future__ import annotations
 
@@ -13,19 +14,17 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
 from rcnnlab.data.coco import load_coco
+from rcnnlab.models.anchor_fit import AnchorFit, auto_anchors, fit_anchors
 from rcnnlab.models.anchors import (
     RESNET_FPN_STRIDES,
-    AnchorFit,
     anchor_shapes,
-    auto_anchors,
     best_anchor_iou,
     coverage,
-    fit_anchors,
     training_box_sizes,
 )
 from tests.conftest import shared_path, write_coco
 
-# resnet18_fpn's default anchors (rcnnlab.models.build).
+# resnet18_fpn's default anchors (rcnnlab.models.architecture).
 R18_SIZES = [[16], [32], [64], [128], [256]]
 R18_RATIOS = [0.5, 1.0, 2.0, 3.0]
 ROOT_800 = math.sqrt(800)  # the size of a 20x40 anchor at ratio 2

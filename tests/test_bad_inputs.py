@@ -315,7 +315,7 @@ CASES += [
     Case("evaluate: data with other categories", lambda t: [
         "evaluate", str(_trained(t)), "--device", "cpu", "--data", str(write_coco(
             t / "other", categories=[{"id": 0, "name": "cat"}, {"id": 1, "name": "dog"}]))],
-         ("categories", "differ from the checkpoint's", "Fix:")),
+         ("categories", "differ from the model's", "Fix:")),
     Case("tune: a sweep range upside down", lambda t: [
         "tune", str(_trained(t)), "--device", "cpu", "eval.sweep_min=0.8", "eval.sweep_max=0.2"],
          ("eval.sweep_min 0.8 is above eval.sweep_max 0.2",)),

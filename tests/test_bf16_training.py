@@ -16,7 +16,7 @@ import torch
 from rcnnlab.data.coco import CocoDetection, load_coco
 from rcnnlab.data.transforms import to_model_input
 from rcnnlab.engine.precision import MixedPrecision
-from rcnnlab.models.build import build_model
+from rcnnlab.models.architecture import build_model
 
 from .conftest import shared_path
 

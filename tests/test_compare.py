@@ -11,7 +11,7 @@ import pytest
 import yaml
 from rich.console import Console
 
-from rcnnlab.reporting.compare import ABSENT, compare_runs, load_run
+from rcnnlab.reporting.compare import ABSENT, RunSummary, compare_runs
 
 CONFIG_A = {
     "name": "a",
@@ -86,8 +86,8 @@ def two_runs(tmp_path):
     return a, b
 
 
-def test_load_run_reads_training_figures(two_runs):
-    run = load_run(two_runs[1])
+def test_run_summary_reads_training_figures(two_runs):
+    run = RunSummary.read(two_runs[1])
     assert run.name == "b"
     assert run.best_epoch == 1 and run.epochs == 2
     assert run.val_best["AP"] == pytest.approx(0.52)
@@ -289,6 +289,12 @@ def test_errors(tmp_path, two_runs):
         compare_runs([a, b])
     with pytest.raises(ValueError, match=r"missing: not a run folder"):
         compare_runs([a, tmp_path / "missing"])
+    (a / "config.yaml").write_text("train: [1\n")
+    with pytest.raises(ValueError, match=r"a/config\.yaml: not valid YAML"):
+        RunSummary.read(a)
+    (a / "config.yaml").write_text("- a list\n")
+    with pytest.raises(ValueError, match=r"a/config\.yaml: expected a mapping"):
+        RunSummary.read(a)
 
 
 def test_same_folder_names_use_paths(tmp_path):

@@ -1,4 +1,5 @@
-"""The README's configuration reference is generated from config.py and the recipes."""
+"""The configuration reference (docs/configuration.md, filled in at every build of the site by
+docs/hooks.py) is generated from the config's source and the recipes."""
 
 from __future__ import annotations
 
@@ -8,14 +9,7 @@ from rcnnlab.config import config_keys
 from rcnnlab.planning.rules import PLANNED_KEYS
 from rcnnlab.reporting import config_reference
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def test_the_readme_holds_the_generated_reference():
-    text = README.read_text()
-    assert config_reference.replace_in(text) == text, (
-        "README.md's configuration reference is out of date: python -m "
-        "rcnnlab.reporting.config_reference --write README.md")
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 
 def test_every_key_is_listed_once_with_a_meaning():
@@ -28,6 +22,13 @@ def test_every_key_is_listed_once_with_a_meaning():
     assert {e.key for e in entries if e.planned} == PLANNED_KEYS
 
 
+def test_the_tables_hold_a_row_for_every_key():
+    text = config_reference.markdown()
+    rows = [line.split(" | ")[0].removeprefix("| `").removesuffix("`")
+            for line in text.splitlines() if line.startswith("| `")]
+    assert sorted(rows) == sorted(e.key for e in config_reference.entries())  # each once
+
+
 def test_a_row_shows_the_default_the_plan_and_the_recipes():
     rows = {e.key: e for e in config_reference.entries()}
     fpn = rows["model.fpn_channels"]
@@ -37,3 +38,13 @@ def test_a_row_shows_the_default_the_plan_and_the_recipes():
     assert lr.recipes == {"base": "", "orand": "0.002"}  # base keeps the default 0.001
     assert rows["train.amp"].default == "off" and rows["data.synth.n_train"].default == "-"
     assert "never upscale" in rows["model.native_size"].meaning
+
+
+def test_the_docs_page_is_filled_at_build_time_not_by_hand():
+    """Between its markers the page holds a note, not tables: the build hook puts them there."""
+    text = PAGE.read_text()
+    between = text.partition(config_reference.START)[2].partition(config_reference.END)
+    assert between[1], "docs/configuration.md lost its config-reference markers"
+    assert "| `" not in between[0], "a hand-written copy of the tables would drift: remove it"
+    filled = config_reference.replace_in(text)
+    assert all(f"`{e.key}`" in filled for e in config_reference.entries())

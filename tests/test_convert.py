@@ -11,7 +11,10 @@ from PIL import Image
 
 from rcnnlab.data.categories import digit_names
 from rcnnlab.data.coco import DatasetError, load_coco
-from rcnnlab.data.convert import svhn_to_coco, voc_to_coco, write_coco, yolo_to_coco
+from rcnnlab.data.convert import write_coco
+from rcnnlab.data.svhn import svhn_to_coco
+from rcnnlab.data.voc import voc_to_coco
+from rcnnlab.data.yolo import yolo_to_coco
 from rcnnlab.evaluation.sequence import numbers_from_coco
 
 from .conftest import shared_path

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,9 @@ from rcnnlab.cli import app
 from rcnnlab.errors import ConfigError, MissingFileError
 from rcnnlab.evaluation.sequence import read_number
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+# the Detector examples of the front page and of the Python API page, run as written
+EXAMPLES = [ROOT / "README.md", ROOT / "docs" / "python-api.md"]
 
 
 @pytest.fixture(scope="module")
@@ -142,16 +145,17 @@ def test_cli_predict_an_image_a_glob_and_saves_drawings(run, synth_dir, tmp_path
     assert len((out / "pred.csv").read_text().splitlines()) == len(files) + 1
 
 
-def test_the_readme_python_example_runs_as_written(run, synth_dir, tmp_path, monkeypatch):
-    text = README.read_text()
+@pytest.mark.parametrize("page", EXAMPLES, ids=lambda p: p.name)
+def test_the_python_example_runs_as_written(page, run, synth_dir, tmp_path, monkeypatch):
+    text = page.read_text()
     block = re.search(r"```python\n(from rcnnlab import Detector\n.*?)```", text, re.S)
-    assert block, "the README's Detector example is missing"
+    assert block, f"the Detector example of {page.name} is missing"
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     (tmp_path / "runs" / "demo").symlink_to(run)
     image = sorted((synth_dir / "test").glob("*.jpg"))[0]
     Image.open(image).save(tmp_path / "house.png")
-    exec(compile(block.group(1), "README.md", "exec"), {})  # noqa: S102
+    exec(compile(block.group(1), str(page), "exec"), {})  # noqa: S102
     assert (tmp_path / "house_boxes.png").is_file()
 
 
@@ -189,3 +193,39 @@ def test_an_audio_only_file_is_no_video(det, tmp_path):
         container.mux(stream.encode())
     with pytest.raises(MissingFileError, match="voice.mp4: holds no video stream"):
         det.predict(sound)
+
+
+def test_the_detector_evaluates_tunes_and_exports_the_run(run, tmp_path):
+    from rcnnlab import api
+    from rcnnlab.runs.checkpoint import load_checkpoint
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    det = Detector.load(copy, device="cpu", overrides=["eval.sweep_min=0.3"])
+    scores = det.evaluate("test")
+    assert scores.as_dict() == api.evaluate(copy, device="cpu", save=False).as_dict()
+    assert scores.threshold == det.threshold and scores.n_images == 4
+    # another json with the same categories is scored under its own name
+    other = det.evaluate("mine", json_path=det.cfg.data.valid_json)
+    assert other.split == "mine" and other.n_images == 4
+    sweep, valid = det.tune()
+    assert sweep.rows[0].threshold == pytest.approx(0.3)  # the detector's own options
+    assert det.threshold == valid.threshold == sweep.best
+    assert valid.detections and valid.seq_acc == sweep.best_row.accuracy
+    for name in ("best.pt", "last.pt"):
+        assert load_checkpoint(copy / "checkpoints" / name)["threshold"] == sweep.best
+    assert (copy / "threshold_sweep.csv").is_file()
+    # one model in memory behind every set of options
+    soft = det.with_overrides(["eval.nms=gaussian"])
+    assert soft.model is det.model and soft.cfg.eval.nms == "gaussian"
+    assert soft.cfg.eval.sweep_min == 0.3 and det.cfg.eval.nms == "nms"
+    with pytest.raises(ConfigError, match="only eval.proposals is held"):
+        soft.export("onnx")
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    path = det.export("onnx")
+    assert path == copy / "export" / "model.onnx" and path.with_suffix(".json").is_file()
+    exported = Detector.load(path)
+    assert exported.threshold == sweep.best and exported.checkpoint is None
+    assert exported.evaluate("test").n_images == 4
+    with pytest.raises(ConfigError, match="tune the run folder"):
+        exported.tune()

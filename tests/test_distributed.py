@@ -26,15 +26,16 @@ from PIL import Image
 from torchvision.models.detection import _utils as det_utils
 
 from rcnnlab import api
-from rcnnlab.cli import _without_nproc
+from rcnnlab.cli.common import without_nproc
 from rcnnlab.config import Config
 from rcnnlab.data.samplers import RepeatFactorSampler, ShardedSampler
 from rcnnlab.data.splits import load_splits
+from rcnnlab.detector import Detector
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.evaluation.pipeline import validate
-from rcnnlab.models.build import build_model
-from rcnnlab.runs.checkpoint import load_checkpoint, load_detector
+from rcnnlab.models.architecture import build_model
+from rcnnlab.runs.checkpoint import load_checkpoint
 from rcnnlab.runs.distributed import barrier, close_distributed, init_distributed
 from rcnnlab.runs.launch import peer_died
 from tests.conftest import write_coco
@@ -247,9 +248,9 @@ def _validate_worker(rank: int, world_size: int, port: int, run: str, out: str) 
 
 def _validation(run: Path):
     """Training's validation of the run's best weights, one image per batch."""
-    model, ckpt = load_detector(run, device=torch.device("cpu"))
-    data = load_splits(ckpt.config.data, need=("valid",))["valid"]
-    return validate(model, data, ckpt.config.eval.model_copy(update={"batch_size": 1}),
+    det = Detector.load(run, device="cpu")
+    data = load_splits(det.cfg.data, need=("valid",))["valid"]
+    return validate(det.model, data, det.cfg.eval.model_copy(update={"batch_size": 1}),
                     device="cpu")
 
 
@@ -390,5 +391,5 @@ def test_what_counts_as_a_dead_peer(monkeypatch):
 
 def test_each_process_gets_the_command_without_the_process_count():
     argv = ["train", "--nproc-per-node", "2", "train.epochs=3", "--nproc-per-node=4", "--resume"]
-    assert _without_nproc(argv) == ["train", "train.epochs=3", "--resume"]
+    assert without_nproc(argv) == ["train", "train.epochs=3", "--resume"]
 

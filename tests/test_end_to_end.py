@@ -14,9 +14,11 @@ from typer.testing import CliRunner
 
 from rcnnlab import api
 from rcnnlab.cli import app
+from rcnnlab.detector import Detector
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
-from rcnnlab.runs.checkpoint import load_checkpoint, load_detector
+from rcnnlab.models.architecture import build_model
+from rcnnlab.runs.checkpoint import load_checkpoint
 from tests.tiny import TINY, tiny_config
 
 
@@ -224,19 +226,25 @@ def test_data_commands_on_real_sets(tmp_path):
     assert result.exit_code == 2 and "use yolo, svhn or voc" in result.output
 
 
-def test_auto_anchors_are_fitted_logged_and_saved(synth_dir, tmp_path, caplog):
+def test_auto_anchors_are_fitted_logged_and_saved(synth_dir, tmp_path, caplog, monkeypatch):
     import logging
 
     import yaml
 
+    from rcnnlab.engine import training
+
     caplog.set_level(logging.INFO)
+    built = []  # the fit reads the levels from the config: one model is built, to train
+    monkeypatch.setattr(training, "build_model",
+                        lambda *a, **k: built.append(1) or build_model(*a, **k))
     cfg = tiny_config(synth_dir, tmp_path, "train.epochs=1", "train.iters_per_epoch=1",
                       "model.anchors=auto")
     run = api.train(cfg, reporter=ProgressReporter(quiet=True)).run_dir
+    assert built == [1]
     assert "auto anchors:" in caplog.text and "0.7" in caplog.text
     saved = yaml.safe_load((run / "config.yaml").read_text())["model"]
     assert saved["anchors"] == "given" and len(saved["anchor_sizes"]) == 5
-    model, _ = load_detector(run)
+    model = Detector.load(run, device="cpu").model
     assert [list(s) for s in model.rpn.anchor_generator.sizes] == saved["anchor_sizes"]
 
 
@@ -374,12 +382,12 @@ def test_validating_does_not_change_the_training_run(synth_dir, tmp_path):
 
 def test_each_command_loads_the_model_once_and_detects_each_split_at_most_once(
         synth_dir, tmp_path, monkeypatch):
-    from rcnnlab import api as api_module
     from rcnnlab.demo import run_demo
+    from rcnnlab.detector import core
     from rcnnlab.evaluation import pipeline
 
-    detected, loads = [], []  # the split of every detection pass; every checkpoint load
-    real_detect, real_load = pipeline.detect_dataset, api_module.load_detector
+    detected, loads = [], []  # the split of every detection pass; every model built
+    real_detect, real_load = pipeline.detect_dataset, core.detector_from_checkpoint
 
     def counting_detect(predictor, dataset, *args, **kwargs):
         detected.append(dataset.data.json_path.parent.name)
@@ -390,7 +398,7 @@ def test_each_command_loads_the_model_once_and_detects_each_split_at_most_once(
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "detect_dataset", counting_detect)
-    monkeypatch.setattr(api_module, "load_detector", counting_load)
+    monkeypatch.setattr(core, "detector_from_checkpoint", counting_load)
 
     def calls(action) -> tuple[list[str], int]:
         detected.clear()
@@ -453,7 +461,7 @@ def test_channels_last_trains_and_its_checkpoint_predicts(synth_dir, tmp_path):
     assert layouts == [True, True]  # the backbone and the RPN head trained in NHWC
     row = next(csv.DictReader((run / "metrics.csv").open()))
     assert all(math.isfinite(float(row[k])) for k in ("loss", "loss_cls", "loss_anchor"))
-    model, _ = load_detector(run)  # the checkpoint predicts in the layout it trained in
+    model = Detector.load(run, device="cpu").model  # predicts in the layout it trained in
     weight = model.backbone.body.conv1.weight
     assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
     paths = api.predict(run, synth_dir / "test" / "annotations.json", tmp_path / "pred",

@@ -25,7 +25,7 @@ from rcnnlab.evaluation.diagnosis import (
     rpn_recall,
 )
 from rcnnlab.evaluation.errors import ERROR_TYPES, TideAnalysis, mean_ap, tide_errors
-from rcnnlab.models.build import build_model
+from rcnnlab.models.architecture import build_model
 from rcnnlab.runs.checkpoint import save_checkpoint
 from tests.conftest import write_coco
 

@@ -13,7 +13,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork
 
 from rcnnlab.models import heads
-from rcnnlab.models.build import build_model
+from rcnnlab.models.architecture import build_model
 from rcnnlab.models.heads import RoIClassifierLoss, level_losses, total_loss, validation_losses
 
 IMAGES = [torch.rand(3, 48, 120, generator=torch.Generator().manual_seed(0)),

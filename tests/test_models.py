@@ -25,11 +25,14 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops.misc import FrozenBatchNorm2d
 
+from rcnnlab.config import ModelConfig
 from rcnnlab.errors import ConfigError
-from rcnnlab.models.build import ARCHS, build_model, describe_model, load_weights_file
+from rcnnlab.models.architecture import ARCHS, build_model, level_anchors, level_strides
+from rcnnlab.models.description import describe_model
 from rcnnlab.models.heads import total_loss
 from rcnnlab.models.resfpn import ResidualFPNBackbone
 from rcnnlab.models.transform import DetectorTransform
+from rcnnlab.models.weights import load_weights_file
 
 LOSS_KEYS = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
 PREDICTOR_KEYS = {
@@ -294,7 +297,7 @@ def r18_detector(tmp_path_factory):
 
 def test_weights_file_with_another_class_count(r18_detector, caplog):
     state, path = r18_detector
-    with caplog.at_level(logging.INFO, logger="rcnnlab.models.build"):
+    with caplog.at_level(logging.INFO, logger="rcnnlab.models"):
         model = build_model(arch="resnet18_fpn", num_classes=5, weights=path)
     assert "skipped 4 with another shape, 0 missing, 0 unexpected" in caplog.text
     assert model.roi_heads.box_predictor.cls_score.out_features == 5
@@ -477,7 +480,7 @@ def test_enum_weights_load_through_torchvision_loader(monkeypatch, caplog):
         return coco.state_dict()
 
     monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", serve)
-    with caplog.at_level(logging.INFO, logger="rcnnlab.models.build"):
+    with caplog.at_level(logging.INFO, logger="rcnnlab.models"):
         model = build_model(arch="fasterrcnn_resnet50_fpn", num_classes=11, weights="DEFAULT")
     assert urls == [FasterRCNN_ResNet50_FPN_Weights.COCO_V1.url]
     assert "skipped 4 with another shape, 0 missing, 0 unexpected" in caplog.text
@@ -637,3 +640,42 @@ def test_fpn_options_are_refused_where_they_do_not_apply():
         build_model(arch="fasterrcnn_mobilenet_v3_large_fpn", num_classes=3, fpn_channels=128)
     with pytest.raises(ConfigError, match="the stride-64 level pools the stride-32 one"):
         build_model(arch="resnet18_fpn", num_classes=3, fpn_strides=[8, 64])
+
+
+# The torchvision archs take only their own FPN; the resnet*_fpn archs any of these.
+STRIDE_SETTINGS = [
+    {},
+    {"fpn_strides": [8, 16, 32]},
+    {"fpn_strides": [4, 8, 16]},
+    {"fpn_strides": [8, 16, 32, 64]},
+    {"fpn_strides": [32, 16, 16, 4]},  # unsorted, a stride twice
+    {"fpn_channels": 128},  # rcnnlab's own FPN at the default strides
+    {"anchor_sizes": [[8], [16], [32], [64], [128]], "aspect_ratios": [0.5, 1.0]},
+    {"fpn_strides": [16, 32, 64], "residual_fpn": True},
+]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_level_strides_and_anchors_are_those_of_the_built_model(arch):
+    settings = STRIDE_SETTINGS if arch.startswith("resnet") else [{}, {"residual_fpn": True}]
+    for options in settings:
+        cfg = ModelConfig(arch=arch, **options, **SMALL)
+        model = build_model(cfg, num_classes=3, load_weights=False)
+        levels = describe_model(model)["levels"]
+        assert level_strides(cfg) == [lv["stride"] for lv in levels], options
+        sizes, ratios = level_anchors(cfg)
+        assert [list(s) for s in sizes] == [lv["anchor_sizes"] for lv in levels], options
+        assert [list(r) for r in ratios] == [lv["aspect_ratios"] for lv in levels], options
+
+
+def test_level_strides_refuse_what_build_model_refuses():
+    for options in ({"arch": "fasterrcnn_mobilenet_v3_large_fpn", "fpn_channels": 128},
+                    {"arch": "fasterrcnn_resnet50_fpn", "fpn_strides": [8, 16, 32]},
+                    {"arch": "resnet18_fpn", "fpn_strides": [8, 64]},
+                    {"arch": "resnet18_fpn", "fpn_strides": [64]}):
+        cfg = ModelConfig(**options)
+        with pytest.raises(ConfigError) as built:
+            build_model(cfg, num_classes=3, load_weights=False)
+        with pytest.raises(ConfigError) as derived:
+            level_strides(cfg)
+        assert str(derived.value) == str(built.value)

@@ -12,7 +12,7 @@ from rcnnlab.engine.precision import MixedPrecision
 from rcnnlab.errors import ConfigError
 from rcnnlab.inference.predictor import Predictor
 from rcnnlab.models import precision
-from rcnnlab.models.build import build_model
+from rcnnlab.models.architecture import build_model
 from rcnnlab.models.precision import AutocastBackbone, with_autocast_backbone
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from rcnnlab import cli
+from rcnnlab.cli import common as cli_common
 from rcnnlab.progress import PROGRESS, tracked
 from tests.conftest import shared_path
 from tests.tiny import TINY
@@ -18,7 +19,7 @@ from tests.tiny import TINY
 def _terminal(monkeypatch) -> io.StringIO:
     """Make the CLI's stderr console a terminal writing into a buffer."""
     buffer = io.StringIO()
-    monkeypatch.setattr(cli, "err_console", Console(file=buffer, force_terminal=True,
+    monkeypatch.setattr(cli_common, "err_console", Console(file=buffer, force_terminal=True,
                                                     width=120))
     return buffer
 
@@ -46,7 +47,7 @@ def test_each_detection_pass_shows_a_bar_on_a_terminal(synth_dir, tmp_path, monk
 
 def test_no_bar_when_not_a_terminal(synth_dir, tmp_path, monkeypatch):
     buffer = io.StringIO()
-    monkeypatch.setattr(cli, "err_console", Console(file=buffer, force_terminal=False))
+    monkeypatch.setattr(cli_common, "err_console", Console(file=buffer, force_terminal=False))
     data = [f"data.{s}_json={synth_dir / s / 'annotations.json'}" for s in
             ("train", "valid", "test")]
     result = CliRunner().invoke(cli.app, ["train", *TINY, *data, f"out_dir={tmp_path}",

@@ -3,8 +3,10 @@ and the run record (api.report) on a tiny trained run."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import importlib.metadata
+import importlib.resources
 import json
 import re
 from pathlib import Path
@@ -20,8 +22,19 @@ from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.evaluation.coco import evaluate_detections, precision_curves
 from rcnnlab.evaluation.confusion import confusion_matrix, match_image
 from rcnnlab.reporting import plots
-from rcnnlab.reporting.record import _environment_section, read_tb_scalars
+from rcnnlab.reporting.record.data import gather
+from rcnnlab.reporting.record.render import (
+    Code,
+    Heading,
+    Paragraph,
+    RecordFigure,
+    Table,
+    render_html,
+    render_markdown,
+)
+from rcnnlab.reporting.record.sections import environment_section
 from rcnnlab.runs.checkpoint import load_checkpoint
+from rcnnlab.runs.rundir import RunDir
 
 from .test_end_to_end import tiny_config
 
@@ -277,11 +290,12 @@ def test_record_names_the_machine_that_trained(recorded_run):
     assert "saved it in `environment.json` when training started" in md
     assert "| device | cpu (train.device: auto) |" in md and f"| torch | {rows['torch']} |" in md
 
-    ctx = SimpleNamespace(run_dir=run / "absent", cfg=SimpleNamespace(
-        train=SimpleNamespace(device="auto")))
-    (_, _, _), (_, note), (_, _, fallback) = _environment_section(ctx)
-    assert "the machine of `rcnnlab report`, which need not be the one that trained" in note
-    assert ["device", "auto"] in fallback
+    best = SimpleNamespace(config=SimpleNamespace(train=SimpleNamespace(device="auto")))
+    rec = gather(RunDir(run / "absent"), best=best, last=None, model_info={}, splits={},
+                 results={}, split="test")
+    _, note, fallback = environment_section(rec)
+    assert "the machine of `rcnnlab report`, which need not be the one that trained" in note.text
+    assert ["device", "auto"] in fallback.rows
 
 
 def test_record_html_is_one_self_contained_page(recorded_run):
@@ -302,10 +316,53 @@ def test_record_html_is_one_self_contained_page(recorded_run):
 
 def test_learning_rate_is_read_per_iteration_from_tensorboard(recorded_run, tmp_path):
     run, _ = recorded_run
-    steps, lrs = read_tb_scalars(run / "tb", "iter/lr")
+    steps, lrs = RunDir(run).read_tb_scalars("iter/lr")
     assert steps == [1, 2]
     # the last logged LR is the one metrics.csv holds for the epoch
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert lrs[-1] == pytest.approx(float(rows[-1]["lr"]), rel=1e-4)
-    assert read_tb_scalars(tmp_path / "absent", "iter/lr") is None
-    assert read_tb_scalars(run / "tb", "no/such/tag") is None
+    assert RunDir(tmp_path / "absent").read_tb_scalars("iter/lr") is None
+    assert RunDir(run).read_tb_scalars("no/such/tag") is None
+
+
+# ------------------------------------------------------------------ rendering
+def test_markdown_and_html_render_the_same_blocks(tmp_path):
+    png = tmp_path / "figures" / "f.png"
+    png.parent.mkdir()
+    Image.new("RGB", (4, 3), "red").save(png)
+    blocks = [Heading(1, "Run record: <x>"), Paragraph("Written from `runs/x`, **test** split."),
+              Heading(2, "Data & more"), Table(["", ""], [["images", "12"], ["a|b", "n/a"]]),
+              Table(["metric", "valid"], [["AP", "0.5000"]]), Code("train:\n  lr: 0.001\n"),
+              RecordFigure(png, "A figure's caption with `code`.")]
+    md = render_markdown(blocks, tmp_path)
+    assert md == ("# Run record: <x>\n\nWritten from `runs/x`, **test** split.\n\n"
+                  "## Data & more\n\n|  |  |\n| --- | ---: |\n| images | 12 |\n"
+                  "| a\\|b | n/a |\n\n| metric | valid |\n| --- | ---: |\n| AP | 0.5000 |\n\n"
+                  "```yaml\ntrain:\n  lr: 0.001\n```\n\n![f](figures/f.png)\n\n"
+                  "*A figure's caption with `code`.*\n")
+    page = render_html(blocks, "a <title>")
+    assert page.startswith("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                           "<title>a &lt;title&gt;</title><style>\nbody{")
+    assert page.endswith("</style></head><body>\n" + page.split("<body>\n", 1)[1])
+    body = page.split("<body>\n", 1)[1].splitlines()
+    assert body == [
+        '<h1 id="run-record-x">Run record: &lt;x&gt;</h1>',
+        '<nav><a href="#data-more">Data &amp; more</a></nav>',
+        "<p>Written from <code>runs/x</code>, <b>test</b> split.</p>",
+        '<h2 id="data-more">Data &amp; more</h2>',
+        "<table><tbody><tr><td>images</td><td class=num>12</td></tr>"
+        "<tr><td>a|b</td><td class=num>n/a</td></tr></tbody></table>",
+        "<table><thead><tr><th>metric</th><th>valid</th></tr></thead>"
+        "<tbody><tr><td>AP</td><td class=num>0.5000</td></tr></tbody></table>",
+        "<pre>train:", "  lr: 0.001", "</pre>",
+        '<figure><img alt="f" src="data:image/png;base64,'
+        + base64.b64encode(png.read_bytes()).decode() + '"><figcaption>A figure&#39;s caption '
+        "with <code>code</code>.</figcaption></figure>",
+        "</body></html>"]
+
+
+def test_the_page_template_is_package_data():
+    templates = importlib.resources.files("rcnnlab.reporting") / "templates"
+    assert (templates / "record.html").is_file() and (templates / "record.css").is_file()
+    setup = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert '"reporting/templates/*"' in setup  # so that a wheel carries them

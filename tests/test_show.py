@@ -1,5 +1,6 @@
-"""Augmented-sample grid: boxes drawn where the json puts them, names from the categories,
-dropped boxes counted, and the same seed giving the same samples and the same PNG."""
+"""Augmented samples (`rcnnlab data show`): boxes drawn where the json puts them, names from the
+categories, dropped boxes counted, and the same seed giving the same samples and the same PNG
+(`rcnnlab.reporting.samples.render_augmented_grid`)."""
 
 import numpy as np
 import pytest
@@ -8,14 +9,9 @@ from PIL import Image
 from torchvision.transforms import v2 as T
 
 from rcnnlab.data.coco import CocoDetection, load_coco
-from rcnnlab.data.show import (
-    augmented_sample,
-    describe_transforms,
-    label_names,
-    pick_samples,
-    render_augmented_grid,
-)
+from rcnnlab.data.show import augmented_sample, describe_transforms, label_names, pick_samples
 from rcnnlab.data.transforms import build_train_transforms
+from rcnnlab.reporting.samples import render_augmented_grid
 
 from .conftest import shared_path, write_coco
 

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from rcnnlab.data import synth
+from rcnnlab.reporting.samples import sample_grid
 
 N_SAMPLES = 200  # enough for every digit count, every digit and the rarer effects to occur
 
@@ -229,9 +230,24 @@ def test_only_fonts_that_draw_digits_are_used() -> None:
         assert len(shapes) == 10  # ten different glyphs, not one fallback box
 
 
+def test_saved_sample_is_the_image_as_written(tmp_path: Path) -> None:
+    json_path = synth.generate_split(tmp_path, "valid", 3, seed=4)
+    doc = json.loads(json_path.read_text())
+    image, boxes, digits = synth.saved_sample(4, "valid", 2)
+    with Image.open(json_path.parent / doc["images"][2]["file_name"]) as saved:
+        assert np.array_equal(np.asarray(image), np.asarray(saved.convert("RGB")))
+    anns = [a for a in doc["annotations"] if a["image_id"] == doc["images"][2]["id"]]
+    assert len(boxes) == len(digits) == len(anns)
+    for (x0, y0, x1, y1), ann in zip(boxes, anns, strict=True):
+        assert ann["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=0.01)
+    with pytest.raises(ValueError, match="unknown split"):
+        synth.saved_sample(4, "validation", 0)
+
+
 def test_sample_grid_writes_a_picture(tmp_path: Path) -> None:
-    out = synth.sample_grid(tmp_path / "grid.png", n=6, seed=1)
+    out = sample_grid(tmp_path / "grid.png", n=6, seed=1)
     with Image.open(out) as grid:
         assert grid.format == "PNG"
-        pixels = np.asarray(grid.convert("RGB"))
-    assert (pixels == (0, 255, 0)).all(axis=-1).sum() > 100  # the boxes are drawn
+        pixels = np.asarray(grid.convert("RGB")).astype(int)
+    box = np.array([0xFF, 0x2D, 0x55])  # drawing.BOX_COLOR
+    assert (np.abs(pixels - box).sum(axis=-1) < 40).sum() > 100  # the boxes are drawn

@@ -116,7 +116,7 @@ def test_a_tiny_run_logs_writes_and_records_its_plan(synth_dir, tmp_path, caplog
     assert plan["epochs_run"] == fit.epochs and plan["iterations_run"] == fit.iterations
     assert "(estimated) ->" in caplog.text and "training and validation took" in caplog.text
     # (how close to the budget a real run ends is wall time, which tests do not assert: the
-    # simulated-clock tests above check the arithmetic, the README quotes a measured run)
+    # simulated-clock tests above check the arithmetic, docs/scaling.md quotes a measured run)
     assert plan["took_minutes"] > 0 and plan["budget_minutes"] == 0.25
     report = (fit.run_dir / "report.md").read_text()
     assert "| time budget | 0.25 min:" in report and "(chosen by the time budget)" in report

@@ -19,7 +19,7 @@ from rcnnlab.evaluation.pipeline import predictor_for
 from rcnnlab.inference.detect import detect_dataset, detections_to_coco
 from rcnnlab.inference.nms import suppress
 from rcnnlab.inference.predictor import _UNCAPPED, Predictor, with_box_settings
-from rcnnlab.models.build import build_model
+from rcnnlab.models.architecture import build_model
 from rcnnlab.runs.checkpoint import save_checkpoint
 from tests.conftest import write_coco
 

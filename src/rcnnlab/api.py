@@ -1,12 +1,13 @@
-"""The user-level operations behind the CLI, callable from Python: train, tune, evaluate,
-predict, report, diagnose.
+"""The user-level operations behind the CLI, callable from Python: plan, configure, train,
+tune, evaluate, predict, export, report, compare, diagnose, and `finish_run`, the one pipeline
+after training (tune, test, record) that `train`, `report` and the demo share.
 
-Each takes a run folder (or a checkpoint) and plain arguments, loads the model once, detects each
-split it needs once through the evaluation pipeline (`rcnnlab.evaluation.pipeline`), and writes
-its outputs into the run folder or the folder it is given. `evaluate`, `tune`, `predict`,
-`report` and `diagnose` use the run's saved config; their `overrides` (dotted `eval.*` items
-such as ``"eval.nms=gaussian"``, the CLI's syntax) change its inference options for that call
-only.
+Each takes a run folder (or a checkpoint) and plain arguments, loads it once as a `Detector`,
+detects each split it needs once through the evaluation pipeline
+(`rcnnlab.evaluation.pipeline`), and writes its outputs into the run folder or the folder it is
+given. `evaluate`, `tune`, `predict`, `export`, `report` and `diagnose` use the run's saved
+config; their `overrides` (dotted `eval.*` items such as ``"eval.nms=gaussian"``, the CLI's
+syntax) change its inference options for that call only.
 """
 
 from __future__ import annotations
@@ -20,47 +21,41 @@ from pathlib import Path
 import torch
 
 from rcnnlab.config import Config, check_threshold, config_of, deep_merge, read_recipe
-from rcnnlab.data.coco import CocoData, load_coco, require_boxes, warn_empty_classes
+from rcnnlab.data.coco import CocoData, require_boxes, warn_empty_classes
 from rcnnlab.data.splits import SPLITS, ensure_synth, load_splits
 from rcnnlab.detector import Detector
 from rcnnlab.engine.loop import HookBase
 from rcnnlab.engine.progress import ProgressReporter
-from rcnnlab.engine.training import FitResult
-from rcnnlab.engine.training import train as train_run
-from rcnnlab.errors import ConfigError, DatasetError, MissingFileError
+from rcnnlab.engine.training import FitResult, fit_model
+from rcnnlab.errors import ConfigError, MissingFileError
 from rcnnlab.evaluation.diagnosis import Diagnosis, find_causes, last_training_row, recall_by_size
 from rcnnlab.evaluation.pipeline import (
-    CocoMetricsEvaluator,
     EvalResult,
-    Evaluation,
-    Evaluator,
     RPNRecallEvaluator,
-    SequenceAccuracy,
-    ThresholdSweep,
     TideErrors,
-    inference_on_dataset,
-    predictor_for,
-    score,
     validate,
     validation_row,
 )
 from rcnnlab.evaluation.threshold import SweepResult
+from rcnnlab.export import check_format
 from rcnnlab.jobs.images import job_images
 from rcnnlab.jobs.predict import run_predict_job
 from rcnnlab.methods.scale_weighting import IntervalRecord
-from rcnnlab.models.build import build_model, describe_model
+from rcnnlab.models.architecture import level_strides
+from rcnnlab.models.description import describe_model
 from rcnnlab.planning import Plan, plan_data
+from rcnnlab.reporting.compare import Comparison, compare_runs
 from rcnnlab.reporting.plots import plot_scale_weights
 from rcnnlab.reporting.record import write_record
-from rcnnlab.runs.checkpoint import Checkpoint, load_detector
+from rcnnlab.runs.checkpoint import Checkpoint
 from rcnnlab.runs.device import resolve_device
 from rcnnlab.runs.distributed import barrier, close_distributed, init_distributed, process_group
 from rcnnlab.runs.resume import check_resume_config
 from rcnnlab.runs.rundir import RunDir, read_csv_rows
 
-__all__ = ["EvalResult", "LoadedRun", "TrainResult", "configure", "data_overrides", "diagnose",
-           "evaluate", "load_run", "plan", "predict", "report", "report_loaded", "train", "tune",
-           "tune_loaded"]
+__all__ = ["EvalResult", "FinishedRun", "TrainResult", "compare", "configure", "data_overrides",
+           "diagnose", "evaluate", "export", "finish_run", "plan", "predict", "report", "train",
+           "trained", "tune"]
 
 log = logging.getLogger(__name__)
 
@@ -131,24 +126,26 @@ def configure(recipe: str | Path | None = None, overrides: Sequence[str] = (), *
 @dataclass
 class TrainResult(FitResult):
     """What `train` reports, and best.pt's validation (detections included) when this process
-    made it: `tune` can sweep those detections instead of detecting the split again."""
+    made it: the pipeline after training scores those detections instead of detecting the
+    split again."""
 
-    validation: EvalResult | None = None
+    validation: EvalResult | None = field(default=None, repr=False)
 
 
 def train(cfg: Config, *, resume: bool = False, exist_ok: bool = False,
           reporter: ProgressReporter | None = None,
           extra_hooks: Sequence[HookBase] = ()) -> TrainResult:
     """Train the run described by `cfg` (continuing from its last.pt when `resume`); then draw
-    what its training methods logged, and write its run record when `train.record` is on.
+    what its training methods logged, and write its run record when `train.record` is on
+    (`finish_run` without tuning: `tune` then `report` rewrite it at the tuned threshold).
 
     A run folder that holds a run already is refused unless `resume`, or `exist_ok` (the old
     run's outputs are deleted first). `extra_hooks` are training-time features of your own
     (`rcnnlab.engine.loop.HookBase`).
 
     Under `torchrun` every process calls this: rank 0 prepares the run folder and, after
-    training, writes the record; every rank returns the training's figures (`validation` is
-    rank 0's).
+    training, writes the record; every rank returns the training's figures (`validation` and
+    `best` are rank 0's).
 
     `cfg` is trained as it is: a `Config` built in Python (or by `load_config`) plans nothing;
     `configure` gives the plan for the data, which is then logged as a table."""
@@ -167,122 +164,105 @@ def train(cfg: Config, *, resume: bool = False, exist_ok: bool = False,
     require_boxes(splits["valid"], "validation")
     if here.is_main:
         warn_empty_classes(splits["train"], "training")
-    best: dict[str, EvalResult] = {}  # the validation of the best mAP: best.pt's, for the record
+    best: list[EvalResult] = []  # the validation of the best mAP so far in this process
 
     def evaluate(model: torch.nn.Module, data: CocoData) -> dict[str, float]:
         result = validate(model, data, cfg.eval, device=next(model.parameters()).device)
         ap = result.metrics.AP
-        if ap is not None and ap > (best["valid"].metrics.AP if best else -1.0):
-            best["valid"] = result
+        if ap is not None and ap > (best[0].metrics.AP if best else -1.0):
+            best[:] = [result]
         return validation_row(result)
 
-    fit = train_run(cfg, splits, evaluate, resume=resume, reporter=reporter,
+    fit = fit_model(cfg, splits, evaluate, resume=resume, reporter=reporter,
                     extra_hooks=extra_hooks)
     if here.distributed:  # the rest is rank 0's alone, without the process group
         barrier()
         close_distributed()
         if not here.is_main:
             return TrainResult(**{f.name: getattr(fit, f.name) for f in fields(fit)})
+    # best.pt's validation, when this process made both (not so when the best epoch came
+    # before a resume: then best.pt is read back and valid detected again)
+    validation = (best[0] if best and fit.best is not None
+                  and best[0].metrics.AP == fit.best.best_map else None)
+    result = TrainResult(**{f.name: getattr(fit, f.name) for f in fields(fit)},
+                         validation=validation)
     run = RunDir(fit.run_dir)
     if run.scale_weights_csv.is_file():
-        model = build_model(fit.config.model, num_classes=len(splits["train"].categories) + 1,
-                            load_weights=False)
-        levels = [f"P{round(math.log2(lv['stride']))}" for lv in describe_model(model)["levels"]]
+        levels = [f"P{round(math.log2(stride))}" for stride in level_strides(fit.config.model)]
         plot_scale_weights([IntervalRecord.from_row(r) for r in read_csv_rows(
             run.scale_weights_csv)], run.scale_weights_png, levels, last_iteration=fit.iterations)
-    if cfg.train.record:  # the threshold is not tuned yet: `tune` then `report` rewrites it
-        # this process validated best.pt's weights when they were best (not so when the best
-        # epoch came before a resume): the record does not detect on valid again
-        report(run.root, device=cfg.train.device, evaluated=best)
-    return TrainResult(**{f.name: getattr(fit, f.name) for f in fields(fit)},
-                       validation=best.get("valid"))
+    if cfg.train.record:  # at the default threshold: `tune` then `report` rewrite it
+        finish_run(trained(result), tune=False, validation=validation)
+    return result
+
+
+def trained(fit: FitResult, *, device: str | None = None,
+            overrides: Sequence[str] = ()) -> Detector:
+    """The detector of a finished training run: its best weights as training holds them, or
+    best.pt when training does not (a run resumed after its best epoch)."""
+    device = device or fit.config.train.device
+    if fit.best is None:
+        return Detector.load(fit.run_dir, device=device, overrides=overrides)
+    return Detector.from_checkpoint(fit.best, device=device, overrides=overrides,
+                                    path=fit.run_dir)
+
+
+# ------------------------------------------------------------------------------ after training
+@dataclass
+class FinishedRun:
+    """What the pipeline after training made: the scores by split, the sweep (when it tuned)
+    and the files of the run record (when it wrote one)."""
+
+    results: dict[str, EvalResult]
+    sweep: SweepResult | None = None
+    record: dict[str, Path] = field(default_factory=dict)
+
+
+def finish_run(detector: Detector, *, tune: bool = True, validation: EvalResult | None = None,
+               split: str | None = None, record: bool = True) -> FinishedRun:
+    """The one pipeline after training, on the detector of a run folder: tune the threshold
+    on valid (`tune`), score valid and `split` (default: test when the run's config has one,
+    else valid) and write the run record (`record`: report.md, report.html, figures/).
+
+    `validation` is this detector's validation (training's, at best.pt's epoch): its
+    detections are swept or scored rather than detected again. `train`, `report` and the demo
+    run this; each split is detected at most once."""
+    run = detector.folder
+    if run is None:
+        raise MissingFileError(f"{detector.source}: not a run folder. Fix: give the folder "
+                               "rcnnlab train wrote (runs/<name>)")
+    present = detector.config_splits(SPLITS)
+    split = split or ("test" if "test" in present else "valid")
+    if split not in present:
+        raise MissingFileError(f"{run.root}: the run's config has no {split} split "
+                               f"(data.{split}_json). Fix: --split valid")
+    results: dict[str, EvalResult] = {}
+    sweep = None
+    if tune:
+        sweep, results["valid"] = detector.tune(
+            data=present["valid"],
+            detections=validation.detections if validation is not None else None)
+    elif validation is not None:
+        results["valid"] = validation
+    for name in dict.fromkeys(("valid", split)):
+        if name not in results:
+            results[name] = detector.evaluate(name, data=present[name])
+    written = {}
+    if record:
+        last = Checkpoint.load(run.last_pt) if run.last_pt.is_file() else None
+        written = write_record(run.root, best=detector.checkpoint, last=last,
+                               model_info=describe_model(detector.model), splits=present,
+                               results=results, split=split)
+    return FinishedRun(results, sweep, written)
 
 
 # ------------------------------------------------------------------------------ a trained run
-@dataclass
-class LoadedRun:
-    """A trained run, loaded once: its model, checkpoint and config with this call's options."""
-
-    path: Path
-    model: torch.nn.Module
-    ckpt: Checkpoint
-    cfg: Config
-    device: torch.device
-    overrides: list[str]
-    loaded_splits: dict[str, CocoData] = field(default_factory=dict, repr=False)
-
-    def config_splits(self, names: Sequence[str]) -> dict[str, CocoData]:
-        """The run config's splits among `names` (those it has), each read once per run."""
-        missing = [n for n in names if n not in self.loaded_splits]
-        if missing:
-            self.loaded_splits.update(load_splits(self.cfg.data, need=tuple(missing)))
-        return {n: self.loaded_splits[n] for n in names if n in self.loaded_splits}
-
-    @property
-    def folder(self) -> RunDir | None:
-        """The run folder, when a folder (not a checkpoint file) was given."""
-        return RunDir(self.path) if self.path.is_dir() else None
-
-    def threshold(self, given: float | None = None) -> float:
-        """`given` (checked to be in 0-1), else the tuned threshold stored in the checkpoint."""
-        return check_threshold(given) if given is not None else self.ckpt.threshold
-
-    def split(self, split: str, json_path: str | None = None,
-              images: str | None = None) -> CocoData:
-        """An annotated split: `json_path` when given, else the run config's split."""
-        if json_path is not None:
-            data = load_coco(json_path, images,
-                             skip_missing_images=self.cfg.data.skip_missing_images,
-                             max_image_pixels=self.cfg.data.max_image_pixels, split=split)
-        else:
-            splits = self.config_splits((split,))
-            if split not in splits:
-                raise MissingFileError(f"the run's config has no {split} split "
-                                        f"(data.{split}_json). Fix: pass --data PATH.json")
-            data = splits[split]
-        ours = [(c["id"], c["name"]) for c in self.ckpt.categories]
-        theirs = [(c["id"], c["name"]) for c in data.categories]
-        if theirs != ours:
-            raise DatasetError(f"{data.json_path}: categories {theirs} differ from the "
-                             f"checkpoint's {ours}. Fix: evaluate on data with the training "
-                             "categories")
-        return data
-
-    def run(self, data: CocoData, evaluators: list[Evaluator], *,
-            description: str = "detecting") -> Evaluation:
-        """The evaluation pipeline on one split with this call's inference options."""
-        require_boxes(data, "evaluated")
-        return inference_on_dataset(predictor_for(self.model, self.cfg.eval, self.ckpt.categories),
-                                    data, evaluators, device=self.device,
-                                    batch_size=self.cfg.eval.batch_size,
-                                    description=description)
-
-    def evaluate(self, split: str, data: CocoData, threshold: float,
-                 extra: list[Evaluator] = ()) -> tuple[EvalResult, Evaluation]:
-        """COCO metrics and sequence accuracy (plus `extra` evaluators) on one split."""
-        evaluation = self.run(data, [CocoMetricsEvaluator(self.cfg.eval.backend),
-                                     SequenceAccuracy(threshold, self.cfg.eval.read_iou), *extra],
-                              description=f"detecting {split}")
-        return EvalResult.of(split, evaluation, threshold, self.cfg.eval.inference_kwargs()), \
-            evaluation
-
-
-def load_run(run: str | Path, *, device: str = "auto",
-             overrides: list[str] | None = None) -> LoadedRun:
-    """Load a run's best checkpoint (or a checkpoint file) once for the calls below."""
-    dev = resolve_device(device)
-    model, ckpt = load_detector(run, device=dev)
-    cfg = ckpt.config
-    if overrides:
-        cfg = cfg.model_copy(update={"eval": cfg.eval.with_overrides(overrides)})
-    return LoadedRun(Path(run), model, ckpt, cfg, dev, list(overrides or []))
-
-
 def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = None,
              images: str | None = None, threshold: float | None = None,
              device: str = "auto", overrides: list[str] | None = None,
              save: bool = True) -> EvalResult:
-    """COCO metrics and sequence accuracy of a run's best checkpoint on one split.
+    """COCO metrics and sequence accuracy of a run's best checkpoint (or a checkpoint file,
+    or an exported model) on one split.
 
     The threshold for sequences defaults to the one `tune` stored in the checkpoint.
     `overrides` are `eval.*` items (``["eval.tta_scales=[1,1.5]"]``) for this call only.
@@ -294,44 +274,13 @@ def evaluate(run: str | Path, *, split: str = "test", json_path: str | None = No
     returns the scores (the detections only on rank 0).
     """
     with process_group(resolve_device(device), "evaluation") as (here, dev):
-        loaded = load_run(run, device=str(dev), overrides=overrides)
+        det = Detector.load(run, device=str(dev), overrides=overrides or ())
         name = split if json_path is None else f"data-{Path(json_path).stem}"
-        result, _ = loaded.evaluate(name, loaded.split(split, json_path, images),
-                                    loaded.threshold(threshold))
-        if save and loaded.folder is not None and here.is_main:
-            loaded.folder.write_eval(name, result.as_dict())
+        result = det.evaluate(name, data=det.split(split, json_path, images),
+                              threshold=threshold)
+        if save and det.folder is not None and here.is_main:
+            det.folder.write_eval(name, result.as_dict())
     return result
-
-
-def _sweep(loaded: LoadedRun, data: CocoData,
-           detections: list[dict] | None = None) -> tuple[SweepResult, Evaluation]:
-    e = loaded.cfg.eval
-    evaluators = [ThresholdSweep(e.sweep_thresholds(), e.backend, e.read_iou),
-                  CocoMetricsEvaluator(e.backend)]
-    evaluation = (loaded.run(data, evaluators, description="sweeping thresholds")
-                  if detections is None
-                  else score(data, detections, evaluators))
-    result: SweepResult = evaluation["sweep"]
-    if warning := result.edge_warning():
-        log.warning("%s: %s", loaded.path, warning)
-    return result, evaluation
-
-
-def _store_threshold(loaded: LoadedRun, result: SweepResult) -> None:
-    """The tuned threshold into the checkpoint read and its run's best.pt and last.pt; the
-    sweep table into the run folder."""
-    path = loaded.ckpt.path
-    for file in {path, path.with_name("best.pt"), path.with_name("last.pt")}:
-        if file.is_file():
-            ckpt = Checkpoint.load(file)
-            ckpt.threshold = result.best
-            ckpt.save(file)
-    loaded.ckpt.threshold = result.best
-    if loaded.folder is not None:
-        result.to_csv(loaded.folder.threshold_sweep_csv)
-    if loaded.overrides:
-        log.info("threshold %.2f tuned with %s: pass the same overrides to evaluate and predict",
-                 result.best, " ".join(loaded.overrides))
 
 
 def tune(run: str | Path, *, json_path: str | None = None, images: str | None = None,
@@ -346,22 +295,9 @@ def tune(run: str | Path, *, json_path: str | None = None, images: str | None = 
     same ones to `evaluate` and `predict`; they are not stored). With `save=False` nothing is
     written: the sweep is only returned.
     """
-    loaded = load_run(run, device=device, overrides=overrides)
-    if not save:  # a what-if sweep (e.g. an ablation of inference options): nothing stored
-        return _sweep(loaded, loaded.split("valid", json_path, images))[0]
-    return tune_loaded(loaded, loaded.split("valid", json_path, images))[0]
-
-
-def tune_loaded(loaded: LoadedRun, data: CocoData,
-                detections: list[dict] | None = None) -> tuple[SweepResult, EvalResult]:
-    """`tune` on a run already loaded: sweep the valid split `data` (its `detections` by this
-    run's best checkpoint with its inference options, when the caller has them), store the
-    threshold; the sweep and the split's scores at the tuned threshold (same detections)."""
-    result, evaluation = _sweep(loaded, data, detections)
-    _store_threshold(loaded, result)
-    scores = EvalResult("valid", evaluation["coco"], result.best, result.best_row.accuracy,
-                        data, evaluation.detections, loaded.cfg.eval.inference_kwargs())
-    return result, scores
+    det = Detector.load(run, device=device, overrides=overrides or ())
+    data = det.split("valid", json_path, images)
+    return (det.tune(data=data) if save else det.sweep(data=data))[0]
 
 
 def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
@@ -404,42 +340,41 @@ def predict(run: str | Path, source: str | Path, out_dir: str | Path, *,
                                on_total=on_total)
 
 
+def export(run: str | Path, out: str | Path | None = None, *, format: str = "onnx",
+           overrides: list[str] | None = None) -> Path:
+    """Export a run's best model (or a checkpoint file's) as `format` (onnx, torchscript,
+    openvino) with its sidecar json; the model file's path (default:
+    `<run>/export/model.<suffix>`). `overrides` may set `eval.proposals=N`, the RPN
+    proposals the exported box head scores."""
+    check_format(format)  # before loading: a typo costs no model build
+    return Detector.load(run, device="cpu", overrides=overrides or ()).export(format, out)
+
+
 # ------------------------------------------------------------------------------ records
-def report(run: str | Path, *, split: str | None = None, device: str = "auto",
-           evaluated: dict[str, EvalResult] | None = None) -> dict[str, Path]:
-    """Write the run record (report.md, report.html, figures/) of a run folder.
+def report(run: str | Path, *, split: str | None = None, device: str = "auto") -> dict[str, Path]:
+    """Write the run record (report.md, report.html, figures/) of a run folder, at its
+    stored threshold: `finish_run` without tuning.
 
     `split` is the split the detection figures are drawn on (default: test when the run's
-    config has one, else valid); the validation split is always scored. `evaluated` are
-    results of this run's best checkpoint the caller already has (by split): they are not
-    detected again.
+    config has one, else valid); the validation split is always scored.
     """
     if not Path(run).is_dir():
         raise MissingFileError(f"{run}: not a run folder. Fix: give the folder rcnnlab train "
-                                "wrote (runs/<name>)")
-    return report_loaded(load_run(run, device=device), split=split, evaluated=evaluated)
+                               "wrote (runs/<name>)")
+    return finish_run(Detector.load(run, device=device), tune=False, split=split).record
 
 
-def report_loaded(loaded: LoadedRun, *, split: str | None = None,
-                  evaluated: dict[str, EvalResult] | None = None) -> dict[str, Path]:
-    """`report` on a run folder already loaded (`load_run`)."""
-    run_dir = RunDir(loaded.path)
-    present = loaded.config_splits(SPLITS)
-    split = split or ("test" if "test" in present else "valid")
-    if split not in present:
-        raise MissingFileError(f"{run_dir.root}: the run's config has no {split} split "
-                                f"(data.{split}_json). Fix: --split valid")
-    results = dict(evaluated or {})
-    for name in dict.fromkeys(("valid", split)):
-        if name not in results:
-            results[name], _ = loaded.evaluate(name, present[name], loaded.threshold())
-    last = Checkpoint.load(run_dir.last_pt) if run_dir.last_pt.is_file() else None
-    return write_record(run_dir.root, best=loaded.ckpt, last=last,
-                        model_info=describe_model(loaded.model), splits=present,
-                        results=results, split=split)
+def compare(runs: Sequence[str | Path], *, split: str | None = None,
+            out: str | Path | None = None) -> Comparison:
+    """Compare runs against the first (metrics, per-class AP, config differences); with
+    `out`, also write the comparison there as Markdown."""
+    comparison = compare_runs(runs, split=split)
+    if out is not None:
+        comparison.write(out)
+    return comparison
 
 
-def diagnose(run: str | Path, split: str = "valid", *, device: str = "cpu",
+def diagnose(run: str | Path, split: str = "valid", *, device: str = "auto",
              json_path: str | None = None, images: str | None = None,
              overrides: list[str] | None = None, save: bool = True) -> Diagnosis:
     """Diagnose a run's best checkpoint on one split (``valid`` or ``test``).
@@ -449,22 +384,24 @@ def diagnose(run: str | Path, split: str = "valid", *, device: str = "cpu",
     (`rcnnlab.evaluation.diagnosis`). Writes ``diagnosis.md`` and ``diagnosis.json`` into the
     run folder when ``save`` and ``run`` is a folder.
     """
-    loaded = load_run(run, device=device, overrides=overrides)
-    threshold = loaded.threshold()
-    result, evaluation = loaded.evaluate(split, loaded.split(split, json_path, images),
-                                         threshold,
-                                         [TideErrors(), RPNRecallEvaluator(loaded.model)])
+    det = Detector.load(run, device=device, overrides=overrides or ())
+    if det.checkpoint is None:
+        raise ConfigError(f"{det.source}: the RPN recall needs the PyTorch model. Fix: "
+                          "diagnose the run folder or its checkpoint")
+    result, evaluation = det.scores(split, det.split(split, json_path, images),
+                                    extra=[TideErrors(), RPNRecallEvaluator(det.model)])
+    threshold = result.threshold
     gt = result.data.to_coco_dict()
     analysis, rpn = evaluation["tide"], evaluation["rpn"]
     sizes = recall_by_size(gt, result.detections, score_threshold=threshold)
-    nms_iou = result.inference.get("nms_iou") or loaded.cfg.model.box_nms_thresh
+    nms_iou = result.inference.get("nms_iou") or det.cfg.model.box_nms_thresh
     names = {int(c["id"]): str(c["name"]) for c in gt["categories"]}
     metrics = result.metrics
     findings = find_causes(analysis, metrics.per_iou, size_recall=sizes, rpn=rpn,
                            nms_iou=nms_iou, category_names=names)
-    folder = loaded.folder
+    folder = det.folder
     diagnosis = Diagnosis(
-        run=loaded.path.name,
+        run=det.path.name,
         split=split,
         n_images=result.n_images,
         threshold=float(threshold),

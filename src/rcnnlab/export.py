@@ -1,8 +1,8 @@
 """Export a trained detector to ONNX, TorchScript or OpenVINO, and run the exported file.
 
-`export_model(run, out, format=...)` writes the model file and a sidecar json beside it holding
-what the graph cannot: the categories, the tuned threshold, the run's config (inference
-options, the resize rule) and a description of the input and outputs.
+`Detector.export(format)` (through `export_model`) writes the model file and a sidecar json
+beside it holding what the graph cannot: the categories, the tuned threshold, the run's config
+(inference options, the resize rule) and a description of the input and outputs.
 
 Every format holds the same traced graph. It takes one float32 CHW RGB image in [0, 1] of any
 size and returns `boxes` (N, 4 xyxy in that image's pixels), `labels` (N, 1..K: category
@@ -43,7 +43,7 @@ from rcnnlab.errors import ConfigError, MissingFileError, UserError
 from rcnnlab.files import replacing, write_atomic
 from rcnnlab.inference.predictor import with_proposals
 from rcnnlab.models.transform import native_scale
-from rcnnlab.runs.checkpoint import load_detector
+from rcnnlab.runs.checkpoint import Checkpoint
 from rcnnlab.version import __version__
 
 log = logging.getLogger(__name__)
@@ -90,32 +90,36 @@ class _OneImage(torch.nn.Module):
         return found["boxes"], found["labels"], found["scores"]
 
 
-def export_model(run: str | Path, out: str | Path | None = None, *, format: str = "onnx",
-                 overrides: Sequence[str] = ()) -> Path:
-    """Export a run's best checkpoint (or a checkpoint file) as `format` (onnx, torchscript,
-    openvino); returns the model file's path (default: `<run>/export/model.<suffix>`), with
-    its sidecar json beside it. `overrides` may set `eval.proposals=N` (the RPN proposals the
-    box head scores), which the graph then holds."""
+def check_format(format: str) -> None:
+    """Refuse a format `export_model` does not write, naming the ones it does."""
     if format not in FORMATS:
         raise ConfigError(f"--format {format}: use one of {', '.join(FORMATS)}")
+
+
+def default_export_path(run: str | Path, format: str) -> Path:
+    """Where a run folder's (or a checkpoint file's) export goes: `<run>/export/model.<suffix>`."""
+    check_format(format)
+    run = Path(run)
+    return (run if run.is_dir() else run.parent) / f"export/model{SUFFIXES[format]}"
+
+
+def export_model(model: torch.nn.Module, ckpt: Checkpoint, out: str | Path, *,
+                 format: str = "onnx", proposals: int | None = None) -> Path:
+    """Export the eager detector `model` (on the CPU, with the weights of `ckpt`) as `format`
+    (onnx, torchscript, openvino) to `out` (its suffix set by the format), with its sidecar
+    json beside it; returns the model file's path. `proposals` sets the RPN proposals the box
+    head scores, which the graph then holds. `Detector.export` calls this."""
+    check_format(format)
     if format in ("onnx", "openvino"):
         _need("onnx", "onnx")
     if format == "openvino":
         _need("openvino", "openvino")
-    model, ckpt = load_detector(run, device="cpu")
     cfg = ckpt.config
-    options = cfg.eval.with_overrides(list(overrides))
-    if options.model_dump(exclude={"proposals"}) != cfg.eval.model_dump(exclude={"proposals"}):
-        raise ConfigError(f"overrides {list(overrides)}: only eval.proposals is held by an "
-                          "exported graph (Soft-NMS, TTA and eval.amp run on the PyTorch model)")
-    if options.proposals is not None:
-        model = with_proposals(model, options.proposals)
+    if proposals is not None:
+        model = with_proposals(model, proposals)
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
-            update={"rpn_post_nms_top_n_test": options.proposals})})
-    suffix = SUFFIXES[format]
-    path = Path(out) if out else (Path(run) if Path(run).is_dir() else Path(run).parent) / (
-        f"export/model{suffix}")
-    path = path.with_suffix(suffix)
+            update={"rpn_post_nms_top_n_test": proposals})})
+    path = Path(out).with_suffix(SUFFIXES[format])
     path.parent.mkdir(parents=True, exist_ok=True)
     # traced at scale 1 (see the module docstring): native size keeps any image within the
     # caps, torchvision's rule keeps one whose short side is min_size

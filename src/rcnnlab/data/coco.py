@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torchvision import tv_tensors
 
-from rcnnlab.data.convert import yaml_reference, yolo_yaml_split
 from rcnnlab.data.images import DEFAULT_MAX_PIXELS, image_size, read_image
+from rcnnlab.data.yolo import yaml_reference, yolo_yaml_split
 from rcnnlab.errors import ConfigError, DatasetError
 
 log = logging.getLogger(__name__)

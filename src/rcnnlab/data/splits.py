@@ -7,9 +7,10 @@ import logging
 from pathlib import Path
 
 from rcnnlab.config import DataConfig
-from rcnnlab.data.coco import CocoData, holdout_split, load_coco
-from rcnnlab.data.convert import yolo_yaml_splits
+from rcnnlab.data.coco import CocoData, holdout_split, load_coco, read_json
+from rcnnlab.data.yolo import yolo_yaml_splits
 from rcnnlab.errors import DatasetError
+from rcnnlab.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -118,3 +119,29 @@ def _check_same_categories(a: CocoData, b: CocoData) -> None:
     if [(c["id"], c["name"]) for c in a.categories] != [(c["id"], c["name"]) for c in b.categories]:
         raise DatasetError(f"{b.json_path}: categories differ from {a.json_path}. Fix: export "
                            "every split with the same category list")
+
+
+def write_holdout_split(json_path: str | Path, out_dir: str | Path, *, fraction: float = 0.1,
+                        seed: int = 0, images: str | Path | None = None
+                        ) -> tuple[dict[str, tuple[Path, int, int]], Path]:
+    """Split a COCO json into `out_dir/train.json` and `out_dir/valid.json` (`holdout_split`:
+    deterministic, every class in valid where possible), each keeping the json's other keys
+    and its records as they are. Returns each part's (path, images, boxes) by name, and the
+    image folder both refer to."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"--out {out}: a file, not a folder. Fix: give the folder that "
+                           "train.json and valid.json go into")
+    data = load_coco(json_path, images)
+    tree = read_json(json_path)
+    train, valid = holdout_split(data, fraction, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, part in (("train", train), ("valid", valid)):
+        ids = {img["id"] for img in part.images}
+        doc = {k: v for k, v in tree.items() if k not in ("images", "annotations")}
+        doc["images"] = [img for img in tree["images"] if img["id"] in ids]
+        doc["annotations"] = [a for a in tree["annotations"] if a["image_id"] in ids]
+        paths[name] = (write_atomic(out / f"{name}.json", json.dumps(doc)), len(doc["images"]),
+                       len(doc["annotations"]))
+    return paths, data.image_root.resolve()

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image, ImageChops, ImageDraw, ImageFilter, ImageFont
 
 from rcnnlab.errors import ConfigError, MissingFileError
-from rcnnlab.files import replacing, write_atomic
+from rcnnlab.files import write_atomic
 
 GENERATOR_VERSION = "1.0"
 SPLITS = ("train", "valid", "test")  # the index of a split seeds its images' generators
@@ -890,35 +890,18 @@ def generate_dataset(
     }
 
 
-def sample_grid(out_png: Path, n: int = 32, seed: int = 0) -> Path:
-    """Draw the first `n` train images of a seed, as saved (JPEG), with their boxes and labels.
+def saved_sample(
+    seed: int, split: str, index: int
+) -> tuple[Image.Image, list[tuple[float, float, float, float]], list[int]]:
+    """Image `index` (0-based) of a split as `generate_split` saves it (after JPEG), with its
+    boxes (xyxy, absolute pixels) and digits, left to right; made alone, without the others.
 
-    Each image is enlarged to a common cell for a person to check realism and box fit; the
-    number read left to right is written under it.
-
-    Returns:
-        `out_png`.
+    `rcnnlab.reporting.samples.sample_grid` draws them for a person to check realism and box
+    fit.
     """
-    cell_w, cell_h, text_h, cols = 300, 120, 14, 4
-    rows = max(1, -(-n // cols))
-    grid = Image.new("RGB", (cols * (cell_w + 8), rows * (cell_h + text_h + 8)), (40, 40, 40))
-    draw = ImageDraw.Draw(grid)
-    for i in range(n):
-        rng = _image_rng(seed, "train", i)
-        sample = _render(rng)
-        image = Image.open(io.BytesIO(_encoded(rng, sample.image))).convert("RGB")
-        zoom = min(cell_w / image.width, cell_h / image.height, 3.0)
-        image = image.resize(
-            (round(image.width * zoom), round(image.height * zoom)), Image.Resampling.BILINEAR
-        )
-        ox, oy = (i % cols) * (cell_w + 8) + 4, (i // cols) * (cell_h + text_h + 8) + 4
-        grid.paste(image, (ox, oy))
-        for x0, y0, x1, y1 in sample.boxes:
-            box = (ox + x0 * zoom, oy + y0 * zoom, ox + x1 * zoom - 1, oy + y1 * zoom - 1)
-            draw.rectangle(box, outline=(0, 255, 0), width=2)
-        label = "".join(map(str, sample.digits))
-        draw.text((ox, oy + image.height + 1), f"{label}  {sample.image.size}", fill=(255,) * 3)
-    out_png = Path(out_png)
-    with replacing(out_png) as tmp:
-        grid.save(tmp, format="PNG")
-    return out_png
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    rng = _image_rng(seed, split, index)
+    sample = _render(rng)
+    image = Image.open(io.BytesIO(_encoded(rng, sample.image))).convert("RGB")
+    return image, sample.boxes, sample.digits

@@ -1,8 +1,9 @@
 """A training run assembled from its config: data, model, optimizer, the loop and its hooks.
 
-`train` is what `rcnnlab train` runs. The pieces are built here from their config sections and
-handed to the loop (`engine.loop`); every feature is a hook from `engine.hooks`. Validation
-metrics come from the evaluation pipeline, one layer up, as the function `evaluate`.
+`fit_model` is the training that `rcnnlab train` runs. The pieces are built here from their
+config sections and handed to the loop (`engine.loop`); every feature is a hook from
+`engine.hooks`. Validation metrics come from the evaluation pipeline, one layer up, as the
+function `evaluate`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import functools
 import logging
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +43,13 @@ from rcnnlab.engine.precision import MixedPrecision
 from rcnnlab.engine.progress import ProgressReporter
 from rcnnlab.errors import ConfigError
 from rcnnlab.methods.scale_weighting import ScaleLossWeighting
-from rcnnlab.models.anchors import auto_anchors
-from rcnnlab.models.build import build_model, describe_model, load_weights_file
+from rcnnlab.models.anchor_fit import auto_anchors
+from rcnnlab.models.architecture import build_model, level_anchors, level_strides
 from rcnnlab.models.heads import RoIClassifierLoss
 from rcnnlab.models.losses import class_counts, inverse_frequency_weights
 from rcnnlab.models.precision import native_bf16
+from rcnnlab.models.weights import load_weights_file
+from rcnnlab.runs.checkpoint import Checkpoint
 from rcnnlab.runs.device import peak_memory_mb, resolve_device
 from rcnnlab.runs.distributed import World, init_distributed
 from rcnnlab.runs.environment import environment_rows
@@ -69,6 +72,9 @@ class FitResult:
     train_seconds: float
     train_images_per_s: float
     peak_memory_mb: float
+    # best.pt's checkpoint in memory, as this process saved it (None when the best epoch came
+    # before a resume, and on ranks other than 0)
+    best: Checkpoint | None = field(default=None, repr=False)
 
 
 def seed_everything(seed: int) -> None:
@@ -78,18 +84,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def fit_anchors(cfg: Config, train: CocoData) -> Config:
+def with_fitted_anchors(cfg: Config, train: CocoData) -> Config:
     """With `model.anchors: auto`, a copy of `cfg` whose anchors are fitted to the training
     boxes (`anchors: given` with the fitted sizes and ratios); else `cfg` itself."""
     if cfg.model.anchors != "auto":
         return cfg
     m = cfg.model
-    levels = describe_model(build_model(m, num_classes=len(train.categories) + 1))["levels"]
+    strides = level_strides(m)
+    sizes, ratios = level_anchors(m)
     fit = auto_anchors(
-        train, num_levels=len(levels), min_size=m.min_size, max_size=m.max_size,
-        native_size=m.native_size, default_sizes=[lv["anchor_sizes"] for lv in levels],
-        default_ratios=[lv["aspect_ratios"] for lv in levels],
-        strides=[lv["stride"] for lv in levels], seed=cfg.train.seed)
+        train, num_levels=len(strides), min_size=m.min_size, max_size=m.max_size,
+        native_size=m.native_size, default_sizes=[list(s) for s in sizes],
+        default_ratios=[list(r) for r in ratios], strides=strides, seed=cfg.train.seed)
     log.info("auto anchors: %s", fit.summary())
     model = m.model_copy(update={"anchor_sizes": fit.sizes, "aspect_ratios": fit.ratios,
                                  "anchors": "given"})
@@ -150,7 +156,7 @@ def build_detector(cfg: Config, train_data: CocoData,
                    pg_generator: torch.Generator) -> tuple[Config, nn.Module]:
     """The detector to train: anchors fitted (`model.anchors: auto`), the RoI classifier's loss
     chosen, weights of `train.finetune_from` loaded. Returns the config as trained, too."""
-    cfg = fit_anchors(cfg, train_data)
+    cfg = with_fitted_anchors(cfg, train_data)
     model = build_model(cfg.model, num_classes=len(train_data.categories) + 1,
                         classifier_loss=classifier_loss(cfg, train_data, pg_generator),
                         multiscale_sizes=cfg.augment.multiscale_sizes)
@@ -160,7 +166,7 @@ def build_detector(cfg: Config, train_data: CocoData,
     return cfg, model
 
 
-def train(cfg: Config, splits: dict[str, CocoData],
+def fit_model(cfg: Config, splits: dict[str, CocoData],
           evaluate: Callable[[nn.Module, CocoData], dict[str, Any]], *, resume: bool = False,
           reporter: ProgressReporter | None = None,
           extra_hooks: Sequence[HookBase] = ()) -> FitResult:
@@ -262,4 +268,5 @@ def train(cfg: Config, splits: dict[str, CocoData],
     loop.train()
     return FitResult(run.root, cfg, len(train_data.images), checkpointer.best_epoch,
                      checkpointer.best_map, loop.epoch, loop.iteration, loop.train_seconds,
-                     loop.images_seen / max(loop.train_seconds, 1e-9), peak_memory_mb(device))
+                     loop.images_seen / max(loop.train_seconds, 1e-9), peak_memory_mb(device),
+                     checkpointer.best)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +49,12 @@ def _mean_valid(precision: np.ndarray) -> float | None:
     return float(valid.mean()) if valid.size else None
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def format_score(value: float | None, digits: int = 4) -> str:
+    """A score as shown in tables and reports: `digits` decimals; "n/a" for an undefined one
+    (None, or NaN)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
 
 
 @dataclass(frozen=True)
@@ -98,13 +103,14 @@ class CocoMetrics:
         ``category_names`` maps category id to a display name; ids without one are shown bare.
         """
         names = category_names or {}
-        lines = [f"{name:<6} {_fmt(value):>6}" for name, value in self.stats().items()]
+        lines = [f"{name:<6} {format_score(value, 3):>6}" for name, value in self.stats().items()]
         width = max([5] + [len(str(names.get(cid, cid))) for cid in self.per_class])
         lines += ["", f"{'id':>4}  {'class':<{width}}  {'AP':>6}  {'AP50':>6}"]
         for cid, ap in self.per_class.items():
             name = str(names.get(cid, cid))
             ap50 = self.per_class_ap50.get(cid)
-            lines.append(f"{cid:>4}  {name:<{width}}  {_fmt(ap):>6}  {_fmt(ap50):>6}")
+            lines.append(f"{cid:>4}  {name:<{width}}  {format_score(ap, 3):>6}  "
+                         f"{format_score(ap50, 3):>6}")
         return "\n".join(lines)
 
 

@@ -12,7 +12,7 @@ sets and its reason in one line. The rules run in this order:
    on large images, only while the smallest objects at that scale are below `P2_BELOW_PX`.
 3. **Anchors.** The arch's default anchors (4x each level's stride, h/w ratios 0.5-3) where they
    reach IoU 0.5 with at least `ANCHOR_COVERAGE` of the boxes at that scale; else anchors fitted
-   to the boxes (`rcnnlab.models.anchors.fit_anchors`, never covering fewer boxes than the
+   to the boxes (`rcnnlab.models.anchor_fit.fit_anchors`, never covering fewer boxes than the
    defaults).
 4. **Training window**: dense small objects (a median of `WINDOW_MIN_OBJECTS` or more an image,
    the largest under a quarter of the window) in images at least twice `WINDOW` long train on
@@ -47,8 +47,9 @@ from typing import Any
 import numpy as np
 
 from rcnnlab.data.fingerprint import Fingerprint
-from rcnnlab.models.anchors import box_sizes_at_scale, coverage, fit_anchors
-from rcnnlab.models.build import default_anchors
+from rcnnlab.models.anchor_fit import fit_anchors
+from rcnnlab.models.anchors import box_sizes_at_scale, coverage
+from rcnnlab.models.architecture import default_anchors
 from rcnnlab.models.transform import native_scale
 from rcnnlab.planning.hardware import Hardware
 

@@ -32,18 +32,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from rcnnlab.errors import ConfigError, RunError
+from rcnnlab.evaluation.coco import format_score
 from rcnnlab.files import write_atomic
 from rcnnlab.runs.checkpoint import Checkpoint
 from rcnnlab.runs.rundir import RunDir
@@ -66,7 +65,8 @@ ABSENT = _Absent()
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What a run folder says about itself, read without loading the model.
+    """What a run folder says about itself, read (`RunSummary.read`) without loading the
+    model.
 
     ``val_best`` / ``val_last`` are the metrics.csv validation columns of the best epoch (highest
     ``val_AP``) and of the last validated epoch, with the ``val_`` prefix removed so their keys
@@ -86,6 +86,45 @@ class RunSummary:
     iterations: int | None  # the last row's (cumulative) iteration count
     train_img_per_s: float | None  # all training images / all training seconds
     categories: dict[int, str]  # id -> name, from the checkpoint; empty when not read
+
+    @classmethod
+    def read(cls, path: str | Path, *, names: bool = True) -> RunSummary:
+        """Read a run folder's summary through `RunDir`: config.yaml, metrics.csv, every
+        eval_<split>.json.
+
+        With `names`, category names are read from checkpoints/best.pt (or last.pt) when
+        present; without a checkpoint, tables show category ids.
+        """
+        run = RunDir(path)
+        missing = [f.name for f in (run.config_yaml, run.metrics_csv) if not f.is_file()]
+        if missing:
+            raise RunError(f"{run.root}: not a run folder (no {' or '.join(missing)}). Fix: "
+                           "give folders written by `rcnnlab train`, e.g. runs/<name>")
+        config = run.read_config_dict()
+        rows = run.read_metrics()
+        validated = [r for r in rows if r.get("val_AP") is not None]
+        best = max(validated, key=lambda r: r["val_AP"], default=None)  # max keeps the first tie
+        timed = [r for r in rows if r.get("epoch_seconds") is not None]
+        seconds = sum(r["epoch_seconds"] for r in timed) if timed else None
+        rated = [r for r in timed if r.get("train_img_per_s") is not None]
+        rated_seconds = sum(r["epoch_seconds"] for r in rated)
+        iterations = rows[-1].get("iterations") if rows else None
+        return cls(
+            name=run.name,
+            path=run.root,
+            config=config,
+            val_best=_val_columns(best),
+            val_last=_val_columns(validated[-1] if validated else None),
+            best_epoch=int(best["epoch"]) if best else None,
+            epochs=len(rows),
+            evals=run.read_evals(),
+            train_seconds=seconds,
+            iterations=int(iterations) if iterations is not None else None,
+            # images/s of the whole run: each epoch's rate weighted by its duration
+            train_img_per_s=(sum(r["train_img_per_s"] * r["epoch_seconds"] for r in rated)
+                             / rated_seconds if rated_seconds > 0 else None),
+            categories=_checkpoint_categories(run) if names else {},
+        )
 
     def metrics(self, source: str) -> dict[str, Any] | None:
         """The detection metrics of a source: ``"metrics"`` or a split's eval json."""
@@ -242,62 +281,17 @@ class Comparison:
         return write_atomic(path, self.to_markdown())
 
 
-# ------------------------------------------------------------------------------ loading
-def load_run(path: str | Path, *, names: bool = True) -> RunSummary:
-    """Read a run folder: config.yaml, metrics.csv, every eval_<split>.json.
-
-    With `names`, category names are read from checkpoints/best.pt (or last.pt) when present;
-    without a checkpoint, tables show category ids.
-    """
-    path = Path(path)
-    missing = [f for f in ("config.yaml", "metrics.csv") if not (path / f).is_file()]
-    if missing:
-        raise RunError(f"{path}: not a run folder (no {' or '.join(missing)}). Fix: give "
-                         "folders written by `rcnnlab train`, e.g. runs/<name>")
-    try:
-        config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise RunError(f"{path / 'config.yaml'}: not valid YAML ({exc})") from None
-    if not isinstance(config, dict):
-        raise RunError(f"{path / 'config.yaml'}: expected a mapping of config sections")
-    rows = RunDir(path).read_metrics()
-    validated = [r for r in rows if r.get("val_AP") is not None]
-    best = max(validated, key=lambda r: r["val_AP"], default=None)  # max keeps the first tie
-    timed = [r for r in rows if r.get("epoch_seconds") is not None]
-    seconds = sum(r["epoch_seconds"] for r in timed) if timed else None
-    rated = [r for r in timed if r.get("train_img_per_s") is not None]
-    rated_seconds = sum(r["epoch_seconds"] for r in rated)
-    evals = RunDir(path).read_evals()
-    iterations = rows[-1].get("iterations") if rows else None
-    return RunSummary(
-        name=Path(os.path.abspath(path)).name,  # "runs/x/.." -> runs, without following links
-        path=path,
-        config=config,
-        val_best=_val_columns(best),
-        val_last=_val_columns(validated[-1] if validated else None),
-        best_epoch=int(best["epoch"]) if best else None,
-        epochs=len(rows),
-        evals=evals,
-        train_seconds=seconds,
-        iterations=int(iterations) if iterations is not None else None,
-        # images/s of the whole run: each epoch's rate weighted by its duration
-        train_img_per_s=(sum(r["train_img_per_s"] * r["epoch_seconds"] for r in rated)
-                         / rated_seconds if rated_seconds > 0 else None),
-        categories=_checkpoint_categories(path) if names else {},
-    )
-
-
+# ------------------------------------------------------------------------------ reading
 def _val_columns(row: dict | None) -> dict[str, float | None]:
     if row is None:
         return {}
     return {k.removeprefix("val_"): v for k, v in row.items() if k.startswith("val_")}
 
 
-def _checkpoint_categories(path: Path) -> dict[int, str]:
-    """Category names stored in the run's checkpoint; {} when there is none or it is unreadable.
-    """
-    for name in ("best.pt", "last.pt"):
-        file = path / "checkpoints" / name
+def _checkpoint_categories(run: RunDir) -> dict[int, str]:
+    """Category names stored in the run's checkpoint (best.pt, else last.pt); {} when there is
+    none or it is unreadable."""
+    for file in (run.best_pt, run.last_pt):
         if not file.is_file():
             continue
         try:
@@ -330,13 +324,13 @@ def compare_runs(paths: Sequence[str | Path], split: str | None = None, *,
 
     `split` None picks the source as the module docstring says; a split name forces
     ``eval_<split>.json`` and ``"metrics"`` forces metrics.csv. `names` reads category names
-    from the checkpoints (see `load_run`).
+    from the checkpoints (see `RunSummary.read`).
     """
     if len(paths) < 2:
         # no brackets in the message: the CLI prints errors as rich markup
         raise ConfigError(f"compare needs at least 2 run folders, got {len(paths)}. Fix: give "
                          "two or more, e.g. rcnnlab compare runs/a runs/b")
-    runs = [load_run(p, names=names) for p in paths]
+    runs = [RunSummary.read(p, names=names) for p in paths]
     source, note = _choose_source(runs, split)
     headers = [r.name for r in runs]
     if len(set(headers)) < len(headers):  # same folder name under different parents
@@ -515,17 +509,13 @@ def _config_diff(runs: list[RunSummary], source: str) -> list[ConfigDiff]:
 
 
 # ------------------------------------------------------------------------------ formatting
-def _value_text(value: float | None, digits: int) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def _delta_text(delta: float, digits: int) -> str:
     return f"{delta:+.{digits}f}"
 
 
 def _cells(values: list[float | None], deltas: list[float | None], digits: int) -> list[str]:
     """'0.550 (+0.050)' per run; the value alone where there is no change to show."""
-    return [_value_text(v, digits) + ("" if d is None else f" ({_delta_text(d, digits)})")
+    return [format_score(v, digits) + ("" if d is None else f" ({_delta_text(d, digits)})")
             for v, d in zip(values, deltas, strict=True)]
 
 
@@ -533,7 +523,7 @@ def _rich_cells(values: list[float | None], deltas: list[float | None], digits: 
                 better: str | None) -> list[Text]:
     cells = []
     for value, delta in zip(values, deltas, strict=True):
-        cell = Text(_value_text(value, digits), style="dim" if value is None else "")
+        cell = Text(format_score(value, digits), style="dim" if value is None else "")
         if delta is not None:
             change = _change(delta, digits) * (1 if better == "higher" else -1)
             style = "" if better is None or change == 0 else ("green" if change > 0 else "red")

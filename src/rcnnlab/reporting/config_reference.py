@@ -1,12 +1,15 @@
 """The configuration reference, from one source: every key of `rcnnlab.config`, its value without
 a recipe (`Config()`), whether the plan sets it (`rcnnlab train` without `-c`), what the
-`-c base` and `-c orand` recipes set, and its meaning (the comments on the key in config.py).
+`-c base` and `-c orand` recipes set, and its meaning (the comments on the key in the config's
+source).
 
-    python -m rcnnlab.reporting.config_reference            # print the Markdown tables
-    python -m rcnnlab.reporting.config_reference --write README.md   # replace them there
+    python -m rcnnlab.reporting.config_reference                  # print the Markdown tables
+    python -m rcnnlab.reporting.config_reference --write FILE     # replace them in FILE
 
-The README holds the tables between `<!-- config-reference -->` markers; a test checks that they
-are what this module writes, so the reference cannot drift from the code.
+The documentation's configuration page (docs/configuration.md) holds the markers
+`<!-- config-reference --><!-- /config-reference -->`; the site's build hook (docs/hooks.py)
+fills them with `markdown()` every time the site is built, so the reference cannot drift from
+the code.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from typing import Annotated, Literal, Union, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
-from rcnnlab import config as config_module
 from rcnnlab.config import Config, config_keys, load_config, value_text
 from rcnnlab.planning.rules import PLANNED_KEYS
 
@@ -50,18 +52,18 @@ class Entry:
 
 
 def field_comments() -> dict[str, str]:
-    """Each field's comments in config.py, by dotted key: the comment lines right above it and
-    the one at the end of its line."""
-    source = inspect.getsource(config_module)
-    comments: dict[int, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            comments[tok.start[0]] = tok.string.lstrip("#").strip()
-    lines = source.splitlines()
+    """Each field's comments in the config's source, by dotted key: the comment lines right
+    above it and the one at the end of its line. Read from each config class's own source, so
+    it works wherever the classes are defined."""
     out: dict[str, str] = {}
-    for node in ast.parse(source).body:
-        if not isinstance(node, ast.ClassDef) or node.name not in SECTIONS:
-            continue
+    for cls, prefix in _config_classes():
+        source = inspect.getsource(cls)
+        comments: dict[int, str] = {}
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").strip()
+        lines = source.splitlines()
+        node = next(n for n in ast.parse(source).body if isinstance(n, ast.ClassDef))
         for item in node.body:
             if not (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)):
                 continue
@@ -73,7 +75,7 @@ def field_comments() -> dict[str, str]:
                 above = []
             text = " ".join([*above, *([comments[item.end_lineno]]
                                        if item.end_lineno in comments else [])])
-            out[SECTIONS[node.name] + item.target.id] = text
+            out[prefix + item.target.id] = text
     return out
 
 
@@ -133,7 +135,7 @@ def _cell(value) -> str:
 
 
 def entries() -> list[Entry]:
-    """Every leaf key of the config (the `plan` record as one key), in config.py's order."""
+    """Every leaf key of the config (the `plan` record as one key), in the config's order."""
     defaults = Config()
     recipes = {name: load_config(name) for name in RECIPES}
     meanings = field_comments()
@@ -200,7 +202,8 @@ def markdown() -> str:
 
 
 def replace_in(text: str) -> str:
-    """`text` (a README) with the tables between the markers replaced by `markdown()`."""
+    """`text` (a documentation page) with the tables between the markers replaced by
+    `markdown()`."""
     head, start, rest = text.partition(START)
     if not start:
         raise ValueError(f"no {START} marker")
@@ -210,7 +213,8 @@ def replace_in(text: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", type=Path, help="replace the tables in this file")
+    parser.add_argument("--write", type=Path,
+                        help="replace the tables between the markers in this file")
     args = parser.parse_args()
     if args.write is None:
         print(markdown(), end="")

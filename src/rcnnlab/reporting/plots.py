@@ -13,6 +13,7 @@ import numpy as np
 from rcnnlab.data.images import read_image
 from rcnnlab.files import replacing
 from rcnnlab.methods.scale_weighting import ACTION_NAMES, IntervalRecord
+from rcnnlab.reporting.drawing import Panel, class_colors, draw_grid
 
 
 def plot_scale_weights(history: Sequence[IntervalRecord], out_png: Path,
@@ -200,16 +201,6 @@ def plot_learning_rate(steps: Sequence[float], lrs: Sequence[float], out_png: Pa
     return _save(fig, out_png)
 
 
-def _class_colors(n: int) -> list:
-    from matplotlib import colormaps
-
-    if n <= 10:
-        return [colormaps["tab10"](i) for i in range(n)]
-    if n <= 20:
-        return [colormaps["tab20"](i) for i in range(n)]
-    return [colormaps["turbo"](i / max(n - 1, 1)) for i in range(n)]
-
-
 def plot_pr_curves(recall: Sequence[float], precision_by_iou: Mapping[float, np.ndarray],
                    class_names: Sequence[str], out_png: Path, *,
                    scores_by_iou: Mapping[float, np.ndarray] | None = None,
@@ -226,7 +217,7 @@ def plot_pr_curves(recall: Sequence[float], precision_by_iou: Mapping[float, np.
 
     recall = np.asarray(recall, dtype=float)
     ious = list(precision_by_iou)
-    colors = _class_colors(len(class_names))
+    colors = class_colors(len(class_names))
     fig = _figure(5.0 * len(ious) + 2.4, 4.6)
     axes = fig.subplots(1, len(ious), squeeze=False, sharey=True)[0]
     aps: dict[int, list[str]] = {}  # class index -> its AP per panel, for the legend
@@ -388,56 +379,24 @@ class GridPanel:
 def plot_detection_grid(panels: Sequence[GridPanel], out_png: Path, *, title: str = "",
                         cols: int | None = None) -> Path:
     """A grid of images with true positives (green), false positives (red) and missed
-    ground-truth boxes (orange, dashed) drawn, with a legend.
+    ground-truth boxes (orange, dashed) drawn by `draw_detections`, with a legend.
 
-    Labels sit outside the boxes in white bands added above and below each image (true
-    positives above, false positives below, missed boxes one row further down), so tight
-    crops, where boxes touch the image border, do not clip them and the three kinds do not
-    overwrite each other.
+    True positives are labelled on top of their boxes, false positives and missed boxes under
+    theirs, so the kinds do not overwrite each other; labels that would leave a tight crop go
+    in a band added above or below it.
     """
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Rectangle
-    pictures = [read_image(panel.image).permute(1, 2, 0).numpy() for panel in panels]
-    sizes = [(p.shape[1], p.shape[0]) for p in pictures]
-    aspect = float(np.median([h / w for w, h in sizes])) if sizes else 1.0
-    # wide images (amounts, house numbers) get fewer, wider columns
-    cols = cols or (3 if aspect < 0.5 else 4)
-    rows = max(1, math.ceil(len(panels) / cols))
-    width = 13.0
-    panel_w = width / cols
-    fontsize, line_pt = 7, 9.5  # label font and the height of one label row, in points
-    fig = _figure(width, rows * (panel_w * aspect + 3.5 * line_pt / 72 + 0.3) + 0.6)
-    axes = fig.subplots(rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, panel, picture, (w, h) in zip(axes.flat, panels, pictures, sizes, strict=False):
-        ax.imshow(picture)
-        # the bands, in image pixels: points per pixel as the panel's width scales the image
-        px = 72 * min(panel_w, panel_w * aspect * w / h) / w
-        ax.set_xlim(-0.5, w - 0.5)
-        ax.set_ylim(h - 0.5 + 2.3 * line_pt / px, -0.5 - 1.2 * line_pt / px)
-        kinds = ((panel.missed, MISSED_COLOR, "--", -1.05 * line_pt),
-                 (panel.false_positives, FP_COLOR, "-", 0.0),
-                 (panel.true_positives, TP_COLOR, "-", None))
-        for boxes, color, ls, below in kinds:
-            for (x1, y1, x2, y2), label in boxes:
-                ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=color,
-                                       lw=1.4, ls=ls))
-                if below is None:  # above the box, ending at its top edge
-                    anchor, offset, va = (x1, min(y1, 0.0)), (0, 1), "bottom"
-                else:  # in the band under the image, below the box's left edge
-                    anchor, offset, va = (x1, max(y2, h - 0.5)), (0, below - 1), "top"
-                ax.annotate(label, anchor, xytext=offset, textcoords="offset points",
-                            va=va, ha="left", fontsize=fontsize,
-                            color="black" if color == MISSED_COLOR else "white",
-                            bbox={"facecolor": color, "alpha": 0.9, "pad": 0.5, "lw": 0})
-        ax.set_title(panel.title, fontsize=8)
-    handles = [Line2D([], [], color=TP_COLOR, lw=2, label="true positive (class, score)"),
-               Line2D([], [], color=FP_COLOR, lw=2,
-                      label="false positive (class, score; 'true X': the box is an X)"),
-               Line2D([], [], color=MISSED_COLOR, lw=2, ls="--",
-                      label="missed ground truth (its class)")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    return _save(fig, out_png)
+    drawn = []
+    for panel in panels:
+        kinds = ((panel.true_positives, TP_COLOR, False, False),
+                 (panel.false_positives, FP_COLOR, False, True),
+                 (panel.missed, MISSED_COLOR, True, True))
+        boxes = [(box, label, color, dashed, below) for items, color, dashed, below in kinds
+                 for box, label in items]
+        drawn.append(Panel(read_image(panel.image), [b[0] for b in boxes],
+                           [b[1] for b in boxes], colors=[b[2] for b in boxes],
+                           dashed=[b[3] for b in boxes], below=[b[4] for b in boxes],
+                           title=panel.title))
+    legend = [("true positive (class, score)", TP_COLOR, False),
+              ("false positive (class, score; 'true X': the box is an X)", FP_COLOR, False),
+              ("missed ground truth (its class)", MISSED_COLOR, True)]
+    return draw_grid(drawn, out_png, cols=cols, title=title, legend=legend)

@@ -1,26 +1,26 @@
 """A short run summary: Markdown with the headline figures, the training curves and sample
-detections as PNG files (matplotlib, headless)."""
+detections as PNG files (bare matplotlib Figures, headless; detections drawn by `drawing`)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from rcnnlab.data.images import read_image  # noqa: E402
-from rcnnlab.files import replacing, write_atomic  # noqa: E402
+from rcnnlab.data.images import read_image
+from rcnnlab.evaluation.sequence import NO_NUMBER
+from rcnnlab.files import replacing, write_atomic
+from rcnnlab.reporting.drawing import Panel, draw_grid
 
 
 def plot_curves(rows: list[dict], out_png: Path) -> Path:
     """Loss (total and the cls / bbox / anchor groups) and validation mAP against epoch, from
     metrics.csv's rows (`RunDir.read_metrics`)."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig = Figure(figsize=(10, 3.8), layout="tight")
+    ax_loss, ax_map = fig.subplots(1, 2)
     for key, style in (("loss", "-"), ("loss_cls", "--"), ("loss_bbox", "--"),
                        ("loss_anchor", ":")):
         ax_loss.plot(epochs, [r[key] for r in rows], style, marker="o", ms=3, label=key)
@@ -37,10 +37,9 @@ def plot_curves(rows: list[dict], out_png: Path) -> Path:
     ax_map.legend(fontsize=8)
     for ax in (ax_loss, ax_map):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
+    out_png = Path(out_png)
     with replacing(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
     return out_png
 
 
@@ -55,32 +54,22 @@ def plot_detections(
     truth: dict[int, str] | None = None,
     cols: int = 4,
 ) -> Path:
-    """A grid of images with their detections at or above `threshold` drawn and labelled."""
-    n = len(image_paths)
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 1.9 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, path, image_id in zip(axes.flat, image_paths, image_ids, strict=False):
-        ax.imshow(read_image(path).permute(1, 2, 0).numpy())
-        for det in detections.get(image_id, []):
-            if det["score"] < threshold:
-                continue
-            x, y, w, h = det["bbox"]
-            ax.add_patch(plt.Rectangle((x, y), w, h, fill=False, color="lime", lw=1.2))
-            ax.text(x, y - 1, f"{names[det['category_id']]} {det['score']:.2f}", color="yellow",
-                    fontsize=6, va="bottom", bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5})
-        if numbers is not None:
-            title = f"read {numbers.get(image_id, '-1')}"
-            if truth is not None:
-                ok = numbers.get(image_id) == truth.get(image_id)
-                title += f" / true {truth.get(image_id)}" + (" ✓" if ok else " ✗")
-            ax.set_title(title, fontsize=8)
-    fig.tight_layout()
-    with replacing(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return out_png
+    """A grid of images with their detections (COCO results) at or above `threshold` drawn and
+    labelled; with `numbers`, the number read is in each image's banner, and with `truth` the
+    true number (and whether they agree) is its title."""
+    panels = []
+    for path, image_id in zip(image_paths, image_ids, strict=False):
+        kept = [d for d in detections.get(image_id, []) if d["score"] >= threshold]
+        title = ""
+        if numbers is not None and truth is not None:
+            ok = numbers.get(image_id) == truth.get(image_id)
+            title = f"true {truth.get(image_id)}" + (" ✓" if ok else " ✗")
+        panels.append(Panel(
+            read_image(path), [(x, y, x + w, y + h) for x, y, w, h in (d["bbox"] for d in kept)],
+            [f"{names[d['category_id']]} {d['score']:.2f}" for d in kept],
+            number=None if numbers is None else numbers.get(image_id, NO_NUMBER), title=title))
+    return draw_grid(panels, out_png, cols=cols,
+                     title=f"detections scoring at least {threshold:.2f}")
 
 
 def write_summary(path: Path, title: str, facts: dict[str, str], figures: list[Path]) -> Path:

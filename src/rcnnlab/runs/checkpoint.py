@@ -21,7 +21,7 @@ import torch
 from rcnnlab.config import Config, config_from_dict
 from rcnnlab.errors import MissingFileError, RunError
 from rcnnlab.files import atomic_writer
-from rcnnlab.models.build import build_model
+from rcnnlab.models.architecture import build_model
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,11 @@ def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
     return path
 
 
-def load_detector(path: str | Path, which: str = "best",
-                  device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Checkpoint]:
-    """Rebuild a trained detector from a run folder or checkpoint: (model in eval mode,
-    checkpoint)."""
-    ckpt = Checkpoint.load(resolve_checkpoint(path, which))
-    # Same layout as in training (frozen BN where weights were pretrained), but the tensors all
-    # come from the checkpoint: nothing is fetched.
+def detector_from_checkpoint(ckpt: Checkpoint,
+                             device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The trained detector a checkpoint holds, built once for inference (in eval mode, on
+    `device`): the layout of training (frozen BN where weights were pretrained), every tensor
+    from the checkpoint, so nothing is fetched."""
     model = build_model(ckpt.config.model, num_classes=len(ckpt.categories) + 1,
                         load_weights=False)
     load_fitting(model, ckpt.model, ckpt.path, "Fix: use a checkpoint as rcnnlab train wrote it "
@@ -165,7 +163,7 @@ def load_detector(path: str | Path, which: str = "best",
     model = model.to(device).eval()
     if ckpt.config.train.channels_last:  # predicts in the memory layout it was trained in
         model.to(memory_format=torch.channels_last)
-    return model, ckpt
+    return model
 
 
 def load_fitting(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path | None,

@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,27 @@ class RunDir:
         """The scores `evaluate` wrote for a split."""
         return self.root / f"eval_{split}.json"
 
+    @property
+    def report_md(self) -> Path:
+        """The run record as Markdown (figures linked from `figures_dir`)."""
+        return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        """The run record as one self-contained HTML page."""
+        return self.root / "report.html"
+
+    @property
+    def figures_dir(self) -> Path:
+        """The run record's figures."""
+        return self.root / "figures"
+
+    @property
+    def name(self) -> str:
+        """The folder's name, of its absolute path without following links ("runs/x/.." is
+        "runs")."""
+        return Path(os.path.abspath(self.root)).name
+
     # ------------------------------------------------------------------ starting a run
     def holds_run(self) -> bool:
         """Whether a training run has written here (metrics or a checkpoint)."""
@@ -198,7 +220,7 @@ class RunDir:
                      *self.root.glob("eval_*.json"), *self.root.glob("report.*"),
                      *self.root.glob("diagnosis.*")]:
             path.unlink(missing_ok=True)
-        for folder in (self.checkpoints, self.tb_dir, self.root / "figures"):
+        for folder in (self.checkpoints, self.tb_dir, self.figures_dir):
             if folder.is_dir():
                 shutil.rmtree(folder)
 
@@ -211,6 +233,17 @@ class RunDir:
     def read_config(self) -> Config:
         """The run's config.yaml."""
         return config_from_dict(yaml.safe_load(self.config_yaml.read_text()))
+
+    def read_config_dict(self) -> dict[str, Any]:
+        """The run's config.yaml as the plain mapping it holds, not validated (an older run's
+        keys need not match today's config); a file that is no YAML mapping is a RunError."""
+        try:
+            config = yaml.safe_load(self.config_yaml.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise RunError(f"{self.config_yaml}: not valid YAML ({exc})") from None
+        if not isinstance(config, dict):
+            raise RunError(f"{self.config_yaml}: expected a mapping of config sections")
+        return config
 
     def write_environment(self, rows: list[list[str]]) -> Path:
         """Save the machine and package rows (`runs.environment.environment_rows`)."""
@@ -260,6 +293,33 @@ class RunDir:
             reader = csv.DictReader(fh)
             rows = [r for r in reader if int(r["epoch"]) <= epochs_done]
         _write_rows(self.metrics_csv, rows, reader.fieldnames)
+
+    def read_threshold_sweep(self) -> list[Row]:
+        """threshold_sweep.csv rows, numbers parsed ([] when the run was not tuned)."""
+        if not self.threshold_sweep_csv.is_file():
+            return []
+        return read_csv_rows(self.threshold_sweep_csv)
+
+    def read_tb_scalars(self, tag: str) -> tuple[list[int], list[float]] | None:
+        """(steps, values) of a scalar tag of the TensorBoard events; None when tensorboard is
+        not installed, there is no event file or the tag was never written. A step written
+        twice (a resumed run redoing an epoch, in a later file) keeps its last value."""
+        try:
+            from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+        except ImportError:
+            return None
+        by_step: dict[int, float] = {}
+        # file by file in name (= creation time) order rather than the folder at once: the
+        # folder watcher logs a line per file, and later files must win for resumed runs
+        for path in sorted(self.tb_dir.glob("events.out.tfevents.*")):
+            acc = EventAccumulator(str(path), size_guidance={"scalars": 0})  # 0: keep all
+            acc.Reload()
+            if tag in acc.Tags().get("scalars", []):
+                by_step.update({e.step: e.value for e in acc.Scalars(tag)})
+        if not by_step:
+            return None
+        steps = sorted(by_step)
+        return steps, [by_step[s] for s in steps]
 
     def write_eval(self, split: str, result: dict[str, Any]) -> Path:
         """Write `eval_<split>.json`."""

@@ -83,9 +83,7 @@ class ModelService:
             assert det is not None
             if len(self._variants) >= MAX_VARIANTS:  # forget the oldest, keep the model's own
                 del self._variants[next(k for k in self._variants if k)]
-            self._variants[overrides] = Detector(det.model, det.cfg, det.categories,
-                                                 det.threshold, det.device, overrides,
-                                                 backend=det.backend)
+            self._variants[overrides] = det.with_overrides(overrides)
         return self._variants[overrides]
 
     def run(self, key: tuple[str, ...], items: list[tuple[Upload, int, float]]

@@ -32,6 +32,9 @@ class Checkpointer(HookBase):
         self.generator = generator  # the loader's: its state is the sampling order to come
         self.best_map, self.best_epoch = -1.0, 0
         self.threshold = cfg.eval.default_threshold  # kept as `tune` stored it, on resume
+        # best.pt as saved by this process, on the CPU: what comes after training starts from
+        # it without reading it back (None when the best epoch came before a resume)
+        self.best: Checkpoint | None = None
 
     def checkpoint(self) -> Checkpoint:
         """The run's state now (best.pt is this without `resume`)."""
@@ -68,6 +71,8 @@ class Checkpointer(HookBase):
             best = state.weights_only()
             best.model = self.loop.eval_model.state_dict()  # the weights validation scored
             best.save(self.run.best_pt)
+            best.model = {k: v.detach().to("cpu", copy=True) for k, v in best.model.items()}
+            best.path, self.best = self.run.best_pt, best
         state.save(self.run.last_pt)
 
     def resume(self) -> None:

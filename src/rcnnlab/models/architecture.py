@@ -1,9 +1,9 @@
-"""Faster R-CNN factory: backbone, pretrained weights, anchors, image size and budgets.
+"""Faster R-CNN architecture: backbone, FPN levels, anchors, image size and budgets.
 
 :func:`build_model` assembles a torchvision :class:`~torchvision.models.detection.FasterRCNN`
-from plain keyword arguments; :func:`load_weights_file` loads a local state_dict or rcnnlab
-checkpoint into it, skipping (and reporting) tensors whose shape differs, such as a box predictor
-trained for another class count; :func:`describe_model` summarises a model for run records.
+from a model config section or plain keyword arguments, loading its weights through
+:mod:`rcnnlab.models.weights`; :func:`level_strides` tells the strides of its feature levels
+without building it, and :func:`default_anchors` the anchors an arch gets when none are given.
 
 Architectures (``ARCHS``):
 
@@ -40,25 +40,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import sys
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
 import torchvision
 from torch import nn
-from torchvision.models import MobileNet_V3_Large_Weights, WeightsEnum, mobilenet_v3_large
-from torchvision.models.detection import (
-    FasterRCNN,
-    FasterRCNN_MobileNet_V3_Large_FPN_Weights,
-    FasterRCNN_ResNet50_FPN_V2_Weights,
-    FasterRCNN_ResNet50_FPN_Weights,
-)
+from torchvision.models import mobilenet_v3_large
+from torchvision.models.detection import FasterRCNN
 from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import (
@@ -74,49 +63,24 @@ from torchvision.models.detection.faster_rcnn import (
     TwoMLPHead,
 )
 from torchvision.models.detection.rpn import RPNHead
-from torchvision.models.resnet import ResNet18_Weights, ResNet34_Weights, ResNet50_Weights, resnet50
+from torchvision.models.resnet import resnet50
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
 
 from rcnnlab.config import ARCHS, ModelConfig, section_with
-from rcnnlab.errors import ConfigError, DownloadError, MissingFileError, RunError
+from rcnnlab.errors import ConfigError
 from rcnnlab.models.anchors import RESNET_FPN_STRIDES
 from rcnnlab.models.heads import RoIClassifierLoss, install_heads
 from rcnnlab.models.resfpn import ResidualFPNBackbone
 from rcnnlab.models.transform import DetectorTransform
+from rcnnlab.models.weights import fetch_weights, is_legacy_r50, load_matching
 
-__all__ = ["ARCHS", "LoadReport", "build_model", "default_anchors", "describe_model",
-           "load_weights_file"]
+__all__ = ["ARCHS", "build_model", "default_anchors", "level_anchors", "level_strides",
+           "probe_levels"]
 
 log = logging.getLogger(__name__)
 
-
-BACKBONE_NAMES = {
-    "fasterrcnn_resnet50_fpn": "ResNet-50 + FPN (torchvision Faster R-CNN v1)",
-    "fasterrcnn_resnet50_fpn_v2": "ResNet-50 + FPN (torchvision Faster R-CNN v2)",
-    "fasterrcnn_mobilenet_v3_large_fpn": "MobileNetV3-Large + FPN",
-    "resnet18_fpn": "ResNet-18 + FPN",
-    "resnet34_fpn": "ResNet-34 + FPN",
-    "resnet50_fpn": "ResNet-50 + FPN",
-}
-"""The backbone of each arch in words (run records)."""
-assert set(BACKBONE_NAMES) == set(ARCHS), "describe every arch of rcnnlab.config.ARCHS"
-
-# Which torchvision weights enum each arch accepts: full detector, and backbone (trunk) only.
-_DETECTOR_WEIGHTS: dict[str, type[WeightsEnum]] = {
-    "fasterrcnn_resnet50_fpn": FasterRCNN_ResNet50_FPN_Weights,
-    "fasterrcnn_resnet50_fpn_v2": FasterRCNN_ResNet50_FPN_V2_Weights,
-    "fasterrcnn_mobilenet_v3_large_fpn": FasterRCNN_MobileNet_V3_Large_FPN_Weights,
-}
-_BACKBONE_WEIGHTS: dict[str, type[WeightsEnum]] = {
-    "fasterrcnn_resnet50_fpn": ResNet50_Weights,
-    "fasterrcnn_resnet50_fpn_v2": ResNet50_Weights,
-    "fasterrcnn_mobilenet_v3_large_fpn": MobileNet_V3_Large_Weights,
-    "resnet18_fpn": ResNet18_Weights,
-    "resnet34_fpn": ResNet34_Weights,
-    "resnet50_fpn": ResNet50_Weights,
-}
 
 # Default anchors per arch: (sizes per level, aspect ratios for every level); see module doc.
 _TORCHVISION_RATIOS = (0.5, 1.0, 2.0)
@@ -129,60 +93,6 @@ _DEFAULT_ANCHORS: dict[str, tuple[tuple[tuple[int, ...], ...], tuple[float, ...]
     "resnet34_fpn": _SMALL_OBJECT_ANCHORS,
     "resnet50_fpn": _SMALL_OBJECT_ANCHORS,
 }
-
-_PREDICTOR_PREFIX = "roi_heads.box_predictor."
-
-
-# --------------------------------------------------------------------------- load reports
-
-
-@dataclass
-class LoadReport:
-    """What happened when a state dict was loaded into a model.
-
-    Names are the model's parameter/buffer names (after any prefix remapping, see
-    :func:`load_weights_file`); BatchNorm ``num_batches_tracked`` counters are left out.
-
-    Attributes:
-        source: the file path or torchvision weights name the tensors came from.
-        loaded: names of the tensors copied into the model.
-        skipped_shape: name -> (shape in the source, shape in the model) for tensors present in
-            both but with different shapes (typically the box predictor of another class count).
-        missing: model tensors the source has no value for (they keep their initialisation).
-        unexpected: source tensors with no counterpart in the (targeted part of the) model.
-    """
-
-    source: str
-    loaded: list[str] = field(default_factory=list)
-    skipped_shape: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-
-    def summary(self) -> str:
-        """One line with the counts, e.g. for a log."""
-        return (
-            f"{self.source}: loaded {len(self.loaded)} tensors, skipped {len(self.skipped_shape)} "
-            f"with another shape, {len(self.missing)} missing, {len(self.unexpected)} unexpected"
-        )
-
-    def __str__(self) -> str:
-        return self.summary()
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-friendly counts and names, for run records."""
-        return {
-            "source": self.source,
-            "counts": {
-                "loaded": len(self.loaded),
-                "skipped_shape": len(self.skipped_shape),
-                "missing": len(self.missing),
-                "unexpected": len(self.unexpected),
-            },
-            "skipped_shape": {k: [list(a), list(b)] for k, (a, b) in self.skipped_shape.items()},
-            "missing": list(self.missing),
-            "unexpected": list(self.unexpected),
-        }
-
 
 # --------------------------------------------------------------------------- public API
 
@@ -222,7 +132,7 @@ def build_model(
             the arch's own enum), or the path of a local ``.pt``/``.pth`` file (a state_dict or an
             rcnnlab checkpoint with a ``"model"`` key). Tensors whose shape differs from the
             model's (the predictor, when the class count differs) are skipped; see
-            :func:`load_weights_file`.
+            :func:`~rcnnlab.models.weights.load_weights_file`.
         backbone_weights: weights for the backbone only, same three kinds (e.g.
             ``"ResNet18_Weights.IMAGENET1K_V1"``, ``"DEFAULT"``, or an ImageNet classification
             or backbone state_dict file). Loaded before ``weights``, so ``weights`` wins where
@@ -278,11 +188,9 @@ def build_model(
     ):
         if not load_weights:
             continue
-        src = _resolve_weights(value, arch=arch, param=param)
-        if isinstance(src, Path):
-            sources.append((str(src), _read_weights_file(src), prefix))
-        elif src is not None:
-            sources.append((_enum_name(src), _download_torchvision(src, param), prefix))
+        fetched = fetch_weights(value, arch=arch, param=param)
+        if fetched is not None:
+            sources.append((*fetched, prefix))
     pretrained = weights is not None or backbone_weights is not None
     max_layers = 6 if arch == "fasterrcnn_mobilenet_v3_large_fpn" else 5
     trainable = _validate_trainable_layers(pretrained, cfg.trainable_backbone_layers, max_layers,
@@ -292,7 +200,7 @@ def build_model(
     norm_layer = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
 
     backbone = _build_backbone(arch, norm_layer, trainable, cfg)
-    levels = _probe_levels(backbone)
+    levels = probe_levels(backbone)
     level_names = [name for name, _ in levels]
     sizes, ratios = _resolve_anchors(arch, [stride for _, stride in levels], cfg.anchor_sizes,
                                      cfg.aspect_ratios)
@@ -355,8 +263,8 @@ def build_model(
     )
 
     for source, state_dict, prefix in sources:
-        log.info(_load_state_dict(model, state_dict, source, prefix=prefix).summary())
-    if weights is not None and _is_legacy_r50(weights, arch):
+        log.info(load_matching(model, state_dict, source, prefix=prefix).summary())
+    if weights is not None and is_legacy_r50(weights, arch):
         # These legacy weights were trained with eps=0 in FrozenBatchNorm; torchvision sets it
         # after loading them, and so do we, also for a local copy of the file.
         overwrite_eps(model, 0.0)
@@ -371,126 +279,6 @@ def _model_config(cfg: ModelConfig | None, options: dict[str, Any]) -> ModelConf
     return section_with(ModelConfig, cfg, options, "model")
 
 
-def _is_legacy_r50(weights: str, arch: str) -> bool:
-    """Whether `weights` names (or is a local copy of) the R50 COCO_V1 file."""
-    legacy = FasterRCNN_ResNet50_FPN_Weights.COCO_V1
-    if Path(weights).name == _url_filename(legacy.url):
-        return True
-    if weights.split(".")[0] == type(legacy).__name__:  # the enum has this one member
-        return True
-    return arch == "fasterrcnn_resnet50_fpn" and weights in ("DEFAULT", "COCO_V1")
-
-
-def load_weights_file(
-    model: nn.Module, path: str | os.PathLike[str], *, strict_head: bool = False
-) -> LoadReport:
-    """Load a local weights file into ``model``, skipping tensors of another shape.
-
-    The file is read with ``torch.load(path, map_location="cpu", weights_only=True)`` and may be
-    a plain state_dict or a checkpoint dict whose ``"model"`` (or ``"state_dict"``) entry is one.
-    Key prefixes are matched automatically: a detector state_dict, a checkpoint saved with or
-    without ``residual_fpn``, a backbone (``body.*``/``fpn.*``) state_dict, or an ImageNet
-    classification state_dict of the trunk (``conv1.*``/``layer1.*`` or ``features.*``) all load
-    into the matching part of a detector.
-
-    Args:
-        model: a model from :func:`build_model`.
-        path: the ``.pt``/``.pth`` file.
-        strict_head: raise instead of skipping when the box predictor does not fit (use it when
-            the file must be a detector for exactly this class list, e.g. for evaluation).
-
-    Returns:
-        A :class:`LoadReport` with the loaded, skipped, missing and unexpected tensors.
-
-    Raises:
-        MissingFileError: the file does not exist (a FileNotFoundError).
-        RunError: the file is not a state_dict, nothing in it matches the model, or
-            ``strict_head`` and the predictor does not match (a ValueError).
-    """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise MissingFileError(_missing_file_message(path, "weights"))
-    report = _load_state_dict(model, _read_weights_file(path), str(path))
-    if strict_head:
-        bad = [
-            k for k in (*report.skipped_shape, *report.missing) if k.startswith(_PREDICTOR_PREFIX)
-        ]
-        if bad:
-            shape = report.skipped_shape.get(_PREDICTOR_PREFIX + "cls_score.weight")
-            found = f"{shape[0][0]} classes" if shape else "no box predictor"
-            raise RunError(
-                f"{path}: its box predictor does not fit the model ({found} in the file, "
-                f"{_num_classes(model)} in the model, background included): {', '.join(bad)}. "
-                "Use a checkpoint trained on this dataset's categories, or load with "
-                "strict_head=False to keep a freshly initialised predictor"
-            )
-    log.info(report.summary())
-    return report
-
-
-def describe_model(model: FasterRCNN) -> dict[str, Any]:
-    """Summarise a detector for a run record.
-
-    Runs the backbone once on a 128x128 zero image (eval mode, no grad, training flag restored)
-    to read the feature levels and their strides.
-
-    Returns:
-        A JSON-friendly dict: parameter counts (total, trainable, per part), class count,
-        normalisation, residual FPN, the FPN levels (name, stride, anchor sizes and ratios,
-        anchors per location), the input transform and the RPN / RoI budgets.
-    """
-    anchor_gen = model.rpn.anchor_generator
-    levels = [
-        {
-            "name": name,
-            "stride": stride,
-            "anchor_sizes": [int(s) for s in sizes],
-            "aspect_ratios": [float(r) for r in ratios],
-            "anchors_per_location": len(sizes) * len(ratios),
-        }
-        for (name, stride), sizes, ratios in zip(
-            _probe_levels(model.backbone), anchor_gen.sizes, anchor_gen.aspect_ratios, strict=True
-        )
-    ]
-    params = list(model.parameters())
-    transform = model.transform
-    rpn, roi = model.rpn, model.roi_heads
-    return {
-        "num_classes": _num_classes(model),
-        "params_total": sum(p.numel() for p in params),
-        "params_trainable": sum(p.numel() for p in params if p.requires_grad),
-        "params_by_part": {
-            part: sum(p.numel() for p in getattr(model, part).parameters())
-            for part in ("backbone", "rpn", "roi_heads")
-        },
-        "frozen_batchnorm": any(isinstance(m, FrozenBatchNorm2d) for m in model.modules()),
-        "residual_fpn": isinstance(model.backbone, ResidualFPNBackbone),
-        "out_channels": model.backbone.out_channels,
-        "num_levels": len(levels),
-        "levels": levels,
-        "transform": {
-            "native_size": getattr(transform, "native", False),
-            "min_size": list(transform.min_size),
-            "max_size": transform.max_size,
-            "image_mean": list(transform.image_mean),
-            "image_std": list(transform.image_std),
-        },
-        "rpn": {
-            "pre_nms_top_n": dict(rpn._pre_nms_top_n),
-            "post_nms_top_n": dict(rpn._post_nms_top_n),
-            "batch_size_per_image": rpn.fg_bg_sampler.batch_size_per_image,
-            "nms_thresh": rpn.nms_thresh,
-            "score_thresh": rpn.score_thresh,
-        },
-        "roi_heads": {
-            "batch_size_per_image": roi.fg_bg_sampler.batch_size_per_image,
-            "detections_per_img": roi.detections_per_img,
-            "score_thresh": roi.score_thresh,
-            "nms_thresh": roi.nms_thresh,
-        },
-    }
-
-
 # --------------------------------------------------------------------------- building blocks
 
 
@@ -498,17 +286,7 @@ def _build_backbone(arch: str, norm_layer: type[nn.Module], trainable: int,
                     cfg: ModelConfig) -> nn.Module:
     """Trunk + FPN for ``arch``, mirroring the torchvision constructors without weights."""
     channels = cfg.fpn_channels or 256
-    custom = cfg.fpn_strides is not None or channels != 256
-    if custom and not arch.startswith("resnet"):
-        given = {key: value for key, value in (("fpn_strides", cfg.fpn_strides),
-                                                ("fpn_channels", cfg.fpn_channels))
-                 if value is not None and value != 256}
-        raise ConfigError(
-            "model.fpn_strides and model.fpn_channels apply to the resnet*_fpn archs; "
-            f"{arch}'s FPN is the one its COCO weights were trained with (given: "
-            + ", ".join(f"model.{key}={value}" for key, value in given.items())
-            + "). Fix: add " + " ".join(f"model.{key}=null" for key in given)
-            + " (the arch's own FPN), or use arch resnet18_fpn / resnet34_fpn / resnet50_fpn")
+    custom = _custom_fpn(arch, cfg)
     if arch == "fasterrcnn_resnet50_fpn_v2":
         # v2 keeps regular BatchNorm in the trunk and adds BN to the FPN, pretrained or not.
         return _resnet_fpn_extractor(resnet50(), trainable, norm_layer=nn.BatchNorm2d)
@@ -528,13 +306,8 @@ def _resnet_fpn(trunk: str, norm_layer: type[nn.Module], trainable: int,
     """torchvision's ResNet FPN (as `_resnet_fpn_extractor` builds it) with only the levels of
     `strides` and `channels` FPN channels: stride 4..32 are the outputs of trunk stages 1..4,
     64 max-pools the stride-32 level. The trunk ends at the last stage used."""
-    strides = sorted(set(strides))
-    if 64 in strides and 32 not in strides:
-        raise ConfigError(f"model.fpn_strides {strides}: the stride-64 level pools the "
-                          "stride-32 one. Fix: add 32, or drop 64")
+    strides = _resnet_fpn_strides(strides)
     stages = [_STAGE_OF_STRIDE[s] for s in strides if s != 64]
-    if not stages:
-        raise ConfigError(f"model.fpn_strides {strides}: give at least one of 4, 8, 16, 32")
     backbone = torchvision.models.resnet.__dict__[trunk](weights=None, norm_layer=norm_layer)
     trained = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
     if trainable == 5:
@@ -556,12 +329,68 @@ def _resnet_fpn(trunk: str, norm_layer: type[nn.Module], trainable: int,
 _STAGE_OF_STRIDE = {4: 1, 8: 2, 16: 3, 32: 4}
 
 
+def _custom_fpn(arch: str, cfg: ModelConfig) -> bool:
+    """Whether `cfg` asks for an FPN other than the arch's own (``model.fpn_strides`` or
+    ``model.fpn_channels``); a ConfigError for the archs whose FPN their COCO weights fix."""
+    channels = cfg.fpn_channels or 256
+    custom = cfg.fpn_strides is not None or channels != 256
+    if custom and not arch.startswith("resnet"):
+        given = {key: value for key, value in (("fpn_strides", cfg.fpn_strides),
+                                                ("fpn_channels", cfg.fpn_channels))
+                 if value is not None and value != 256}
+        raise ConfigError(
+            "model.fpn_strides and model.fpn_channels apply to the resnet*_fpn archs; "
+            f"{arch}'s FPN is the one its COCO weights were trained with (given: "
+            + ", ".join(f"model.{key}={value}" for key, value in given.items())
+            + "). Fix: add " + " ".join(f"model.{key}=null" for key in given)
+            + " (the arch's own FPN), or use arch resnet18_fpn / resnet34_fpn / resnet50_fpn")
+    return custom
+
+
+def _resnet_fpn_strides(strides: Sequence[int]) -> list[int]:
+    """The level strides of a ResNet FPN built for `strides` (``model.fpn_strides``): sorted,
+    each once; a ConfigError where they make no FPN."""
+    strides = sorted(set(strides))
+    if 64 in strides and 32 not in strides:
+        raise ConfigError(f"model.fpn_strides {strides}: the stride-64 level pools the "
+                          "stride-32 one. Fix: add 32, or drop 64")
+    if not any(s != 64 for s in strides):
+        raise ConfigError(f"model.fpn_strides {strides}: give at least one of 4, 8, 16, 32")
+    return strides
+
+
+# MobileNetV3-Large's FPN as torchvision's extractor builds it: the outputs of the trunk's last
+# downsampling block and of its last layer (both stride 32), and the max-pool level.
+_MOBILENET_FPN_STRIDES = (32, 32, 64)
+
+
+def level_strides(cfg: ModelConfig) -> list[int]:
+    """The strides of the feature levels (FPN levels, the max-pool one included) of the model
+    :func:`build_model` makes from `cfg`, in order, without building it.
+
+    They are the ``"stride"`` of each of :func:`~rcnnlab.models.description.describe_model`'s
+    ``levels``: 4, 8, 16, 32, 64 for the ResNet FPNs, the given ``model.fpn_strides`` (sorted,
+    each once) where set, 32, 32, 64 for MobileNetV3.
+
+    Raises:
+        ConfigError: FPN options the arch does not take, or strides that make no FPN (as
+            :func:`build_model` would raise).
+    """
+    custom = _custom_fpn(cfg.arch, cfg)
+    if cfg.arch == "fasterrcnn_mobilenet_v3_large_fpn":
+        return list(_MOBILENET_FPN_STRIDES)
+    if not custom:
+        return list(RESNET_FPN_STRIDES)
+    return _resnet_fpn_strides(cfg.fpn_strides or RESNET_FPN_STRIDES)
+
+
 @torch.no_grad()
-def _probe_levels(backbone: nn.Module, size: int = 128) -> list[tuple[str, int]]:
+def probe_levels(backbone: nn.Module, size: int = 128) -> list[tuple[str, int]]:
     """(name, stride) of each feature map ``backbone`` returns, from one tiny forward pass.
 
     Read from the module rather than hard-coded so the level count always matches what the
-    torchvision version in use builds (5 for ResNet FPNs, 3 for MobileNetV3).
+    torchvision version in use builds (5 for ResNet FPNs, 3 for MobileNetV3);
+    :func:`level_strides` tells the strides from the config alone.
     """
     was_training = backbone.training
     backbone.eval()  # keep BatchNorm running statistics untouched
@@ -590,6 +419,14 @@ def _set_pooler_scales(pooler: MultiScaleRoIAlign, strides: Mapping[str, int]) -
         canonical_scale=pooler.canonical_scale,
         canonical_level=pooler.canonical_level,
     )
+
+
+def level_anchors(cfg: ModelConfig) -> tuple[tuple[tuple[int, ...], ...],
+                                              tuple[tuple[float, ...], ...]]:
+    """The anchors of each feature level of the model :func:`build_model` makes from `cfg`,
+    without building it: (sizes, ratios) with one tuple per level of :func:`level_strides`
+    (the given ``model.anchor_sizes`` / ``aspect_ratios``, else the arch's defaults)."""
+    return _resolve_anchors(cfg.arch, level_strides(cfg), cfg.anchor_sizes, cfg.aspect_ratios)
 
 
 def default_anchors(arch: str, strides: Sequence[int]
@@ -647,183 +484,3 @@ def _resolve_anchors(
             f"single RPN head serves all levels; got sizes {sizes_t} and ratios {ratios_t}"
         )
     return sizes_t, ratios_t
-
-
-def _num_classes(model: nn.Module) -> int:
-    return model.roi_heads.box_predictor.cls_score.out_features
-
-
-# --------------------------------------------------------------------------- weights sources
-
-
-def _resolve_weights(value: str | None, *, arch: str, param: str) -> WeightsEnum | Path | None:
-    """Turn a ``weights``/``backbone_weights`` string into a torchvision enum or a file path."""
-    if value is None:
-        return None
-    value = str(value)
-    path = Path(value).expanduser()
-    if path.is_file():
-        return path
-    if path.suffix in (".pt", ".pth") or "/" in value or os.sep in value:
-        raise MissingFileError(_missing_file_message(path, param))
-    expected = (_DETECTOR_WEIGHTS if param == "weights" else _BACKBONE_WEIGHTS).get(arch)
-    if expected is None:
-        raise ConfigError(
-            f"{param}={value!r}: torchvision has no detector weights for arch {arch!r}. Use "
-            f"backbone_weights='DEFAULT' ({_BACKBONE_WEIGHTS[arch].__name__}) for an ImageNet "
-            "trunk, or pass a local .pt/.pth file"
-        )
-    valid = ", ".join([f"{expected.__name__}.{w.name}" for w in expected] + ["DEFAULT"])
-    try:
-        resolved = torchvision.models.get_weight(value) if "." in value else expected[value]
-    except (KeyError, ValueError):
-        raise ConfigError(
-            f"{param}={value!r} is not a torchvision weights name nor an existing file; for arch "
-            f"{arch!r} use one of: {valid}; or the path of a local .pt/.pth file"
-        ) from None
-    if not isinstance(resolved, expected):
-        raise ConfigError(
-            f"{param}={value!r} are {type(resolved).__name__} weights, but arch {arch!r} takes "
-            f"{expected.__name__} for {param}: use one of {valid}, or a local .pt/.pth file"
-        )
-    return resolved
-
-
-def _missing_file_message(path: Path, param: str) -> str:
-    if path.is_dir():
-        return (f"{param}={path} is a folder. Fix: give the .pt/.pth file in it (a run's "
-                "checkpoints/best.pt, say)")
-    return (
-        f"{param} file not found: {path}. Pass an existing .pt/.pth file (a state_dict or an "
-        "rcnnlab checkpoint), a torchvision weights name such as "
-        "'FasterRCNN_ResNet50_FPN_Weights.COCO_V1' or 'DEFAULT', or None for random init"
-    )
-
-
-def _enum_name(weights: WeightsEnum) -> str:
-    return f"{type(weights).__name__}.{weights.name}"
-
-
-def _url_filename(url: str) -> str:
-    return os.path.basename(urlparse(url).path)
-
-
-def _download_torchvision(weights: WeightsEnum, param: str) -> Mapping[str, Any]:
-    """Fetch an enum's state_dict through torchvision's loader (download or torch hub cache)."""
-    try:
-        return weights.get_state_dict(progress=sys.stderr.isatty(), check_hash=True)
-    except OSError as exc:  # URLError, socket and SSL errors are all OSErrors
-        filename = _url_filename(weights.url)
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
-        raise DownloadError(
-            f"cannot load {param}={_enum_name(weights)}: downloading {weights.url} failed "
-            f"({exc}); there is no network access and the file is not in the torch hub cache "
-            f"({cached}). On a machine with network access download that URL, then either copy "
-            f"the file to {cached} or pass its path instead: {param}='/path/to/{filename}'"
-        ) from exc
-
-
-def _read_weights_file(path: Path) -> Mapping[str, Any]:
-    """Read a state_dict (or a checkpoint's ``"model"`` state_dict) from ``path``."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for non-weights pickles
-        raise RunError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({exc}). Save weights "
-            "as a state_dict: torch.save(model.state_dict(), path)"
-        ) from exc
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                return obj[key]
-        if any(isinstance(v, torch.Tensor) for v in obj.values()):
-            return obj
-    raise RunError(
-        f"{path}: holds no state_dict (expected a dict of tensors, or a checkpoint dict with a "
-        f"'model' state_dict; got {type(obj).__name__})"
-    )
-
-
-# --------------------------------------------------------------------------- state dict loading
-
-
-def _key_rewrites(model: nn.Module) -> list[tuple[str, str]]:
-    """Candidate (old prefix, new prefix) rewrites from a file's keys to the model's."""
-    bb = "backbone.base." if isinstance(model.backbone, ResidualFPNBackbone) else "backbone."
-    candidates = [
-        ("", ""),  # same layout
-        ("module.", ""),  # saved from DataParallel / DDP
-        ("backbone.", bb),  # plain detector into a residual-FPN one
-        ("backbone.base.", "backbone."),  # residual-FPN detector into a plain one
-        ("", bb),  # a backbone's own state_dict: body.* + fpn.*
-        ("", bb + "body."),  # ImageNet ResNet: conv1.*, layer1.*, ...
-        ("features.", bb + "body."),  # ImageNet MobileNetV3: features.0.*, ...
-    ]
-    return list(dict.fromkeys(candidates))
-
-
-def _rewrite(key: str, old: str, new: str) -> str:
-    return new + key[len(old) :] if key.startswith(old) else key
-
-
-def _load_state_dict(
-    model: nn.Module, state_dict: Mapping[str, Any], source: str, *, prefix: str = ""
-) -> LoadReport:
-    """Copy the tensors of ``state_dict`` that fit into ``model`` (restricted to ``prefix``)."""
-    target = {k: v for k, v in model.state_dict().items() if k.startswith(prefix)}
-    tensors = {k: v for k, v in state_dict.items() if isinstance(v, torch.Tensor)}
-    # Pick the key rewrite under which most of the file's tensors find a home in the model.
-    old, new = max(
-        _key_rewrites(model),
-        key=lambda rw: sum(_rewrite(k, *rw) in target for k in tensors),
-    )
-    remapped = {_rewrite(k, old, new): v for k, v in tensors.items()}
-    report = LoadReport(source)
-    to_load: dict[str, torch.Tensor] = {}
-    for key, value in remapped.items():
-        if not key.startswith(prefix):
-            report.unexpected.append(key)
-        elif key in target and target[key].shape != value.shape:
-            report.skipped_shape[key] = (tuple(value.shape), tuple(target[key].shape))
-        else:
-            # Keys unknown to the model are passed on too: torchvision modules rename legacy keys
-            # in _load_from_state_dict (e.g. the RPN head's pre-0.9 "conv.weight").
-            to_load[key] = value
-    # Keep torch's per-module version metadata (rewritten like the keys) so those legacy-key
-    # conversions see the version the file was saved with.
-    metadata = getattr(state_dict, "_metadata", None)
-    loadable = _with_metadata(to_load, metadata, old, new)
-    missing, unexpected = model.load_state_dict(loadable, strict=False)
-
-    def counts(key: str) -> bool:  # BatchNorm batch counters are noise in a report
-        return not key.endswith("num_batches_tracked")
-
-    # torch lists every model key the (renamed) dict did not provide, so anything of the
-    # targeted part that is not missing was loaded.
-    missing_set = set(missing)
-    report.unexpected += [k for k in unexpected if counts(k)]
-    report.missing = [
-        k for k in missing if k in target and k not in report.skipped_shape and counts(k)
-    ]
-    report.loaded = [k for k in target if k not in missing_set and counts(k)]
-    if not report.loaded:
-        sample = ", ".join(list(tensors)[:3]) or "no tensors"
-        raise RunError(
-            f"{source}: none of its {len(tensors)} tensors fit the model ({sample}, ...). Is it "
-            "a checkpoint of another architecture? Build the model with the arch it was "
-            "trained with, or pass it as backbone_weights if it holds a backbone only"
-        )
-    return report
-
-
-def _with_metadata(
-    tensors: dict[str, torch.Tensor], metadata: Mapping[str, Any] | None, old: str, new: str
-) -> dict[str, torch.Tensor]:
-    """``tensors`` as an OrderedDict carrying ``metadata`` with module prefixes rewritten."""
-    out = OrderedDict(tensors)
-    if metadata is not None:
-        # Metadata keys are module names without a trailing dot ("" is the root module).
-        out._metadata = {  # type: ignore[attr-defined]
-            _rewrite(k + ".", old, new).removesuffix("."): v for k, v in metadata.items()
-        }
-    return out
