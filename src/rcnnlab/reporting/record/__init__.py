@@ -5,7 +5,7 @@ self-contained file: figures embedded as base64 data URIs, inline CSS, no extern
 into the run folder, in three steps, one module each:
 
 - `data`: what the record shows, gathered from the run folder (through `RunDir`) and from what
-  the caller evaluated with the best checkpoint (`rcnnlab.api.report` runs the evaluation
+  the caller evaluated with the best checkpoint (`rcnnlab.api.finish_run` runs the evaluation
   pipeline once per split: the validation split and the report split);
 - `figures` and `sections`: the figures with their captions, and the text of each section, as
   blocks;
