@@ -13,7 +13,7 @@ from rcnnlab.cli.common import console
 app = typer.Typer(
     help="Train, tune, evaluate and predict with Faster R-CNN detectors on COCO-format data.\n\n"
     "Start with `rcnnlab demo` (generated house numbers, about 3 minutes on a 2-core CPU).",
-    no_args_is_help=True, rich_markup_mode="rich", pretty_exceptions_enable=False)
+    no_args_is_help=True, rich_markup_mode="markdown", pretty_exceptions_enable=False)
 data_app = typer.Typer(help="Make and prepare datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

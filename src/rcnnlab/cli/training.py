@@ -89,14 +89,14 @@ def plan(
 def train(
     config: ConfigOpt = None,
     overrides: OverridesArg = None,
-    resume: Annotated[bool, typer.Option(help="Continue from runs/<name>/checkpoints/last.pt.")]
+    resume: Annotated[bool, typer.Option(help="Continue from runs/NAME/checkpoints/last.pt.")]
     = False,
     exist_ok: Annotated[bool, typer.Option(
         help="Start over in a run folder that holds a run (its outputs are deleted first).")]
     = False,
     nproc_per_node: NprocOpt = 1,
 ):
-    """Train a detector; writes runs/<name>/ (config, metrics.csv, TensorBoard, checkpoints).
+    """Train a detector; writes runs/NAME/ (config, metrics.csv, TensorBoard, checkpoints).
 
     Without -c it trains the plan for the data (rcnnlab plan DATA shows it): name the data
     with data.yolo=data.yaml or data.train_json=ann.json. On several GPUs of one machine:
