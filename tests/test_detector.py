@@ -229,3 +229,17 @@ def test_the_detector_evaluates_tunes_and_exports_the_run(run, tmp_path):
     assert exported.evaluate("test").n_images == 4
     with pytest.raises(ConfigError, match="tune the run folder"):
         exported.tune()
+
+
+def test_options_stack_and_an_in_memory_detector_exports_to_out(det, tmp_path):
+    first = det.with_overrides(["eval.nms=gaussian"])
+    both = first.with_overrides(["eval.soft_nms_sigma=0.3"])
+    assert both.overrides == ["eval.nms=gaussian", "eval.soft_nms_sigma=0.3"]
+    assert (both.cfg.eval.nms, both.cfg.eval.soft_nms_sigma) == ("gaussian", 0.3)
+    assert both.model_id == det.model_id and both.model is det.model
+    memory = Detector.from_checkpoint(det.checkpoint, device="cpu")
+    memory.path = None  # as a checkpoint built in Python, with no run folder
+    with pytest.raises(ConfigError, match="give `out`"):
+        memory.export("torchscript")
+    out = memory.export("torchscript", tmp_path / "m")
+    assert out == tmp_path / "m.torchscript" and out.with_suffix(".json").is_file()

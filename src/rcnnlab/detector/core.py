@@ -80,6 +80,7 @@ class Detector:
                  checkpoint: Checkpoint | None = None, path: str | Path | None = None):
         self.model, self.device, self.backend = model, device, backend
         self.overrides: list[str] = list(overrides)
+        self._given = config  # before the overrides: `with_overrides` applies more on it
         self.cfg: Config = with_inference_options(config, self.overrides)
         self.categories: list[dict] = categories
         self.threshold: float = threshold
@@ -124,9 +125,7 @@ class Detector:
                               "backend torch")
         dev = resolve_device(device)  # a wrong name is told before anything is read
         checkpoint = Checkpoint.load(resolve_checkpoint(path))
-        det = cls.from_checkpoint(checkpoint, device=dev, overrides=overrides, path=path)
-        det.source = Path(path).name
-        return det
+        return cls.from_checkpoint(checkpoint, device=dev, overrides=overrides, path=path)
 
     @classmethod
     def from_checkpoint(cls, checkpoint: Checkpoint, *, device: str | torch.device = "auto",
@@ -146,9 +145,7 @@ class Detector:
     def with_overrides(self, overrides: Sequence[str]) -> Detector:
         """This detector (the same model in memory) with more `eval.*` options, applied
         after its own."""
-        own = (self.checkpoint.config if self.checkpoint is not None
-               else self.model.config if isinstance(self.model, ExportedDetector) else self.cfg)
-        det = Detector(self.model, own, self.categories, self.threshold, self.device,
+        det = Detector(self.model, self._given, self.categories, self.threshold, self.device,
                        [*self.overrides, *overrides], self.backend, checkpoint=self.checkpoint,
                        path=self.path)
         det.weights, det.source = self.weights, self.source
@@ -353,7 +350,7 @@ class Detector:
         if self.checkpoint is None:
             raise ConfigError(f"{self.source}: is exported already. Fix: export the run "
                               "folder or its checkpoint")
-        if self.path is None:
+        if self.path is None and out is None:
             raise ConfigError("an in-memory detector has no run folder: give `out`")
         ours, own = self.cfg.eval.inference_kwargs(), self.checkpoint.config.eval.inference_kwargs()
         if {k: v for k, v in ours.items() if k != "proposals"} != {
