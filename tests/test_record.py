@@ -250,6 +250,7 @@ def test_record_reports_the_run(recorded_run):
     assert "| iterations | 2 |" in md and "| epochs | 1 of 1 |" in md
     assert "| batch size | 2 |" in md and "| images seen | 4 |" in md
     assert re.search(r"^\| train \| `.*` \| 8 \| ", md, flags=re.M)  # 8 training images
+    assert re.search(r"^\| valid \| `.*valid/annotations.json` \| 4 \| ", md, flags=re.M)
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     peak = [float(r["peak_memory_mb"]) for r in rows if r.get("peak_memory_mb")]
     assert (f"| peak memory | {max(peak):.0f} MB |" if peak else
@@ -366,3 +367,29 @@ def test_the_page_template_is_package_data():
     assert (templates / "record.html").is_file() and (templates / "record.css").is_file()
     setup = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert '"reporting/templates/*"' in setup  # so that a wheel carries them
+
+
+def test_the_data_table_says_where_each_split_came_from(synth_dir):
+    from rcnnlab.config import DataConfig
+    from rcnnlab.data.coco import holdout_split, load_coco
+    from rcnnlab.data.stats import compute_stats
+    from rcnnlab.reporting.record.sections import data_section
+
+    train = load_coco(synth_dir / "train" / "annotations.json")
+    valid = load_coco(synth_dir / "valid" / "annotations.json")
+    kept, held = holdout_split(train, 0.25, 0)
+
+    def sources(splits: dict, data: DataConfig) -> dict[str, str]:
+        rec = SimpleNamespace(stats={s: compute_stats(d) for s, d in splits.items()},
+                              cfg=SimpleNamespace(data=data),
+                              best=SimpleNamespace(categories=train.categories), digits=None)
+        table = data_section(rec, {"class_distribution": None})[1]
+        return {row[0]: row[1] for row in table.rows}
+
+    # generated data names no valid json in the config, yet valid is read from its own json
+    named = sources({"train": train, "valid": valid}, DataConfig(synth={"out_dir": "x"}))
+    assert named["valid"] == f"`{valid.json_path}`"
+    held_out = sources({"train": kept, "valid": held},
+                       DataConfig(train_json="t.json", val_fraction=0.25, split_seed=0))
+    assert held_out == {"train": f"`{train.json_path}`",
+                        "valid": "held out of train (25%, seed 0)"}

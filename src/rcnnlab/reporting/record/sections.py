@@ -105,8 +105,11 @@ def data_section(rec: RecordData, figures: dict[str, RecordFigure]) -> list[Bloc
     d = rec.cfg.data
     sizes = []
     for s, st in stats.items():
+        # a split held out of train was read from train's json (data.val_fraction); the
+        # config alone cannot tell, as generated data and a data.yaml name no valid json
+        held_out = s == "valid" and "train" in stats and st.source == stats["train"].source
         source = (f"held out of train ({d.val_fraction:.0%}, seed {d.split_seed})"
-                  if s == "valid" and d.valid_json is None else f"`{st.source}`")
+                  if held_out else f"`{st.source}`")
         sizes.append([s, source, str(st.num_images), str(st.num_boxes), str(st.num_negatives),
                       format_score(st.num_boxes / st.num_images if st.num_images else None, 2)])
     classes = []
