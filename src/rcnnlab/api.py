@@ -175,24 +175,23 @@ def train(cfg: Config, *, resume: bool = False, exist_ok: bool = False,
 
     fit = fit_model(cfg, splits, evaluate, resume=resume, reporter=reporter,
                     extra_hooks=extra_hooks)
+    result = TrainResult(**{f.name: getattr(fit, f.name) for f in fields(fit)})
     if here.distributed:  # the rest is rank 0's alone, without the process group
         barrier()
         close_distributed()
         if not here.is_main:
-            return TrainResult(**{f.name: getattr(fit, f.name) for f in fields(fit)})
+            return result
     # best.pt's validation, when this process made both (not so when the best epoch came
     # before a resume: then best.pt is read back and valid detected again)
-    validation = (best[0] if best and fit.best is not None
-                  and best[0].metrics.AP == fit.best.best_map else None)
-    result = TrainResult(**{f.name: getattr(fit, f.name) for f in fields(fit)},
-                         validation=validation)
+    if best and fit.best is not None and best[0].metrics.AP == fit.best.best_map:
+        result.validation = best[0]
     run = RunDir(fit.run_dir)
     if run.scale_weights_csv.is_file():
         levels = [f"P{round(math.log2(stride))}" for stride in level_strides(fit.config.model)]
         plot_scale_weights([IntervalRecord.from_row(r) for r in read_csv_rows(
             run.scale_weights_csv)], run.scale_weights_png, levels, last_iteration=fit.iterations)
     if cfg.train.record:  # at the default threshold: `tune` then `report` rewrite it
-        finish_run(trained(result), tune=False, validation=validation)
+        finish_run(trained(result), tune=False, validation=result.validation)
     return result
 
 

@@ -167,9 +167,9 @@ def build_detector(cfg: Config, train_data: CocoData,
 
 
 def fit_model(cfg: Config, splits: dict[str, CocoData],
-          evaluate: Callable[[nn.Module, CocoData], dict[str, Any]], *, resume: bool = False,
-          reporter: ProgressReporter | None = None,
-          extra_hooks: Sequence[HookBase] = ()) -> FitResult:
+              evaluate: Callable[[nn.Module, CocoData], dict[str, Any]], *,
+              resume: bool = False, reporter: ProgressReporter | None = None,
+              extra_hooks: Sequence[HookBase] = ()) -> FitResult:
     """Train the run `cfg` describes on `splits["train"]`, validating on `splits["valid"]`
     with `evaluate(model, data)` (continuing from its last.pt when `resume`). `extra_hooks` are
     extra training-time features, called after the configured methods' hooks and before
